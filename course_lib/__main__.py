@@ -1,0 +1,159 @@
+"""Terminal entry point: `python -m course_lib {progress,grade,hint,reset,build-exercises,refresh-outputs,bench}`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .grading import exercises, hint, load_progress
+from .notebooks import ROOT, GradeRow, build_exercises, grade_notebook, refresh_outputs, reset_exercise
+
+
+def _root() -> Path:
+    cwd = Path.cwd()
+    return cwd if (cwd / "solutions").is_dir() else ROOT
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], wrap_last: int = 70) -> str:
+    """A plain-text table whose last column wraps at `wrap_last` characters."""
+    import textwrap
+
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers[:-1])]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths, strict=True)) + "  " + headers[-1]]
+    lines.append("-" * min(shutil.get_terminal_size((120, 20)).columns, sum(widths) + 2 * len(widths) + wrap_last))
+    for row in rows:
+        last = textwrap.wrap(row[-1], wrap_last) or [""]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + last[0])
+        lines += [" " * (sum(widths) + 2 * len(widths)) + more for more in last[1:]]
+    return "\n".join(lines)
+
+
+_MARK = {"passed": "✓", "failed": "✗", "missing": "·"}
+
+
+def cmd_progress(_: argparse.Namespace) -> int:
+    """Where the learner is: each exercise's last result on this machine, and what to do next."""
+    progress = load_progress()
+    rows, done, upcoming = [], 0, None
+    for ex in exercises():
+        record = progress.get(ex.id)
+        if record and record.get("passed"):
+            done += 1
+            state = "✓ done"
+        elif record:
+            state = "✗ failing"
+            upcoming = upcoming or ex
+        else:
+            state = "· to do"
+            upcoming = upcoming or ex
+        rows.append((ex.lesson, ex.id, state, ex.title))
+    print(_table(("lesson", "exercise", "state", "title"), rows))
+    total = len(rows)
+    filled = round(30 * done / total) if total else 0
+    print(f"\n[{'#' * filled}{'-' * (30 - filled)}] {done}/{total} exercises done")
+    if upcoming is not None:
+        print(f"Next: {upcoming.id} in exercises/{upcoming.lesson}.ipynb — stuck? "
+              f"`python -m course_lib hint {upcoming.id}`")
+    return 0
+
+
+def _print_grade_rows(rows: list[GradeRow]) -> None:
+    print(_table(("exercise", "status", "figures", "message"),
+                 [(r.exercise, f"{_MARK[r.status]} {r.status}", r.figures, r.message) for r in rows]))
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    """Run exercise notebooks in a kernel and grade every exercise in them."""
+    paths = [Path(p) for p in args.paths] or sorted((_root() / "exercises").glob("*.ipynb"))
+    all_rows: list[GradeRow] = []
+    for path in paths:
+        if not path.exists():
+            print(f"{path}: no such notebook", file=sys.stderr)
+            return 2
+        print(f"grading {path} …", flush=True)
+        rows = grade_notebook(path)
+        _print_grade_rows(rows)
+        print()
+        all_rows += rows
+    passed = sum(r.status == "passed" for r in all_rows)
+    print(f"{passed} passed, {len(all_rows) - passed} failed")
+    return 0 if passed == len(all_rows) else 1
+
+
+def cmd_hint(args: argparse.Namespace) -> int:
+    """Print a hint for one exercise (level 1 is a nudge, the last level nearly the answer)."""
+    print(hint(args.exercise, args.level))
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Restore one exercise notebook to its shipped state, keeping a backup of the learner's copy."""
+    try:
+        target, backup = reset_exercise(args.name, _root())
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(f"restored {target}" + (f"; your previous copy is in {backup}" if backup else ""))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Generate exercises/ from solutions/ (or, with --check, fail if they differ)."""
+    stale = build_exercises(_root(), check=args.check)
+    for path in stale:
+        print(("out of date: " if args.check else "wrote ") + str(path))
+    if args.check and stale:
+        print("run `python -m course_lib build-exercises` and commit the result", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """Re-run notebooks and store only the outputs nbval compares (cells marked NBVAL_CHECK_OUTPUT)."""
+    for name in args.paths:
+        print(f"refreshing {name} …", flush=True)
+        refresh_outputs(Path(name))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure each lesson's headline effect on this machine and print the table."""
+    from .bench import run_bench
+
+    return run_bench(notebooks=args.notebooks, only=args.only)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run one command."""
+    parser = argparse.ArgumentParser(prog="python -m course_lib", description="FastAPI Performance Lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("progress", help=cmd_progress.__doc__).set_defaults(run=cmd_progress)
+    p = sub.add_parser("grade", help=cmd_grade.__doc__)
+    p.add_argument("paths", nargs="*", help="exercise notebooks (default: all of exercises/)")
+    p.set_defaults(run=cmd_grade)
+    p = sub.add_parser("hint", help=cmd_hint.__doc__)
+    p.add_argument("exercise")
+    p.add_argument("--level", type=int, default=None)
+    p.set_defaults(run=cmd_hint)
+    p = sub.add_parser("reset", help=cmd_reset.__doc__)
+    p.add_argument("name", help="e.g. 02_n_plus_one")
+    p.set_defaults(run=cmd_reset)
+    p = sub.add_parser("build-exercises", help=cmd_build.__doc__)
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(run=cmd_build)
+    p = sub.add_parser("refresh-outputs", help=cmd_refresh.__doc__)
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(run=cmd_refresh)
+    p = sub.add_parser("bench", help=cmd_bench.__doc__)
+    p.add_argument("--notebooks", action="store_true", help="also time every lesson notebook end to end")
+    p.add_argument("--only", default=None, help="only lessons whose name contains this")
+    p.set_defaults(run=cmd_bench)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Demo databases: SQLAlchemy 2.0 typed models and fresh, deterministic, fast-to-build data sets."""
+
+from __future__ import annotations
+
+import atexit
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, ForeignKey, Integer, String, create_engine, insert, select, func
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+
+__all__ = [
+    "Base",
+    "User",
+    "Post",
+    "Comment",
+    "DemoDB",
+    "make_demo_db",
+    "fresh_engine",
+]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the course's demo models."""
+
+
+class User(Base):
+    """A user of the demo blog; `email` deliberately has no index (lesson 05 adds one)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    email: Mapped[str] = mapped_column(String(120))
+    country: Mapped[str] = mapped_column(String(2))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    posts: Mapped[list[Post]] = relationship(back_populates="author", order_by="Post.id")
+
+    def __repr__(self) -> str:
+        return f"User(id={self.id}, name={self.name!r})"
+
+
+class Post(Base):
+    """A blog post written by one user."""
+
+    __tablename__ = "posts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(String(2000))
+    likes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    author: Mapped[User] = relationship(back_populates="posts")
+    comments: Mapped[list[Comment]] = relationship(back_populates="post", order_by="Comment.id")
+
+    def __repr__(self) -> str:
+        return f"Post(id={self.id}, user_id={self.user_id})"
+
+
+class Comment(Base):
+    """A comment on a post."""
+
+    __tablename__ = "comments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"))
+    author_name: Mapped[str] = mapped_column(String(80))
+    body: Mapped[str] = mapped_column(String(500))
+    post: Mapped[Post] = relationship(back_populates="comments")
+
+    def __repr__(self) -> str:
+        return f"Comment(id={self.id}, post_id={self.post_id})"
+
+
+_FIRST = ["Ada", "Alan", "Grace", "Linus", "Guido", "Margaret", "Ken", "Barbara", "Dennis", "Frances",
+          "Edsger", "Radia", "Tim", "Katherine", "Donald", "Hedy", "John", "Sophie", "Yukihiro", "Anita"]
+_LAST = ["Lovelace", "Turing", "Hopper", "Torvalds", "van Rossum", "Hamilton", "Thompson", "Liskov",
+         "Ritchie", "Allen", "Dijkstra", "Perlman", "Berners-Lee", "Johnson", "Knuth", "Lamarr",
+         "McCarthy", "Wilson", "Matsumoto", "Borg"]
+_COUNTRIES = ["FR", "DE", "US", "JP", "BR", "IN", "NG", "GB", "ES", "CA"]
+_WORDS = ("fast api async pool index cache query worker latency throughput session engine request "
+          "response lifespan gzip health timeout cursor page offset keyset redis sqlite json").split()
+_EPOCH = datetime(2024, 1, 1)
+
+_TEMP_DIRS: list[Path] = []
+
+
+def _remove_temp_dirs() -> None:
+    for path in _TEMP_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+atexit.register(_remove_temp_dirs)
+
+
+def fresh_engine(echo: bool = False) -> tuple[Engine, Path]:
+    """Create an engine on a new SQLite file in its own temporary folder (removed at exit)."""
+    folder = Path(tempfile.mkdtemp(prefix="fastapi-lab-"))
+    _TEMP_DIRS.append(folder)
+    path = folder / "demo.sqlite3"
+    engine = create_engine(
+        f"sqlite:///{path}", echo=echo, connect_args={"check_same_thread": False}
+    )
+    return engine, path
+
+
+@dataclass
+class DemoDB:
+    """A fresh demo database: its engine, a session factory and the number of rows of each table."""
+
+    engine: Engine
+    Session: sessionmaker[Session]
+    path: Path | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The database URL (a file a server subprocess can open too)."""
+        return self.engine.url.render_as_string(hide_password=False)
+
+    def session(self) -> Session:
+        """Open a new ORM session (use it in a `with` block)."""
+        return self.Session()
+
+    def dependency(self) -> Callable[[], Iterator[Session]]:
+        """A FastAPI `yield` dependency that opens one session per request and closes it after."""
+
+        def get_db() -> Iterator[Session]:
+            with self.Session() as session:
+                yield session
+
+        return get_db
+
+    def close(self) -> None:
+        """Dispose of the engine's connections and delete the database file."""
+        self.engine.dispose()
+        if self.path is not None:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
+
+    def __enter__(self) -> DemoDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{n:,} {table}" for table, n in self.counts.items())
+        return f"DemoDB({sizes}; {self.engine.url.get_backend_name()})"
+
+
+def _user_rows(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(1, n + 1):
+        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        rows.append({
+            "id": i,
+            "name": f"{first} {last}",
+            "email": f"{first.lower()}.{last.lower().replace(' ', '')}.{i}@example.com",
+            "country": rng.choice(_COUNTRIES),
+            "is_active": rng.random() < 0.9,
+            "created_at": _EPOCH + timedelta(minutes=i),
+        })
+    return rows
+
+
+def _sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize()
+
+
+def _insert_in_batches(engine: Engine, table: Any, rows: Iterator[dict[str, Any]], batch: int = 20_000) -> int:
+    total = 0
+    chunk: list[dict[str, Any]] = []
+    with engine.begin() as conn:
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= batch:
+                conn.execute(insert(table), chunk)
+                total += len(chunk)
+                chunk = []
+        if chunk:
+            conn.execute(insert(table), chunk)
+            total += len(chunk)
+    return total
+
+
+def make_demo_db(
+    users: int = 100,
+    posts_per_user: int = 10,
+    comments_per_post: int = 0,
+    *,
+    seed: int = 0,
+    metadata_base: type[DeclarativeBase] = Base,
+) -> DemoDB:
+    """Build a fresh demo database (users → posts → comments) with deterministic fake data, in bulk."""
+    if users < 0 or posts_per_user < 0 or comments_per_post < 0:
+        raise ValueError("make_demo_db: sizes must be zero or positive")
+    engine, path = fresh_engine()
+    metadata_base.metadata.create_all(engine)
+    rng = random.Random(seed)
+    counts = {"users": _insert_in_batches(engine, User.__table__, iter(_user_rows(users, rng)))}
+
+    def posts() -> Iterator[dict[str, Any]]:
+        post_id = 0
+        for user_id in range(1, users + 1):
+            for _ in range(posts_per_user):
+                post_id += 1
+                yield {
+                    "id": post_id,
+                    "user_id": user_id,
+                    "title": _sentence(rng, 5),
+                    "body": _sentence(rng, 20),
+                    "likes": rng.randrange(500),
+                    "created_at": _EPOCH + timedelta(minutes=post_id * 7 % 100_003),
+                }
+
+    counts["posts"] = _insert_in_batches(engine, Post.__table__, posts())
+
+    def comments() -> Iterator[dict[str, Any]]:
+        comment_id = 0
+        for post_id in range(1, counts["posts"] + 1):
+            for _ in range(comments_per_post):
+                comment_id += 1
+                yield {
+                    "id": comment_id,
+                    "post_id": post_id,
+                    "author_name": rng.choice(_FIRST),
+                    "body": _sentence(rng, 8),
+                }
+
+    counts["comments"] = _insert_in_batches(engine, Comment.__table__, comments())
+    return DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=path, counts=counts)
+
+
+def row_count(engine: Engine, model: type[Base]) -> int:
+    """Count the rows of one model's table."""
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0

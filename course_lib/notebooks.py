@@ -1,0 +1,216 @@
+"""Notebook tooling: generate exercises from solutions, keep stored outputs clean, and grade notebooks by running them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+
+from .grading import exercises
+
+__all__ = [
+    "ROOT",
+    "strip_solutions",
+    "build_exercise",
+    "build_exercises",
+    "clean_notebook",
+    "execute_notebook",
+    "refresh_outputs",
+    "GradeRow",
+    "grade_notebook",
+    "reset_exercise",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STARTER = "#> "
+CHECKED = "NBVAL_CHECK_OUTPUT"
+_CHECK_CALL = re.compile(r"""check\(\s*["']([\w.\-]+)["']""")
+
+
+def strip_solutions(source: str) -> str:
+    """Replace each BEGIN/END SOLUTION region by its `#> ` starter lines, or by a YOUR CODE HERE stub."""
+    out: list[str] = []
+    inside = False
+    starter: list[str] = []
+    indent = ""
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped == BEGIN:
+            if inside:
+                raise ValueError("nested '### BEGIN SOLUTION'")
+            inside, starter, indent = True, [], line[: len(line) - len(line.lstrip())]
+        elif stripped == END:
+            if not inside:
+                raise ValueError("'### END SOLUTION' without BEGIN")
+            inside = False
+            out.append(f"{indent}# YOUR CODE HERE")
+            out.extend(starter or [f"{indent}raise NotImplementedError()"])
+        elif inside:
+            if stripped.startswith(STARTER.strip()):
+                starter.append(indent + stripped[len(STARTER):] if stripped.startswith(STARTER) else indent)
+        else:
+            out.append(line)
+    if inside:
+        raise ValueError("'### BEGIN SOLUTION' without END")
+    return "\n".join(out)
+
+
+def _clear(cell: NotebookNode) -> None:
+    if cell.cell_type == "code":
+        cell.outputs = []
+        cell.execution_count = None
+
+
+def clean_notebook(nb: NotebookNode) -> NotebookNode:
+    """Drop outputs and counters, except in `# NBVAL_CHECK_OUTPUT` cells (nbval compares those; the counter
+    tells nbval they ran, and is the same on every run-all)."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if CHECKED not in cell.source:
+            _clear(cell)
+        cell.metadata.pop("execution", None)
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
+def build_exercise(solution: NotebookNode) -> NotebookNode:
+    """The learner's notebook: answers stubbed, `solution`-tagged cells dropped, answer/check cells tagged by id."""
+    nb = copy.deepcopy(solution)
+    cells: list[NotebookNode] = []
+    for cell in nb.cells:
+        if "solution" in cell.metadata.get("tags", []):
+            continue
+        if cell.cell_type == "code" and BEGIN in cell.source:
+            cell.source = strip_solutions(cell.source)
+            cell.metadata["lab"] = {"role": "answer"}
+        _clear(cell)
+        cells.append(cell)
+    pending: list[NotebookNode] = []
+    for cell in cells:  # an answer cell belongs to the exercise of the next check(...) cell
+        if cell.metadata.get("lab", {}).get("role") == "answer":
+            pending.append(cell)
+        match = _CHECK_CALL.search(cell.source) if cell.cell_type == "code" else None
+        if match:
+            cell.metadata["lab"] = {"role": "check", "exercise": match.group(1)}
+            for answer in pending:
+                answer.metadata["lab"]["exercise"] = match.group(1)
+            pending = []
+    nb.cells = cells
+    return nb
+
+
+def _dumps(nb: NotebookNode) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def build_exercises(root: Path = ROOT, check: bool = False) -> list[Path]:
+    """Write exercises/NAME.ipynb from each solutions/NAME.ipynb; with check=True only list those out of date."""
+    stale: list[Path] = []
+    for solution_path in sorted((root / "solutions").glob("*.ipynb")):
+        target = root / "exercises" / solution_path.name
+        text = _dumps(build_exercise(nbformat.read(solution_path, as_version=4)))
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            stale.append(target)
+            if not check:
+                target.parent.mkdir(exist_ok=True)
+                target.write_text(text, encoding="utf-8")
+    return stale
+
+
+def execute_notebook(path: Path, *, timeout: int = 600, allow_errors: bool = False,
+                     env: dict[str, str] | None = None) -> NotebookNode:
+    """Run every cell of a notebook in a fresh `python3` kernel, in the notebook's folder; return it executed."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return nb
+
+
+def refresh_outputs(path: Path) -> None:
+    """Execute a lesson or solutions notebook and store only the outputs nbval checks."""
+    executed = execute_notebook(path)
+    nbformat.write(clean_notebook(executed), path)
+    path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + "\n", encoding="utf-8")
+
+
+@dataclass
+class GradeRow:
+    """One line of a grading report."""
+
+    notebook: str
+    exercise: str
+    title: str
+    status: str  # "passed", "failed" or "missing"
+    figures: str
+    message: str
+
+
+def grade_notebook(path: Path, timeout: int = 600) -> list[GradeRow]:
+    """Run a learner's exercise notebook in a kernel and report every exercise of its lesson, run or not."""
+    lesson = path.stem
+    expected = exercises(lesson)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "results.jsonl"
+        log.touch()
+        problem = ""
+        try:
+            execute_notebook(path, timeout=timeout, allow_errors=True, env={"COURSE_LAB_RESULTS": str(log)})
+        except Exception as error:  # unreadable notebook, dead kernel, cell time-out
+            problem = f"the notebook could not be run: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        for line in log.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            results[record["exercise"]] = record
+    rows = []
+    for ex in expected:
+        record = results.get(ex.id)
+        if record is None:
+            rows.append(GradeRow(path.name, ex.id, ex.title, "missing", "",
+                                 problem or "its check cell did not run: was it deleted, or did a cell above it fail?"))
+            continue
+        figures = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in record["figures"].items())
+        message = record["message"] + (f" Hint: {record['hint']}" if record.get("hint") else "")
+        rows.append(GradeRow(path.name, ex.id, ex.title, "passed" if record["passed"] else "failed", figures, message))
+    return rows
+
+
+def reset_exercise(name: str, root: Path = ROOT) -> tuple[Path, Path | None]:
+    """Restore exercises/NAME.ipynb to its shipped state; the learner's copy is kept in exercises/.backup/."""
+    solution = root / "solutions" / f"{Path(name).stem}.ipynb"
+    if not solution.exists():
+        known = ", ".join(p.stem for p in sorted((root / "solutions").glob("*.ipynb")))
+        raise FileNotFoundError(f"no exercise notebook {name!r}; known: {known}")
+    target = root / "exercises" / solution.name
+    backup = None
+    if target.exists():
+        backup = root / "exercises" / ".backup" / f"{solution.stem}-{datetime.now():%Y%m%d-%H%M%S}-{time.time_ns() % 1000}.ipynb"
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(target, backup)
+    target.write_text(_dumps(build_exercise(nbformat.read(solution, as_version=4))), encoding="utf-8")
+    return target, backup

@@ -1,0 +1,224 @@
+"""Run an app under a real server (uvicorn or gunicorn) on 127.0.0.1, and always stop every process it started."""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+__all__ = ["Server", "serve", "free_port", "usable_cores", "running_servers"]
+
+ServerKind = Literal["uvicorn", "gunicorn"]
+_RUNNING: dict[int, Server] = {}
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may really use: CPU affinity, capped by a cgroup CPU quota (containers, Binder)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: ask Linux to SIGTERM it when the kernel that started it dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: atexit and explicit stops still apply
+        pass
+
+
+def _command(kind: ServerKind, app: str, port: int, workers: int, extra: Sequence[str]) -> list[str]:
+    if kind == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(workers), "--no-access-log", "--log-level", "warning", *extra]
+    if kind == "gunicorn":
+        return [sys.executable, "-m", "gunicorn", app, "--worker-class", "uvicorn_worker.UvicornWorker",
+                "--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--no-control-socket",
+                "--log-level", "warning", *extra]
+    raise ValueError(f"server must be 'uvicorn' or 'gunicorn', not {kind!r}")
+
+
+@dataclass
+class Server:
+    """A server process group started by `serve`: its URL, and `stop()` to end every process in it."""
+
+    kind: ServerKind
+    app: str
+    workers: int
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Base URL on the loopback interface."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """Process id of the server's main process (also its process-group id)."""
+        return self.process.pid
+
+    def link(self, path: str = "/docs") -> str:
+        """A URL the learner's browser can open: through jupyter-server-proxy on Binder/JupyterHub, else direct."""
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+        if prefix:
+            return f"{prefix.rstrip('/')}/proxy/{self.port}{path}"
+        return f"{self.url}{path}"
+
+    def log(self) -> str:
+        """What the server printed so far (stdout and stderr)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def processes(self) -> dict[int, float]:
+        """Every live process of the server's group, pid → resident memory in MiB."""
+        found: dict[int, float] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) != self.pid:  # field 5 of /proc/PID/stat: process group
+                    continue
+                pid = int(stat.parent.name)
+                status = (stat.parent / "status").read_text()
+                rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+                found[pid] = rss_kb / 1024
+            except (OSError, IndexError, ValueError, StopIteration):
+                continue
+        return found
+
+    def is_running(self) -> bool:
+        """True while any process of the server's group is alive."""
+        self.process.poll()  # reap the main process if it has exited, so it no longer counts
+        try:
+            os.killpg(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the whole process group, wait, then SIGKILL whatever is left. Safe to call twice."""
+        _RUNNING.pop(self.pid, None)
+        for sig, grace in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if not self.is_running():
+                break
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while self.is_running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.process.poll() is None else "stopped"
+        return f"<{self.kind} {self.app} × {self.workers} worker(s) at {self.url}, {state}>"
+
+
+def _wait_ready(server: Server, ready_path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"{server.kind} exited with code {server.process.returncode} before answering. "
+                f"Its output:\n{server.log()[-2000:]}"
+            )
+        try:
+            httpx.get(server.url + ready_path, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{server.kind} did not answer on {server.url} within {timeout:g} s. "
+                       f"Its output:\n{server.log()[-2000:]}")
+
+
+def serve(
+    app: str,
+    *,
+    workers: int = 1,
+    server: ServerKind = "uvicorn",
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    extra_args: Sequence[str] = (),
+    ready_path: str = "/",
+    startup_timeout: float = 30.0,
+) -> Server:
+    """Start `app` ("module:attribute") under uvicorn or gunicorn on a free port; use as `with serve(...) as s:`."""
+    if not isinstance(app, str) or ":" not in app:
+        raise ValueError(f"app must be an import string like 'course_lib.lessons.l01_workers:app', not {app!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise ValueError(f"workers must be a whole number from 1 to 64, not {workers!r}")
+    last_error: Exception | None = None
+    for _attempt in range(3):  # the free port can be taken between picking and binding: try another
+        port = free_port()
+        fd, log_name = tempfile.mkstemp(prefix=f"lab-{server}-", suffix=".log")
+        command = _command(server, app, port, workers, extra_args)
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=cwd, env=child_env,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        os.close(fd)
+        started = Server(server, app, workers, port, process, Path(log_name), command)
+        _RUNNING[started.pid] = started
+        try:
+            _wait_ready(started, ready_path, startup_timeout)
+            return started
+        except RuntimeError as error:
+            started.stop()
+            last_error = error
+            if "address already in use" not in str(error).lower():
+                raise
+        except BaseException:  # timeout, KeyboardInterrupt: never leave it running
+            started.stop()
+            raise
+    raise RuntimeError(f"could not start {server}: {last_error}")
+
+
+def running_servers() -> list[Server]:
+    """Servers started by this process and not stopped yet."""
+    return list(_RUNNING.values())
+
+
+def _stop_all() -> None:
+    for started in list(_RUNNING.values()):
+        started.stop(timeout=3)
+
+
+atexit.register(_stop_all)
