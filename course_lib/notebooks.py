@@ -84,6 +84,7 @@ def clean_notebook(nb: NotebookNode) -> NotebookNode:
             _clear(cell)
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)
+    nb.metadata["language_info"] = {"name": "python"}  # not the version of whoever ran it last
     return nb
 
 

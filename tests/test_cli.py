@@ -1,0 +1,45 @@
+"""The terminal commands a learner uses: progress, hint, build-exercises --check, grade."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from course_lib.__main__ import main
+from course_lib.notebooks import ROOT
+
+
+def test_progress_lists_every_exercise_and_what_is_next(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_LAB_HOME", str(tmp_path))
+    assert main(["progress"]) == 0
+    out = capsys.readouterr().out
+    assert "00.first-endpoint" in out and "· to do" in out
+    assert "exercises done" in out and "Next: 00.first-endpoint" in out
+
+
+def test_progress_ticks_a_passed_exercise(capsys, tmp_path, monkeypatch):
+    from test_grading import reference
+
+    from course_lib import grade
+
+    monkeypatch.setenv("COURSE_LAB_HOME", str(tmp_path))
+    assert grade("00.first-endpoint", reference).passed
+    main(["progress"])
+    assert "✓ done" in capsys.readouterr().out
+
+
+def test_hint_levels(capsys):
+    main(["hint", "00.first-endpoint", "--level", "1"])
+    assert "session.get" in capsys.readouterr().out
+
+
+def test_build_exercises_check_passes_on_the_committed_tree():
+    assert main(["build-exercises", "--check"]) == 0
+
+
+def test_grade_exits_non_zero_on_the_shipped_exercise():
+    done = subprocess.run([sys.executable, "-m", "course_lib", "grade", str(ROOT / "exercises" / "00_welcome.ipynb")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "00.first-endpoint" in done.stdout and "✗ failed" in done.stdout
+    assert "0 passed, 1 failed" in done.stdout

@@ -1,0 +1,61 @@
+"""Demo databases: fresh, deterministic, sized as asked, fast in bulk, removed on close."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from course_lib import Comment, Post, User, make_demo_db
+from course_lib.db import row_count
+
+
+def test_sizes_are_as_asked():
+    with make_demo_db(users=7, posts_per_user=3, comments_per_post=2) as db:
+        assert db.counts == {"users": 7, "posts": 21, "comments": 42}
+        assert row_count(db.engine, User) == 7
+        assert row_count(db.engine, Post) == 21
+        assert row_count(db.engine, Comment) == 42
+        assert "7 users" in repr(db)
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    def snapshot(seed: int) -> list[tuple]:
+        with make_demo_db(users=20, posts_per_user=2, seed=seed) as db, db.session() as session:
+            return [tuple(r) for r in session.execute(select(User.name, User.email, User.country).order_by(User.id))]
+
+    assert snapshot(1) == snapshot(1)
+    assert snapshot(1) != snapshot(2)
+
+
+def test_each_database_is_its_own_file_and_close_removes_it():
+    first, second = make_demo_db(users=1), make_demo_db(users=1)
+    assert first.path != second.path and first.path.exists()
+    first.close()
+    second.close()
+    assert not first.path.exists() and not second.path.parent.exists()
+
+
+def test_emails_are_unique_and_posts_belong_to_users():
+    with make_demo_db(users=300, posts_per_user=2) as db, db.session() as session:
+        assert session.scalar(select(func.count(func.distinct(User.email)))) == 300
+        orphans = session.scalar(select(func.count()).select_from(Post).where(Post.user_id > 300))
+        assert orphans == 0
+
+
+def test_dependency_yields_a_working_session_and_closes_it():
+    with make_demo_db(users=3) as db:
+        dependency = db.dependency()()
+        session = next(dependency)
+        assert session.get(User, 2).id == 2
+        with pytest.raises(StopIteration):
+            next(dependency)
+
+
+def test_200k_rows_build_in_bulk():
+    with make_demo_db(users=200_000, posts_per_user=0) as db:
+        assert row_count(db.engine, User) == 200_000
+
+
+def test_negative_sizes_are_refused():
+    with pytest.raises(ValueError, match="positive"):
+        make_demo_db(users=-1)

@@ -1,0 +1,200 @@
+"""Grading: never raises for a wrong answer, explains every failure, escalates hints, keeps progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from course_lib import Post, User, check, grade, hint
+from course_lib.grading import ExerciseNotPassed, exercises, load_progress, progress_file
+from course_lib.lessons.l00_welcome import make_tour_app
+
+ID = "00.first-endpoint"
+
+
+# ---------- right answers, written different ways ----------
+
+def reference(db):
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/users/{user_id}")
+    def read_user(user_id: int, session: Session = Depends(get_db)) -> dict:
+        user = session.get(User, user_id)
+        if user is None:
+            raise HTTPException(status_code=404)
+        return {"id": user.id, "name": user.name, "post_count": len(user.posts)}
+
+    return app
+
+
+def with_count_query_and_async_route(db):
+    app = FastAPI()
+
+    @app.get("/users/{user_id}")
+    async def read_user(user_id: int) -> Any:
+        with db.session() as session:
+            row = session.execute(
+                select(User.id, User.name, func.count(Post.id))
+                .outerjoin(Post, Post.user_id == User.id)
+                .where(User.id == user_id)
+                .group_by(User.id)
+            ).first()
+        if row is None:
+            return JSONResponse({"detail": "no such user"}, status_code=404)
+        return {"id": row[0], "name": row[1], "post_count": row[2]}
+
+    return app
+
+
+@pytest.mark.parametrize("answer", [reference, with_count_query_and_async_route])
+def test_right_answers_pass(answer):
+    result = grade(ID, answer)
+    assert result.passed, result.message
+    assert result.figures["max_queries"] <= 2
+
+
+# ---------- wrong answers ----------
+
+def no_404(db):
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/users/{user_id}")
+    def read_user(user_id: int, session: Session = Depends(get_db)) -> dict:
+        user = session.get(User, user_id)
+        return {"id": user.id, "name": user.name, "post_count": len(user.posts)} if user else {}
+
+    return app
+
+
+def hard_coded_count(db):
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/users/{user_id}")
+    def read_user(user_id: int, session: Session = Depends(get_db)) -> dict:
+        user = session.get(User, user_id)
+        if user is None:
+            raise HTTPException(status_code=404)
+        return {"id": user.id, "name": user.name, "post_count": 3}
+
+    return app
+
+
+def one_query_per_post(db):
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/users/{user_id}")
+    def read_user(user_id: int, session: Session = Depends(get_db)) -> dict:
+        user = session.get(User, user_id)
+        if user is None:
+            raise HTTPException(status_code=404)
+        ids = session.scalars(select(Post.id).where(Post.user_id == user_id)).all()
+        count = sum(1 for post_id in ids if session.get(Post, post_id) is not None)
+        return {"id": user.id, "name": user.name, "post_count": count}
+
+    return app
+
+
+@pytest.mark.parametrize(("answer", "measured"), [
+    (no_404, "answered 200"),
+    (hard_coded_count, "'post_count': 7"),
+    (one_query_per_post, "queries; 2 are enough"),
+    (make_tour_app, "expected {"),
+])
+def test_wrong_answers_fail_with_what_was_measured(answer, measured):
+    result = grade(ID, answer)
+    assert not result.passed
+    assert measured in result.message
+    assert result.hint
+
+
+# ---------- bad input never escapes as a traceback ----------
+
+def test_none_wrong_type_and_called_factory():
+    assert "the answer is None" in grade(ID, None).message
+    assert "got int 42" in grade(ID, 42).message
+    assert "Pass the function itself" in grade(ID, 42).message
+
+
+def test_factory_returning_nothing():
+    result = grade(ID, lambda db: None)
+    assert not result.passed and "return app" in result.message
+
+
+def test_raising_answer():
+    def broken(db):
+        raise ZeroDivisionError("oops")
+
+    result = grade(ID, broken)
+    assert not result.passed and "ZeroDivisionError: oops" in result.message
+
+
+def test_stub_answer_says_not_done():
+    def stub(db):
+        raise NotImplementedError()
+
+    assert "not answered yet" in grade(ID, stub).message
+
+
+def test_hanging_answer_is_stopped_by_the_time_limit():
+    def hangs(db):
+        time.sleep(30)
+
+    started = time.monotonic()
+    result = grade(ID, hangs, timeout=1)
+    assert time.monotonic() - started < 10
+    assert not result.passed and "did not finish within 1 s" in result.message
+
+
+def test_unknown_exercise_and_non_string_id():
+    assert "no exercise" in grade("99.nope", reference).message
+    assert "no exercise" in grade(None, reference).message  # type: ignore[arg-type]
+
+
+# ---------- hints, check(), progress ----------
+
+def test_hints_escalate_then_stay_on_the_last():
+    from course_lib import grading
+
+    grading._ATTEMPTS.pop(ID, None)
+    ex = next(e for e in exercises() if e.id == ID)
+    seen = [grade(ID, no_404).hint for _ in range(3)]
+    assert seen == [ex.hints[0], ex.hints[1], ex.hints[1]]
+    assert hint(ID, 1) == ex.hints[0]
+
+
+def test_check_raises_with_hint_and_prints_on_pass(capsys):
+    with pytest.raises(ExerciseNotPassed, match="Hint:"):
+        check(ID, no_404)
+    result = check(ID, reference)
+    assert result.passed
+    assert capsys.readouterr().out.startswith(f"✓ {ID} passed")
+
+
+def test_progress_and_results_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_LAB_HOME", str(tmp_path))
+    log = tmp_path / "results.jsonl"
+    monkeypatch.setenv("COURSE_LAB_RESULTS", str(log))
+    grade(ID, no_404)
+    assert load_progress()[ID]["passed"] is False
+    grade(ID, reference)
+    assert load_progress()[ID]["passed"] is True
+    assert progress_file().parent == tmp_path
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["passed"] for r in records] == [False, True]
+
+
+def test_every_exercise_has_a_nudge_and_a_lesson():
+    for ex in exercises():
+        assert ex.hints and all(h.strip() for h in ex.hints)
+        assert ex.lesson[:2].isdigit() and ex.id.startswith(ex.lesson[:2] + ".")

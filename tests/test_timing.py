@@ -1,0 +1,69 @@
+"""Timing: percentiles, sample counts, interleaved comparisons and their ratio, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from course_lib import compare, compare_sync, measure, measure_sync
+from course_lib.timing import Timing, percentile
+
+
+def test_percentile_interpolates():
+    assert percentile([1, 2, 3, 4, 5], 50) == 3
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([10], 99) == 10
+    assert percentile([1, 2, 3, 4, 5], 100) == 5
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_timing_statistics():
+    timing = Timing("x", [0.001, 0.002, 0.003, 0.004, 0.100])
+    assert timing.median_ms == pytest.approx(3)
+    assert timing.mean_ms == pytest.approx(22)
+    assert timing.p99_ms > timing.p95_ms > timing.median_ms
+    assert "median 3.00 ms" in repr(timing)
+
+
+def test_measure_calls_warmup_plus_n_and_awaits():
+    calls = []
+
+    async def op() -> None:
+        calls.append(1)
+        await asyncio.sleep(0)
+
+    timing = asyncio.run(measure(op, n=7, warmup=2))
+    assert timing.n == 7 and len(calls) == 9
+    assert timing.label == "op"
+
+
+def test_compare_orders_ratio_first_over_last():
+    result = compare_sync({"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.0005)}, n=5)
+    assert result.ratio > 2
+    assert "fast is" in repr(result) and "faster than slow" in repr(result)
+    assert result["slow"].n == 5
+
+
+def test_async_compare_interleaves():
+    order = []
+
+    async def a() -> None:
+        order.append("a")
+
+    def b() -> None:
+        order.append("b")
+
+    asyncio.run(compare({"a": a, "b": b}, n=3, warmup=0))
+    assert order == ["a", "b"] * 3
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(TypeError, match="pass a function"):
+        measure_sync(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least two"):
+        compare_sync({"only": lambda: None})
+    with pytest.raises(ValueError, match="at least 1"):
+        measure_sync(lambda: None, n=0)
