@@ -18,7 +18,7 @@ from typing import Literal
 
 import httpx
 
-__all__ = ["Server", "serve", "free_port", "usable_cores", "running_servers"]
+__all__ = ["Server", "serve", "launch", "free_port", "usable_cores", "running_servers"]
 
 ServerKind = Literal["uvicorn", "gunicorn"]
 _RUNNING: dict[int, Server] = {}
@@ -68,7 +68,7 @@ def _command(kind: ServerKind, app: str, port: int, workers: int, extra: Sequenc
 class Server:
     """A server process group started by `serve`: its URL, and `stop()` to end every process in it."""
 
-    kind: ServerKind
+    kind: str
     app: str
     workers: int
     port: int
@@ -168,6 +168,36 @@ def _wait_ready(server: Server, ready_path: str, timeout: float) -> None:
                        f"Its output:\n{server.log()[-2000:]}")
 
 
+def launch(
+    command: Sequence[str],
+    port: int,
+    *,
+    kind: str,
+    app: str = "",
+    workers: int = 1,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    ready_path: str = "/",
+    startup_timeout: float = 30.0,
+) -> Server:
+    """Start any server command that will listen on 127.0.0.1:`port`, in its own process group; wait until it answers."""
+    fd, log_name = tempfile.mkstemp(prefix=f"lab-{kind}-", suffix=".log")
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    process = subprocess.Popen(
+        list(command), stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=cwd, env=child_env,
+        start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    os.close(fd)
+    started = Server(kind, app, workers, port, process, Path(log_name), list(command))
+    _RUNNING[started.pid] = started
+    try:
+        _wait_ready(started, ready_path, startup_timeout)
+    except BaseException:  # failed start, timeout, KeyboardInterrupt: never leave it running
+        started.stop()
+        raise
+    return started
+
+
 def serve(
     app: str,
     *,
@@ -184,31 +214,15 @@ def serve(
         raise ValueError(f"app must be an import string like 'course_lib.lessons.l01_workers:app', not {app!r}")
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise ValueError(f"workers must be a whole number from 1 to 64, not {workers!r}")
-    last_error: Exception | None = None
-    for _attempt in range(3):  # the free port can be taken between picking and binding: try another
+    for attempt in range(3):  # the free port can be taken between picking and binding: try another
         port = free_port()
-        fd, log_name = tempfile.mkstemp(prefix=f"lab-{server}-", suffix=".log")
-        command = _command(server, app, port, workers, extra_args)
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=cwd, env=child_env,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        os.close(fd)
-        started = Server(server, app, workers, port, process, Path(log_name), command)
-        _RUNNING[started.pid] = started
         try:
-            _wait_ready(started, ready_path, startup_timeout)
-            return started
+            return launch(_command(server, app, port, workers, extra_args), port, kind=server, app=app,
+                          workers=workers, env=env, cwd=cwd, ready_path=ready_path, startup_timeout=startup_timeout)
         except RuntimeError as error:
-            started.stop()
-            last_error = error
-            if "address already in use" not in str(error).lower():
+            if "address already in use" not in str(error).lower() or attempt == 2:
                 raise
-        except BaseException:  # timeout, KeyboardInterrupt: never leave it running
-            started.stop()
-            raise
-    raise RuntimeError(f"could not start {server}: {last_error}")
+    raise AssertionError("unreachable")
 
 
 def running_servers() -> list[Server]:

@@ -1,0 +1,95 @@
+"""`./course lab` serves the course: JupyterLab answers on /lab, and the welcome notebook, opened through
+the Jupyter server's REST API, runs cell by cell in a kernel the server started."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from tornado.websocket import websocket_connect
+
+from course_lib.notebooks import ROOT
+from course_lib.servers import free_port, launch
+
+TOKEN = secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def jupyter(tmp_path_factory):
+    port = free_port()
+    runtime = tmp_path_factory.mktemp("jupyter-runtime")
+    command = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+        f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={ROOT}", "--ServerApp.port_retries=0",
+    ] + (["--allow-root"] if os.geteuid() == 0 else [])
+    env = {"JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_CONFIG_DIR": str(runtime / "config")}
+    with launch(command, port, kind="jupyterlab", env=env, ready_path="/api", startup_timeout=90) as server:
+        yield server
+
+
+def _execute_request(code: str, session: str) -> dict:
+    return {
+        "header": {"msg_id": uuid.uuid4().hex, "username": "test", "session": session, "msg_type": "execute_request",
+                   "version": "5.3", "date": datetime.now(timezone.utc).isoformat()},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }
+
+
+async def _run_cells(base: str, cells: list[str]) -> list[str]:
+    """Start a kernel through the server, run each cell over its websocket, return each cell's stdout."""
+    headers = {"Authorization": f"token {TOKEN}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+        kernel = (await client.post("/api/kernels", json={"name": "python3"})).json()
+        try:
+            ws = await websocket_connect(f"{base.replace('http', 'ws')}/api/kernels/{kernel['id']}/channels?token={TOKEN}")
+            session, outputs = uuid.uuid4().hex, []
+            for code in cells:
+                request = _execute_request(code, session)
+                ws.write_message(json.dumps(request))
+                printed, reply = [], None
+                while reply is None:
+                    message = json.loads(await asyncio.wait_for(ws.read_message(), timeout=120))
+                    if message.get("parent_header", {}).get("msg_id") != request["header"]["msg_id"]:
+                        continue
+                    if message["msg_type"] == "stream":
+                        printed.append(message["content"]["text"])
+                    elif message["msg_type"] == "execute_reply":
+                        reply = message["content"]
+                assert reply["status"] == "ok", f"cell failed in JupyterLab's kernel:\n{code}\n{reply}"
+                outputs.append("".join(printed))
+            ws.close()
+        finally:
+            await client.delete(f"/api/kernels/{kernel['id']}")
+    return outputs
+
+
+def test_lab_page_is_served(jupyter):
+    response = httpx.get(f"{jupyter.url}/lab?token={TOKEN}", timeout=30)
+    assert response.status_code == 200
+    assert "JupyterLab" in response.text
+
+
+def test_welcome_notebook_runs_in_a_server_kernel(jupyter):
+    headers = {"Authorization": f"token {TOKEN}"}
+    model = httpx.get(f"{jupyter.url}/api/contents/notebooks/00_welcome.ipynb", headers=headers, timeout=30).json()
+    assert model["type"] == "notebook"
+    cells = ["import os; os.chdir('notebooks')"]
+    cells += [cell["source"] for cell in model["content"]["cells"] if cell["cell_type"] == "code"]
+    outputs = asyncio.run(_run_cells(jupyter.url, cells))
+    assert "users: 50, posts: 250, queries: 51" in "".join(outputs)
+
+
+def test_course_script_opens_the_welcome_notebook():
+    script = (ROOT / "course").read_text()
+    assert "jupyter lab notebooks/00_welcome.ipynb" in script
+    assert Path(ROOT / "course").stat().st_mode & 0o111
