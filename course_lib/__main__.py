@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .grading import exercises, hint, load_progress
-from .notebooks import ROOT, GradeRow, build_exercises, grade_notebook, refresh_outputs, reset_exercise
+from .notebooks import ROOT, GradeRow, build_exercises, grade_class, grade_notebook, refresh_outputs, reset_exercise
 
 
 def _root() -> Path:
@@ -67,6 +67,8 @@ def _print_grade_rows(rows: list[GradeRow]) -> None:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     """Run exercise notebooks in a kernel and grade every exercise in them."""
+    if args.class_dir:
+        return _grade_class(Path(args.class_dir), Path(args.csv) if args.csv else None)
     paths = [Path(p) for p in args.paths] or sorted((_root() / "exercises").glob("*.ipynb"))
     all_rows: list[GradeRow] = []
     for path in paths:
@@ -81,6 +83,32 @@ def cmd_grade(args: argparse.Namespace) -> int:
     passed = sum(r.status == "passed" for r in all_rows)
     print(f"{passed} passed, {len(all_rows) - passed} failed")
     return 0 if passed == len(all_rows) else 1
+
+
+def _grade_class(folder: Path, csv_path: Path | None) -> int:
+    """Grade a class (one folder per learner), print a summary per learner, write every row to a CSV."""
+    import csv
+
+    if not folder.is_dir():
+        print(f"{folder}: no such folder", file=sys.stderr)
+        return 2
+    rows = grade_class(folder, _root())
+    if csv_path is not None:
+        with csv_path.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["learner", "notebook", "exercise", "passed", "status", "figures", "message"])
+            for learner, row in rows:
+                writer.writerow([learner, row.notebook, row.exercise, row.status == "passed", row.status,
+                                 row.figures, row.message])
+    summary: dict[str, list[int]] = {}
+    for learner, row in rows:
+        counts = summary.setdefault(learner, [0, 0, 0])
+        counts[("passed", "failed", "missing").index(row.status)] += 1
+    print(_table(("learner", "passed", "failed", "missing"),
+                 [(name, str(p), str(f), str(m)) for name, (p, f, m) in summary.items()]))
+    print(f"\n{len(summary)} learners, {len(rows)} exercise results" +
+          (f"; every row is in {csv_path}" if csv_path else ""))
+    return 0
 
 
 def cmd_hint(args: argparse.Namespace) -> int:
@@ -133,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("progress", help=cmd_progress.__doc__).set_defaults(run=cmd_progress)
     p = sub.add_parser("grade", help=cmd_grade.__doc__)
     p.add_argument("paths", nargs="*", help="exercise notebooks (default: all of exercises/)")
+    p.add_argument("--class", dest="class_dir", metavar="DIR", help="grade DIR/<learner>/*.ipynb for each learner")
+    p.add_argument("--csv", help="with --class: write every result to this CSV file")
     p.set_defaults(run=cmd_grade)
     p = sub.add_parser("hint", help=cmd_hint.__doc__)
     p.add_argument("exercise")

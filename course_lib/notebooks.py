@@ -9,6 +9,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +31,7 @@ __all__ = [
     "refresh_outputs",
     "GradeRow",
     "grade_notebook",
+    "grade_class",
     "reset_exercise",
 ]
 
@@ -88,15 +91,17 @@ def clean_notebook(nb: NotebookNode) -> NotebookNode:
     return nb
 
 
-def build_exercise(solution: NotebookNode) -> NotebookNode:
-    """The learner's notebook: answers stubbed, `solution`-tagged cells dropped, answer/check cells tagged by id."""
+def build_exercise(solution: NotebookNode, keep_answers: bool = False) -> NotebookNode:
+    """The learner's notebook: answers stubbed, `solution`-tagged cells dropped, answer/check cells tagged by id.
+    With keep_answers=True the reference answers stay in: a "solved" exercise notebook (tests, demos)."""
     nb = copy.deepcopy(solution)
     cells: list[NotebookNode] = []
     for cell in nb.cells:
         if "solution" in cell.metadata.get("tags", []):
             continue
         if cell.cell_type == "code" and BEGIN in cell.source:
-            cell.source = strip_solutions(cell.source)
+            if not keep_answers:
+                cell.source = strip_solutions(cell.source)
             cell.metadata["lab"] = {"role": "answer"}
         _clear(cell)
         cells.append(cell)
@@ -132,23 +137,34 @@ def build_exercises(root: Path = ROOT, check: bool = False) -> list[Path]:
     return stale
 
 
-def execute_notebook(path: Path, *, timeout: int = 600, allow_errors: bool = False,
-                     env: dict[str, str] | None = None) -> NotebookNode:
-    """Run every cell of a notebook in a fresh `python3` kernel, in the notebook's folder; return it executed."""
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})  # the kernel inherits this process's environment
+@contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (kernels started inside inherit them), then restore."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _run(nb: NotebookNode, folder: Path, *, timeout: int, allow_errors: bool, env: dict[str, str]) -> None:
+    from nbclient import NotebookClient
+
+    with _environment(env):
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                       resources={"metadata": {"path": str(folder)}}).execute()
+
+
+def execute_notebook(path: Path, *, timeout: int = 600, allow_errors: bool = False,
+                     env: dict[str, str] | None = None) -> NotebookNode:
+    """Run every cell of a notebook in a fresh `python3` kernel, in the notebook's folder; return it executed."""
+    nb = nbformat.read(path, as_version=4)
+    _run(nb, path.parent, timeout=timeout, allow_errors=allow_errors, env=env or {})
     return nb
 
 
@@ -171,19 +187,44 @@ class GradeRow:
     message: str
 
 
-def grade_notebook(path: Path, timeout: int = 600) -> list[GradeRow]:
-    """Run a learner's exercise notebook in a kernel and report every exercise of its lesson, run or not."""
+def _official_checks(lesson: str, root: Path) -> dict[str, str]:
+    """The shipped check cell of each exercise of a lesson, by exercise id (from solutions/, the source)."""
+    solution = root / "solutions" / f"{lesson}.ipynb"
+    if not solution.exists():
+        return {}
+    built = build_exercise(nbformat.read(solution, as_version=4))
+    return {cell.metadata["lab"]["exercise"]: cell.source for cell in built.cells
+            if cell.metadata.get("lab", {}).get("role") == "check"}
+
+
+def _role(cell: NotebookNode) -> tuple[str, str]:
+    lab = cell.metadata.get("lab", {}) if isinstance(cell.metadata.get("lab"), dict) else {}
+    return lab.get("role", ""), lab.get("exercise", "")
+
+
+def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None) -> list[GradeRow]:
+    """Grade a learner's exercise notebook: run its cells (its own check cells skipped), then the *shipped*
+    check of every exercise whose answer cell is there. Cells are found by metadata, not position."""
     lesson = path.stem
     expected = exercises(lesson)
+    checks = _official_checks(lesson, root or ROOT)
     results: dict[str, dict[str, Any]] = {}
+    answered: set[str] = set()
+    problem = ""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "results.jsonl"
         log.touch()
-        problem = ""
         try:
-            execute_notebook(path, timeout=timeout, allow_errors=True, env={"COURSE_LAB_RESULTS": str(log)})
-        except Exception as error:  # unreadable notebook, dead kernel, cell time-out
-            problem = f"the notebook could not be run: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            nb = nbformat.read(path, as_version=4)
+            learner_cells = [c for c in nb.cells if c.cell_type == "code" and _role(c)[0] != "check"]
+            answered = {_role(c)[1] for c in learner_cells if _role(c)[0] == "answer"}
+            graded = [nbformat.v4.new_code_cell(checks[ex.id]) for ex in expected if ex.id in answered and ex.id in checks]
+            nb.cells = learner_cells + graded
+            # check() in the kernel appends each result to this file
+            _run(nb, path.parent, timeout=timeout, allow_errors=True, env={"COURSE_LAB_RESULTS": str(log)})
+        except Exception as error:  # corrupt file, dead kernel, a cell over the time limit
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            problem = f"the notebook could not be graded: {type(error).__name__}: {first_line}"
         for line in log.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             results[record["exercise"]] = record
@@ -191,13 +232,26 @@ def grade_notebook(path: Path, timeout: int = 600) -> list[GradeRow]:
     for ex in expected:
         record = results.get(ex.id)
         if record is None:
-            rows.append(GradeRow(path.name, ex.id, ex.title, "missing", "",
-                                 problem or "its check cell did not run: was it deleted, or did a cell above it fail?"))
+            why = problem or ("its answer cell is missing (deleted, or pasted into a new cell): "
+                              f"`python -m course_lib reset {lesson}` restores the notebook"
+                              if ex.id not in answered else "its check did not run")
+            rows.append(GradeRow(path.name, ex.id, ex.title, "missing", "", why))
             continue
         figures = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in record["figures"].items())
         message = record["message"] + (f" Hint: {record['hint']}" if record.get("hint") else "")
         rows.append(GradeRow(path.name, ex.id, ex.title, "passed" if record["passed"] else "failed", figures, message))
+    return rows
+
+
+def grade_class(folder: Path, root: Path | None = None) -> list[tuple[str, GradeRow]]:
+    """Grade every learner's folder (one per learner) of exercise notebooks: (learner, row) for each exercise."""
+    rows: list[tuple[str, GradeRow]] = []
+    for learner in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for notebook in sorted(learner.glob("*.ipynb")):
+            if not exercises(notebook.stem):
+                continue  # not an exercise notebook of this course
+            rows += [(learner.name, row) for row in grade_notebook(notebook, timeout=300, root=root)]
     return rows
 
 
