@@ -130,7 +130,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Generate exercises/ from solutions/ (or, with --check, fail if they differ)."""
-    stale = build_exercises(_root(), check=args.check)
+    stale = build_exercises(_root(), check=args.check, names=args.names)
     for path in stale:
         print(("out of date: " if args.check else "wrote ") + str(path))
     if args.check and stale:
@@ -172,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("name", help="e.g. 02_n_plus_one")
     p.set_defaults(run=cmd_reset)
     p = sub.add_parser("build-exercises", help=cmd_build.__doc__)
+    p.add_argument("names", nargs="*", help="only these lessons, e.g. 02 or 02_n_plus_one (default: all)")
     p.add_argument("--check", action="store_true")
     p.set_defaults(run=cmd_build)
     p = sub.add_parser("refresh-outputs", help=cmd_refresh.__doc__)

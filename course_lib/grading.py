@@ -159,6 +159,18 @@ _NOT_DONE = ("not answered yet: your code still raises NotImplementedError. Repl
              "stub with your answer and run that cell again.")
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """True if `error`, or an exception it was raised from or during, is a `kind`."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _learner_frames(error: BaseException) -> list[traceback.FrameSummary]:
     """Traceback frames from code typed in a notebook or console (not from installed modules)."""
     frames = traceback.extract_tb(error.__traceback__)
@@ -225,10 +237,10 @@ def _run_with_time_limit(ex: Exercise, answer: Any, timeout: float) -> tuple[str
             outcome.append(("fail", str(failure)))
         except LearnerCodeError as error:
             outcome.append(("fail", str(error)))
-        except NotImplementedError:
-            outcome.append(("fail", _NOT_DONE))
         except Exception as error:  # learner code raised through the app, or broke the checker unforeseen
-            if _learner_frames(error):
+            if _caused_by(error, NotImplementedError):  # a stub, maybe wrapped (e.g. by a lifespan error)
+                outcome.append(("fail", _NOT_DONE))
+            elif _learner_frames(error):
                 outcome.append(("fail", _explain_exception(error)))
             else:
                 outcome.append(("fail", f"the checker could not use your answer: {type(error).__name__}: "
@@ -273,15 +285,27 @@ def grade(exercise_id: str, answer: Any, *, timeout: float | None = None) -> Res
 class ExerciseNotPassed(AssertionError):
     """Raised by `check` in a notebook when an answer does not pass yet; its message carries the hint."""
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: the grader's own frames are no help to a learner."""
+        return [f"\x1b[31m{line}\x1b[0m" if i == 0 else line for i, line in enumerate(str(self).splitlines())]
 
-def check(exercise_id: str, answer: Any, *, timeout: float | None = None) -> Result:
-    """Grade in a notebook: print the pass line, or raise ExerciseNotPassed with what was measured and a hint."""
+
+def check(exercise_id: str, answer: Any, *, timeout: float | None = None) -> None:
+    """Grade in a notebook: show the pass line, or raise ExerciseNotPassed with what was measured and a hint."""
     __tracebackhide__ = True  # noqa: F841  (IPython and pytest hide this frame)
     result = grade(exercise_id, answer, timeout=timeout)
     if not result.passed:
         raise ExerciseNotPassed(repr(result))
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(result)  # a green box in a notebook
+            return
+    except ImportError:
+        pass
     print(repr(result))
-    return result
 
 
 def hint(exercise_id: str, level: int | None = None) -> str:

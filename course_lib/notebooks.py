@@ -9,7 +9,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -123,10 +123,13 @@ def _dumps(nb: NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def build_exercises(root: Path = ROOT, check: bool = False) -> list[Path]:
-    """Write exercises/NAME.ipynb from each solutions/NAME.ipynb; with check=True only list those out of date."""
+def build_exercises(root: Path = ROOT, check: bool = False, names: Sequence[str] = ()) -> list[Path]:
+    """Write exercises/NAME.ipynb from each solutions/NAME.ipynb (or only the named lessons, e.g. "02" or
+    "02_n_plus_one"); with check=True only list those out of date."""
     stale: list[Path] = []
     for solution_path in sorted((root / "solutions").glob("*.ipynb")):
+        if names and not any(solution_path.stem == n or solution_path.stem.startswith(f"{n}_") for n in names):
+            continue
         target = root / "exercises" / solution_path.name
         text = _dumps(build_exercise(nbformat.read(solution_path, as_version=4)))
         if not target.exists() or target.read_text(encoding="utf-8") != text:

@@ -40,7 +40,10 @@ def live_panel(
                 shown = render(value)
             except Exception as error:  # keep the panel alive and say what went wrong
                 shown = f"could not measure at {value}: {type(error).__name__}: {error}"
-            display(shown)
+            if isinstance(shown, str):
+                print(shown)
+            else:
+                display(shown)
 
     def on_change(change: dict[str, Any]) -> None:
         output.clear_output(wait=True)
