@@ -1,0 +1,328 @@
+"""Lesson 04: the items table, the demo apps' behaviour (exact counts), and both graders with right and wrong answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Annotated, Any
+
+import pytest
+from fastapi import Depends, FastAPI, HTTPException, Query
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.middleware.gzip import GZipMiddleware
+
+from course_lib.client import app_client
+from course_lib.grading import grade
+from course_lib.lessons.l04_pagination import (
+    Item,
+    ItemOut,
+    add_items,
+    decode_cursor,
+    depth_profile,
+    encode_cursor,
+    make_article_app,
+    make_catalog_app,
+    make_feed_app,
+    make_items_db,
+    make_keyset_app,
+    make_offset_app,
+    newest_ids,
+    walk_cursor,
+    walk_offset,
+    wire_bytes,
+    with_gzip,
+)
+
+
+def run(coro: Any) -> Any:
+    """Run a coroutine to completion (tests are plain functions)."""
+    return asyncio.run(coro)
+
+
+# ---------- data and demo apps ----------
+
+def test_items_db_is_deterministic_and_add_items_appends_newer_rows():
+    with make_items_db(23) as db:
+        assert db.counts == {"items": 23}
+        assert newest_ids(db) == list(range(23, 0, -1))
+        assert add_items(db, 4) == [24, 25, 26, 27]
+        with db.session() as session:
+            assert session.scalar(select(func.count()).select_from(Item)) == 27
+            stamps = session.scalars(select(Item.created_at).order_by(Item.id)).all()
+        assert len(set(stamps)) < len(stamps), "created_at must have ties for the lesson's demonstration"
+    with pytest.raises(ValueError):
+        make_items_db(-1)
+
+
+def test_cursor_round_trip_and_garbage():
+    item = make_items_db(3)
+    with item.session() as session:
+        row = session.get(Item, 2)
+        assert row is not None
+        assert decode_cursor(encode_cursor(row.created_at, row.id)) == (row.created_at, row.id)
+    item.close()
+    for garbage in ("", "not-a-cursor!", base64.urlsafe_b64encode(b"[1]").decode()):
+        with pytest.raises(ValueError):
+            decode_cursor(garbage)
+
+
+def test_article_idiom_lets_a_negative_limit_through_and_the_annotated_cap_does_not():
+    async def go() -> tuple[int, int, list[int]]:
+        with make_items_db(300) as db:
+            async with app_client(make_article_app(db)) as article, app_client(make_offset_app(db)) as capped:
+                negative = await article.get("/items", params={"limit": -1})
+                codes = [(await capped.get("/items", params={"limit": v})).status_code for v in (-1, 0, 101, 100)]
+                return negative.status_code, len(negative.json()), codes
+
+    status, count, codes = run(go())
+    assert (status, count) == (200, 300)
+    assert codes == [422, 422, 422, 200]
+
+
+def test_cursor_on_a_non_unique_column_loses_rows_and_the_tiebreaker_does_not():
+    async def go(tiebreaker: bool) -> list[int]:
+        with make_items_db(1_000) as db:
+            async with app_client(make_feed_app(db, tiebreaker=tiebreaker)) as client:
+                return await walk_cursor(client, limit=12)
+
+    lossy, exact = run(go(False)), run(go(True))
+    assert len(lossy) == len(set(lossy)) == 801
+    assert exact == list(range(1_000, 0, -1))
+
+
+def test_offset_repeats_rows_under_inserts_and_keyset_does_not():
+    async def go(make_app: Any, walk: Any) -> list[int]:
+        with make_items_db(120) as db:
+            async with app_client(make_app(db)) as client:
+                return await walk(client, limit=10, between=lambda: add_items(db, 3))
+
+    offset = run(go(make_offset_app, walk_offset))
+    keyset = run(go(make_keyset_app, walk_cursor))
+    assert len(offset) - len(set(offset)) == 49
+    assert keyset == list(range(120, 0, -1))
+
+
+def test_deep_offset_is_slower_than_keyset_at_depth():
+    with make_items_db(300_000) as db:
+        profile = run(depth_profile(db, [0, 299_980], n=7))
+    # interleaved medians; research saw ~30x at this depth on an idle machine: 2x is a wide margin for noise
+    assert profile["offset"][1] / profile["keyset"][1] >= 2
+    assert profile["offset"][1] / profile["offset"][0] >= 1.5
+
+
+def test_gzip_shrinks_the_export_and_leaves_small_responses_alone():
+    async def go() -> dict[str, tuple[int, int, str]]:
+        with make_items_db(10_000) as db:
+            async with app_client(with_gzip(make_catalog_app(db))) as client:
+                return {u: await wire_bytes(client, u) for u in ("/items/export", "/items?limit=8")}
+
+    sizes = run(go())
+    wire, size, encoding = sizes["/items/export"]
+    assert encoding == "gzip" and size / wire >= 5
+    assert sizes["/items?limit=8"][2] == "identity"
+    assert sizes["/items?limit=8"][0] == sizes["/items?limit=8"][1]
+
+
+# ---------- 04.keyset: right answers ----------
+
+def test_keyset_reference_passes():
+    result = grade("04.keyset", make_keyset_app)
+    assert result.passed, result.message
+    assert result.figures["deep_vs_first"] <= 2.5
+
+
+def make_opaque_keyset_app(db: Any) -> FastAPI:
+    """Right, written another way: opaque base64 cursor, limit + 1 rows to know if there is more, plain dicts."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: int = Query(20, ge=1, le=100), cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.id.desc()).limit(limit + 1)
+        if cursor:
+            try:
+                last = int(base64.urlsafe_b64decode(cursor.encode()).decode())
+            except ValueError as error:
+                raise HTTPException(400, "bad cursor") from error
+            stmt = stmt.where(Item.id < last)
+        rows = session.scalars(stmt).all()
+        page, more = rows[:limit], len(rows) > limit
+        token = base64.urlsafe_b64encode(str(page[-1].id).encode()).decode() if more else None
+        return {"items": [ItemOut.model_validate(r).model_dump(mode="json") for r in page], "next_cursor": token}
+
+    return app
+
+
+def test_keyset_right_answer_written_differently_passes():
+    result = grade("04.keyset", make_opaque_keyset_app)
+    assert result.passed, result.message
+
+
+# ---------- 04.keyset: wrong answers ----------
+
+def make_offset_cursor_app(db: Any) -> FastAPI:
+    """Wrong: the 'cursor' is just the next offset, so inserts shift it."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Annotated[int, Query(ge=0)] = 0,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        rows = session.scalars(select(Item).order_by(Item.id.desc()).offset(cursor).limit(limit)).all()
+        return {"items": [{"id": r.id, "title": r.title} for r in rows],
+                "next_cursor": cursor + limit if len(rows) == limit else None}
+
+    return app
+
+
+def make_uncapped_app(db: Any) -> FastAPI:
+    """Wrong: correct keyset, but `limit` has no bounds."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: int = 20, cursor: int | None = None, session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.id.desc()).limit(limit)
+        if cursor is not None:
+            stmt = stmt.where(Item.id < cursor)
+        rows = session.scalars(stmt).all()
+        return {"items": [{"id": r.id, "title": r.title} for r in rows],
+                "next_cursor": rows[-1].id if rows and len(rows) == limit else None}
+
+    return app
+
+
+def make_load_all_app(db: Any) -> FastAPI:
+    """Wrong: stable and complete, but loads every row and slices in Python."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Annotated[int | None, Query(ge=1)] = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        rows = [r for r in session.scalars(select(Item).order_by(Item.id.desc())).all()
+                if cursor is None or r.id < cursor]
+        page = rows[:limit]
+        return {"items": [{"id": r.id, "title": r.title} for r in page],
+                "next_cursor": page[-1].id if len(rows) > limit else None}
+
+    return app
+
+
+def make_count_then_offset_app(db: Any) -> FastAPI:
+    """Wrong: the cursor is an id (stable under inserts) but is turned into an OFFSET by counting the rows above it."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Annotated[int | None, Query(ge=1)] = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        skip = 0 if cursor is None else session.scalar(
+            select(func.count()).select_from(Item).where(Item.id >= cursor)) or 0
+        rows = session.scalars(select(Item).order_by(Item.id.desc()).offset(skip).limit(limit)).all()
+        return {"items": [{"id": r.id, "title": r.title} for r in rows],
+                "next_cursor": rows[-1].id if len(rows) == limit else None}
+
+    return app
+
+
+def make_oldest_first_app(db: Any) -> FastAPI:
+    """Wrong: keyset, but oldest first."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Annotated[int | None, Query(ge=0)] = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.id).limit(limit)
+        if cursor is not None:
+            stmt = stmt.where(Item.id > cursor)
+        rows = session.scalars(stmt).all()
+        return {"items": [{"id": r.id, "title": r.title} for r in rows],
+                "next_cursor": rows[-1].id if len(rows) == limit else None}
+
+    return app
+
+
+@pytest.mark.parametrize("answer, measured", [
+    (make_offset_cursor_app, "came twice"),
+    (make_uncapped_app, "GET /items?limit=101 answered 200, expected 422"),
+    (make_load_all_app, "30,000-row table"),
+    (make_count_then_offset_app, "300,000 rows deep"),
+    (make_oldest_first_app, "not newest first"),
+    (lambda db: make_feed_app(db, tiebreaker=False), "never came"),
+], ids=["offset-cursor", "uncapped", "load-all", "count-then-offset", "oldest-first", "non-unique-cursor"])
+def test_keyset_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str):
+    result = grade("04.keyset", answer)
+    assert not result.passed
+    assert measured in result.message, result.message
+    assert result.hint
+
+
+def test_keyset_checker_survives_odd_answers():
+    def raises(db: Any) -> FastAPI:
+        raise RuntimeError("boom")
+
+    def not_done(db: Any) -> FastAPI:
+        raise NotImplementedError()
+
+    cases = [(None, "None"), (42, "expected a function"), (raises, "RuntimeError: boom"),
+             (lambda db: None, "not a FastAPI app"), (not_done, "NotImplementedError")]
+    for answer, text in cases:
+        result = grade("04.keyset", answer)
+        assert not result.passed and text in result.message, result.message
+
+
+def test_keyset_checker_gives_up_on_a_hanging_answer_within_its_limit():
+    def hangs(db: Any) -> FastAPI:
+        time.sleep(5)
+        return FastAPI()
+
+    start = time.perf_counter()
+    result = grade("04.keyset", hangs, timeout=1)
+    assert not result.passed and "did not finish within 1 s" in result.message
+    assert time.perf_counter() - start < 4
+
+
+# ---------- 04.gzip ----------
+
+def test_gzip_reference_passes():
+    result = grade("04.gzip", with_gzip)
+    assert result.passed, result.message
+    assert result.figures["export_ratio"] >= 5
+
+
+def test_gzip_right_answer_written_differently_passes():
+    result = grade("04.gzip", lambda app: GZipMiddleware(app, minimum_size=4_000, compresslevel=1))
+    assert result.passed, result.message
+
+
+def default_gzip(app: FastAPI) -> FastAPI:
+    """Wrong: Starlette's defaults compress responses smaller than one packet."""
+    app.add_middleware(GZipMiddleware)
+    return app
+
+
+@pytest.mark.parametrize("answer, measured", [
+    (default_gzip, "GET /items?limit=8 (939 bytes"),
+    (lambda app: app, "Content-Encoding identity"),
+    (lambda app: GZipMiddleware(app, minimum_size=2_000, compresslevel=0), "expected ≥ 5×"),
+    (lambda app: GZipMiddleware(app, minimum_size=50_000), "GET /items?limit=100 (11,752 bytes"),
+    (lambda app: app.add_middleware(GZipMiddleware, minimum_size=2_000), "add_middleware(...)` returns None"),
+], ids=["defaults", "no-gzip", "level-0", "threshold-too-high", "returns-none"])
+def test_gzip_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str):
+    result = grade("04.gzip", answer)
+    assert not result.passed
+    assert measured in result.message, result.message
+
+
+def test_gzip_checker_survives_odd_answers():
+    def raises(app: Any) -> Any:
+        raise KeyError("x")
+
+    for answer, text in [(None, "None"), ("gzip", "expected a function"), (raises, "KeyError")]:
+        result = grade("04.gzip", answer)
+        assert not result.passed and text in result.message, result.message
