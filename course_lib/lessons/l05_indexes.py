@@ -1,0 +1,610 @@
+"""Lesson 05 (indexes): fast big tables, EXPLAIN QUERY PLAN parsed into a typed plan, and the index exercise."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException
+from sqlalchemy import Index, MetaData, Table, func, inspect, select, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import CreateIndex
+from sqlalchemy.sql import Executable
+
+from ..bench import BenchRow
+from ..db import Base, DemoDB, Post, User, fresh_engine, make_demo_db
+from ..grading import Checking, exercise
+from ..timing import compare_sync
+
+LESSON = "05_indexes"
+
+__all__ = [
+    "PlanStep", "QueryPlan", "explain", "parse_sqlite_plan",
+    "make_users_db", "make_posts_db", "clone_db", "add_index", "drop_indexes", "index_ddl",
+    "email_of", "emails_to_look_up", "insert_users", "make_lookup_app",
+    "email_lookup", "insert_batches", "lookup_ratio", "write_cost_ratio", "composite_ratio",
+    "SHOP_QUERIES", "shop_queries", "fill_orders", "make_orders_db", "ShopReport", "inspect_shop_model",
+    "bench", "verdict",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Query plans: one typed shape, one parser per dialect (SQLite today; PostgreSQL's EXPLAIN can be added later)
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One line of a query plan, normalised across dialects (access: scan, search, sort or other)."""
+
+    detail: str
+    # "scan": reads the whole table (or a whole index); "search": jumps to rows through a key;
+    # "sort": the database sorts rows itself (SQLite's USE TEMP B-TREE); "other": anything else
+    access: str
+    table: str | None = None
+    index: str | None = None
+    covering: bool = False
+    automatic: bool = False
+    depth: int = 0
+
+    @property
+    def full_scan(self) -> bool:
+        """True when the step reads every row of a table (or every entry of an index)."""
+        return self.access == "scan" and self.table is not None
+
+    @property
+    def uses_declared_index(self) -> bool:
+        """True when the step searches through an index you declared (or the primary key), not an automatic one."""
+        return self.access == "search" and self.index is not None and not self.automatic
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """The database's plan for one statement: its steps, with the questions a lesson asks of them."""
+
+    dialect: str
+    sql: str
+    steps: tuple[PlanStep, ...]
+
+    def on(self, table: str) -> list[PlanStep]:
+        """The steps that read `table`."""
+        return [s for s in self.steps if s.table == table]
+
+    @property
+    def scanned_tables(self) -> list[str]:
+        """Tables read from end to end."""
+        return [s.table for s in self.steps if s.full_scan and s.table]
+
+    @property
+    def indexes(self) -> list[str]:
+        """Indexes the plan uses (declared ones, the primary key included)."""
+        return [s.index for s in self.steps if s.index and not s.automatic]
+
+    @property
+    def sorts(self) -> bool:
+        """True when the database sorts rows itself (the index did not deliver them in order)."""
+        return any(s.access == "sort" for s in self.steps)
+
+    def uses_index(self, table: str | None = None) -> bool:
+        """True when every read of `table` (default: of any table) is an index search and nothing is sorted."""
+        reads = [s for s in self.steps if s.table is not None and (table is None or s.table == table)]
+        return bool(reads) and all(s.uses_declared_index for s in reads) and not self.sorts
+
+    def __str__(self) -> str:
+        return "\n".join("  " * s.depth + s.detail for s in self.steps)
+
+    def __repr__(self) -> str:
+        return f"QueryPlan[{self.dialect}]\n{self}"
+
+
+_SQLITE_STEP = re.compile(
+    r"^(?P<op>SCAN|SEARCH)\s+(?:TABLE\s+)?(?P<table>[\w$]+)(?:\s+AS\s+(?P<alias>[\w$]+))?"
+    r"(?:\s+USING\s+(?P<how>.*?)(?P<kind>INTEGER PRIMARY KEY|PRIMARY KEY|INDEX)(?:\s+(?P<index>[\w$]+))?)?"
+    r"(?:\s+\((?P<cond>.*)\))?\s*$"
+)
+
+
+def parse_sqlite_plan(rows: Iterable[Sequence[Any]], sql: str = "") -> QueryPlan:
+    """Turn SQLite's `EXPLAIN QUERY PLAN` rows (id, parent, notused, detail) into a QueryPlan."""
+    depth_of: dict[int, int] = {0: -1}
+    steps: list[PlanStep] = []
+    for row in rows:
+        node, parent, detail = int(row[0]), int(row[1]), str(row[3])
+        depth = depth_of.get(parent, -1) + 1
+        depth_of[node] = depth
+        match = _SQLITE_STEP.match(detail)
+        if match is None:
+            access = "sort" if detail.startswith("USE TEMP B-TREE") else "other"
+            steps.append(PlanStep(detail, access, depth=depth))
+            continue
+        how = (match["how"] or "").upper()
+        kind = match["kind"]
+        index = match["index"] if kind == "INDEX" else ("PRIMARY KEY" if kind else None)
+        steps.append(PlanStep(
+            detail=detail,
+            access="search" if match["op"] == "SEARCH" else "scan",
+            table=match["table"],
+            index=index,
+            covering="COVERING" in how,
+            automatic="AUTOMATIC" in how,
+            depth=depth,
+        ))
+    return QueryPlan("sqlite", sql, tuple(steps))
+
+
+def _explain_sqlite(conn: Connection, sql: str, params: Mapping[str, Any] | None) -> QueryPlan:
+    rows = conn.execute(text("EXPLAIN QUERY PLAN " + sql), dict(params or {})).all()
+    return parse_sqlite_plan(rows, sql)
+
+
+# dialect name → explainer; issue 9 adds "postgresql" (EXPLAIN (FORMAT JSON): Seq Scan → scan, Index Scan → search)
+EXPLAINERS: dict[str, Callable[[Connection, str, Mapping[str, Any] | None], QueryPlan]] = {
+    "sqlite": _explain_sqlite,
+}
+
+
+def _connection_source(bind: Any) -> Engine | Connection:
+    if isinstance(bind, DemoDB):
+        return bind.engine
+    if isinstance(bind, Session):
+        return bind.connection()
+    if isinstance(bind, (Engine, Connection)):
+        return bind
+    raise TypeError(f"explain needs an Engine, Connection, Session or DemoDB, got {type(bind).__name__}")
+
+
+def explain(bind: Any, statement: str | Executable, params: Mapping[str, Any] | None = None) -> QueryPlan:
+    """Ask the database how it would run `statement` (a `select(...)` or SQL text) and parse the answer."""
+    source = _connection_source(bind)
+    dialect = source.dialect
+    explainer = EXPLAINERS.get(dialect.name)
+    if explainer is None:
+        raise NotImplementedError(f"no query-plan parser for {dialect.name!r} yet (known: {', '.join(EXPLAINERS)})")
+    if isinstance(statement, str):
+        sql = statement
+    else:
+        sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    if isinstance(source, Connection):
+        return explainer(source, sql, params)
+    with source.connect() as conn:
+        return explainer(conn, sql, params)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Big tables, built in SQL (a recursive CTE runs inside SQLite: 200k users in well under a second)
+# --------------------------------------------------------------------------------------------------------------
+
+_FIRST_NAMES = "ada  alan gracelinusguidoken  radiahedy anitabob  "  # ten 5-character slots
+
+
+def email_of(i: int) -> str:
+    """The email of user `i` in a table built by `make_users_db` (so a lesson can look real users up)."""
+    slot = (i * 7) % 10
+    return f"{_FIRST_NAMES[5 * slot:5 * slot + 5].rstrip()}.{i}@example.com"
+
+
+_USERS_SQL = """
+WITH RECURSIVE seq(i) AS (SELECT :start UNION ALL SELECT i + 1 FROM seq WHERE i < :stop)
+INSERT INTO users (id, name, email, country, is_active, created_at)
+SELECT i,
+       'User ' || i,
+       rtrim(substr(:names, 1 + 5 * ((i * 7) % 10), 5)) || '.' || i || '@example.com',
+       substr('FRDEUSJPBRINNGGBESCA', 1 + 2 * ((i * 3) % 10), 2),
+       (i % 10) != 0,
+       datetime(1704067200 + 60 * i, 'unixepoch')
+FROM seq
+"""
+
+_POSTS_SQL = """
+WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n)
+INSERT INTO posts (id, user_id, title, body, likes, created_at)
+SELECT i, 1 + (i - 1) % :users, 'Post ' || i, 'Body of post ' || i, (i * 37) % 500,
+       datetime(1704067200 + 60 * ((i * 7919) % :n), 'unixepoch')
+FROM seq
+"""
+
+
+def insert_users(db: DemoDB, start: int, count: int) -> None:
+    """Insert users `start` … `start + count - 1` in one statement (their emails follow `email_of`)."""
+    if count <= 0:
+        return
+    with db.engine.begin() as conn:
+        conn.execute(text(_USERS_SQL), {"start": start, "stop": start + count - 1, "names": _FIRST_NAMES})
+    db.counts["users"] = db.counts.get("users", 0) + count
+
+
+def make_users_db(n: int, indexes: Sequence[str | Sequence[str]] = ()) -> DemoDB:
+    """A fresh demo database holding `n` users (no posts), plus the listed indexes on `users`."""
+    db = make_demo_db(users=0, posts_per_user=0)
+    insert_users(db, 1, n)
+    for columns in indexes:
+        add_index(db, "users", columns)
+    return db
+
+
+def make_posts_db(users: int, posts_per_user: int, indexes: Sequence[str | Sequence[str]] = ()) -> DemoDB:
+    """A fresh demo database with `users` users and their posts (spread through the table, dates shuffled)."""
+    db = make_users_db(users)
+    n = users * posts_per_user
+    if n:
+        with db.engine.begin() as conn:
+            conn.execute(text(_POSTS_SQL), {"n": n, "users": users})
+    db.counts["posts"] = n
+    for columns in indexes:
+        add_index(db, "posts", columns)
+    return db
+
+
+def clone_db(db: DemoDB) -> DemoDB:
+    """A copy of a demo database in a new file (SQLite's online backup): same rows, same indexes."""
+    engine, path = fresh_engine()
+    source = db.engine.raw_connection()
+    try:
+        target = sqlite3.connect(path)
+        try:
+            source.driver_connection.backup(target)  # type: ignore[union-attr]
+        finally:
+            target.close()
+    finally:
+        source.close()
+    return DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=path,
+                  counts=dict(db.counts))
+
+
+def _index_for(db: DemoDB, table_name: str, columns: str | Sequence[str], name: str | None) -> Index:
+    cols = [columns] if isinstance(columns, str) else list(columns)
+    # a private copy of the table: the course's shared models (User, Post) never get the index attached
+    table = Base.metadata.tables[table_name].to_metadata(MetaData())
+    return Index(name or f"ix_{table_name}_{'_'.join(cols)}", *(table.c[c] for c in cols))
+
+
+def add_index(db: DemoDB, table_name: str, columns: str | Sequence[str], name: str | None = None) -> float:
+    """CREATE INDEX on one or more columns of a demo table; returns the seconds it took."""
+    index = _index_for(db, table_name, columns, name)
+    start = time.perf_counter()
+    index.create(db.engine)
+    return time.perf_counter() - start
+
+
+def index_ddl(db: DemoDB, table_name: str, columns: str | Sequence[str], name: str | None = None) -> str:
+    """The CREATE INDEX statement `add_index` would run, as text."""
+    return str(CreateIndex(_index_for(db, table_name, columns, name)).compile(db.engine)).strip()
+
+
+def drop_indexes(db: DemoDB, table_name: str) -> list[str]:
+    """Drop every declared index of a table (not the primary key); returns their names."""
+    names = [ix["name"] for ix in inspect(db.engine).get_indexes(table_name) if ix["name"]]
+    with db.engine.begin() as conn:
+        for name in names:
+            conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    return names
+
+
+def emails_to_look_up(n_users: int, count: int = 64) -> list[str]:
+    """`count` emails of existing users spread over the whole table (a lookup loop cycles through them)."""
+    step = max(1, n_users // count)
+    return [email_of(1 + (k * step + k * 7) % n_users) for k in range(count)]
+
+
+def make_lookup_app(db: DemoDB) -> FastAPI:
+    """An app with `GET /users/by-email?email=…`, the lookup the lesson times with and without an index."""
+    app = FastAPI(title="Lookup by email")
+    get_db = db.dependency()
+
+    @app.get("/users/by-email")
+    def by_email(email: str, session: Session = Depends(get_db)) -> dict[str, Any]:
+        user = session.scalars(select(User).where(User.email == email)).one_or_none()
+        if user is None:
+            raise HTTPException(status_code=404, detail="no user with that email")
+        return {"id": user.id, "name": user.name, "email": user.email}
+
+    return app
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The exercise: an orders table, the queries the shop runs, and a grader that reads their plans
+# --------------------------------------------------------------------------------------------------------------
+
+ORDER_COLUMNS = ("id", "customer_email", "store_id", "is_gift", "total_cents", "created_at")
+GRADING_ROWS = 60_000
+STORES = 50
+CUSTOMERS = 20_000
+
+
+def shop_queries(orders: Table, email: str = "customer42@example.com", store: int = 7) -> dict[str, Executable]:
+    """The three queries the shop's endpoints run against the `orders` table."""
+    c = orders.c
+    return {
+        "order history": select(orders).where(c.customer_email == email).order_by(c.id),
+        "store feed": select(orders).where(c.store_id == store).order_by(c.created_at.desc()).limit(20),
+        "gift orders in a store": select(func.count()).select_from(orders)
+        .where(c.store_id == store, c.is_gift.is_(True)),
+    }
+
+
+SHOP_QUERIES = {
+    "order history": "SELECT * FROM orders WHERE customer_email = :email ORDER BY id",
+    "store feed": "SELECT * FROM orders WHERE store_id = :store ORDER BY created_at DESC LIMIT 20",
+    "gift orders in a store": "SELECT count(*) FROM orders WHERE store_id = :store AND is_gift IS 1",
+}
+
+_ORDERS_SQL = """
+WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < :n)
+INSERT INTO orders (id, customer_email, store_id, is_gift, total_cents, created_at)
+SELECT i, 'customer' || ((i * 7919) % :customers) || '@example.com', i % :stores, i % 2,
+       100 + (i * 37) % 20000, datetime(1704067200 + 60 * ((i * 104729) % :n), 'unixepoch')
+FROM seq
+"""
+
+
+def fill_orders(engine: Engine, n: int = GRADING_ROWS) -> None:
+    """Fill an `orders` table: ~3 orders per customer email, 50 stores, half the orders are gifts."""
+    with engine.begin() as conn:
+        conn.execute(text(_ORDERS_SQL), {"n": n, "customers": CUSTOMERS, "stores": STORES})
+
+
+def make_orders_db(table: Table, n: int = GRADING_ROWS) -> tuple[Engine, Table]:
+    """A fresh database holding a private copy of `table` (with its indexes), filled with `n` orders."""
+    engine, _ = fresh_engine()
+    copy = table.to_metadata(MetaData())
+    copy.metadata.create_all(engine)
+    fill_orders(engine, n)
+    return engine, copy
+
+
+def _plain_orders_table() -> Table:
+    from sqlalchemy import Boolean, Column, DateTime, Integer, String
+
+    return Table(
+        "orders", MetaData(),
+        Column("id", Integer, primary_key=True), Column("customer_email", String(120), nullable=False),
+        Column("store_id", Integer, nullable=False), Column("is_gift", Boolean, nullable=False),
+        Column("total_cents", Integer, nullable=False), Column("created_at", DateTime, nullable=False),
+    )
+
+
+@dataclass
+class ShopReport:
+    """What the grader saw for a model: its indexes, each query's plan, and the lookup speed-up."""
+
+    indexes: dict[str, list[str]] = field(default_factory=dict)
+    plans: dict[str, QueryPlan] = field(default_factory=dict)
+
+
+def _sqlite_indexes(engine: Engine, table: str) -> dict[str, list[str]]:
+    """Every index SQLite keeps on `table`, declared or implied by a UNIQUE constraint, with its columns."""
+    found: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        for row in conn.exec_driver_sql(f'PRAGMA index_list("{table}")').all():
+            name, origin = row[1], row[3]
+            if origin == "pk":
+                continue
+            cols = [r[2] for r in conn.exec_driver_sql(f'PRAGMA index_info("{name}")').all()]
+            found[name] = [c if c is not None else "<expression>" for c in cols]
+    return found
+
+
+def _table_of(model: Any) -> Table:
+    table = getattr(model, "__table__", model)
+    if not isinstance(table, Table):
+        raise TypeError
+    return table
+
+
+def inspect_shop_model(model: Any, n: int = GRADING_ROWS) -> tuple[ShopReport, Engine, Table]:
+    """Build the model's table in a fresh database, fill it, and read its indexes and the shop queries' plans."""
+    engine, table = make_orders_db(_table_of(model), n)
+    report = ShopReport(indexes=_sqlite_indexes(engine, "orders"))
+    for name, statement in shop_queries(table).items():
+        report.plans[name] = explain(engine, statement)
+    return report, engine, table
+
+
+def _time_query(engine: Engine, table: Table, name: str) -> Callable[[], None]:
+    """One shop query to time, with a different customer and store on each call."""
+    variants = [shop_queries(table, email=f"customer{(k * 1237) % CUSTOMERS}@example.com", store=k % STORES)[name]
+                for k in range(16)]
+    turn = [0]
+
+    def run() -> None:
+        turn[0] += 1
+        with engine.connect() as conn:
+            conn.execute(variants[turn[0] % len(variants)]).all()
+
+    return run
+
+
+MIN_SPEEDUP = 4.0
+
+
+@exercise(
+    "05.declare-indexes",
+    title="Index what the shop queries (and nothing useless)",
+    lesson=LESSON,
+    expects="a SQLAlchemy model class `Order` (the starter's columns, plus your indexes)",
+    hints=(
+        "Read each query's WHERE and ORDER BY. An equality lookup needs an index that *starts* with that "
+        "column. A filter plus ORDER BY needs one index on (filter column, sort column), in that order, so "
+        "rows come out of the index already sorted. A count is fastest when the index holds every column "
+        "the query reads (the plan then says COVERING INDEX). And half the orders are gifts: an index that "
+        "*starts* with is_gift cannot narrow anything down.",
+        "Keep the columns; add `index=True` to `customer_email`'s `mapped_column(...)` (not unique: a "
+        "customer places several orders) and `__table_args__ = (Index('ix_orders_store_created', "
+        "'store_id', 'created_at'), Index('ix_orders_store_gift', 'store_id', 'is_gift'))`. is_gift may "
+        "follow store_id in an index, never lead one.",
+    ),
+    timeout=120,
+)
+def check_declare_indexes(model: Any, checking: Checking) -> str:
+    """Plans of the three shop queries on 60k orders, no index led by is_gift, and each query's speed-up."""
+    try:
+        table = _table_of(model)
+    except TypeError:
+        checking.fail(f"expected a model class such as `Order` (with a `__table__`), got {type(model).__name__}: "
+                      "pass the class itself, e.g. `check('05.declare-indexes', Order)`.")
+        raise AssertionError("unreachable") from None  # fail() raises; this line is for type checkers
+    missing = [c for c in ORDER_COLUMNS if c not in table.c]
+    checking.expect(table.name == "orders" and not missing,
+                    f"your model's table is {table.name!r} with columns {list(table.c.keys())}; the grader "
+                    f"needs table 'orders' with the starter's columns {list(ORDER_COLUMNS)} "
+                    f"(missing: {missing}). Keep the columns, only add indexes.")
+    try:
+        report, engine, learner_table = inspect_shop_model(model)
+    except IntegrityError as error:
+        why = ("An email appears on several orders and a store has many: an index there must not be "
+               "`unique=True`." if "UNIQUE" in str(error.orig) else
+               "Keep the starter's columns; a column you add needs a default or `nullable=True`.")
+        checking.fail(f"your table refused the shop's data: {error.orig}. {why}")
+        raise AssertionError("unreachable") from None
+    except SQLAlchemyError as error:
+        checking.fail(f"your table could not be created or filled: {type(error).__name__}: "
+                      f"{str(error).splitlines()[0][:200]}")
+        raise AssertionError("unreachable") from None
+    checking.record("indexes", len(report.indexes))
+    listed = ", ".join(f"{n}({', '.join(c)})" for n, c in report.indexes.items()) or "none"
+    try:
+        for name, plan in report.plans.items():
+            checking.expect(not plan.scanned_tables,
+                            f"query {name!r} ({SHOP_QUERIES[name]}) reads the whole orders table: plan "
+                            f"`{plan}`. Your indexes: {listed}.")
+            checking.expect(not plan.sorts,
+                            f"query {name!r} ({SHOP_QUERIES[name]}) finds its rows through an index but then "
+                            f"sorts them itself: plan `{plan}`. Your indexes: {listed}.")
+            checking.expect(plan.uses_index("orders"),
+                            f"query {name!r} does not search through an index: plan `{plan}`. Your indexes: {listed}.")
+        useless = [n for n, cols in report.indexes.items() if cols and cols[0] == "is_gift"]
+        checking.expect(not useless,
+                        f"every query uses an index, but {', '.join(useless)} starts with is_gift: a column with two "
+                        "values, each on half the orders. It cannot narrow a lookup, and every insert pays to "
+                        "maintain it. Drop it (is_gift may *follow* another column in an index).")
+        baseline_engine, baseline_table = make_orders_db(_plain_orders_table())
+        try:
+            for name, plan in report.plans.items():
+                result = compare_sync({"no index": _time_query(baseline_engine, baseline_table, name),
+                                       "yours": _time_query(engine, learner_table, name)}, n=10, warmup=1)
+                checking.record(f"{name} speedup", round(result.ratio, 1))
+                covering = any(step.covering for step in plan.steps)
+                advice = "" if covering else (
+                    " The plan uses an index but not a COVERING one: for each row the index finds, SQLite still "
+                    "reads the table row to check the other columns. An index that holds every column the query "
+                    "filters on answers it from the index alone.")
+                checking.expect(result.ratio >= MIN_SPEEDUP,
+                                f"query {name!r} ({SHOP_QUERIES[name]}) uses `{plan}` but ran only "
+                                f"{result.ratio:.1f}× faster than with no index ({result['yours'].median_ms:.2f} ms "
+                                f"vs {result['no index'].median_ms:.2f} ms, median of 10 on {GRADING_ROWS:,} "
+                                f"orders); expected ≥ {MIN_SPEEDUP:g}×.{advice}")
+        finally:
+            baseline_engine.dispose()
+    finally:
+        engine.dispose()
+    used = sorted({i for p in report.plans.values() for i in p.indexes})
+    slowest = min(v for k, v in checking.figures.items() if k.endswith("speedup"))
+    return (f"every query searches an index ({', '.join(used)}), none led by is_gift, each ≥ {slowest:g}× faster "
+            f"on {GRADING_ROWS:,} orders")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Benchmark rows
+# --------------------------------------------------------------------------------------------------------------
+
+def email_lookup(db: DemoDB, emails: Sequence[str], raw: bool = False) -> Callable[[], None]:
+    """A lookup to time: each call finds the next user of `emails` by email (ORM select, or raw sqlite3)."""
+    turn = [0]
+
+    def raw_call() -> None:
+        turn[0] += 1
+        connection = db.engine.raw_connection()
+        try:
+            connection.cursor().execute("SELECT * FROM users WHERE email = ?",
+                                        (emails[turn[0] % len(emails)],)).fetchall()
+        finally:
+            connection.close()
+
+    def orm_call() -> None:
+        turn[0] += 1
+        with db.session() as session:  # one session per lookup, as one per request in an app
+            session.scalars(select(User).where(User.email == emails[turn[0] % len(emails)])).one()
+
+    return raw_call if raw else orm_call
+
+
+def insert_batches(db: DemoDB, size: int) -> Callable[[], None]:
+    """An insert to time: each call adds the next `size` users to `db` in one statement."""
+    next_id = [max(db.counts.get("users", 0), 0) + 1]
+
+    def call() -> None:
+        insert_users(db, next_id[0], size)
+        next_id[0] += size
+
+    return call
+
+
+def lookup_ratio(n: int, samples: int = 15, raw: bool = False) -> float:
+    """Median email lookup time without / with an index on users.email, on `n` users, interleaved."""
+    plain = make_users_db(n)
+    indexed = clone_db(plain)
+    add_index(indexed, "users", "email")
+    emails = emails_to_look_up(n)
+    try:
+        return compare_sync({"no index": email_lookup(plain, emails, raw),
+                             "index": email_lookup(indexed, emails, raw)}, n=samples, warmup=2).ratio
+    finally:
+        plain.close()
+        indexed.close()
+
+
+def write_cost_ratio(base_rows: int = 50_000, batch: int = 5_000, samples: int = 6) -> float:
+    """Insert time with 4 indexes on users / with none (batches of `batch` rows into `base_rows`), interleaved."""
+    bare = make_users_db(base_rows)
+    heavy = clone_db(bare)
+    for columns in ("email", "name", ("country", "created_at"), "created_at"):
+        add_index(heavy, "users", columns)
+    try:
+        return 1 / compare_sync({"0 indexes": insert_batches(bare, batch), "4 indexes": insert_batches(heavy, batch)},
+                                n=samples, warmup=1).ratio
+    finally:
+        bare.close()
+        heavy.close()
+
+
+def composite_ratio(samples: int = 30) -> float:
+    """An author's 10 latest posts (500 × 200 posts): index on (user_id) / on (user_id, created_at), interleaved."""
+    single = make_posts_db(500, 200, indexes=["user_id"])
+    both = clone_db(single)
+    drop_indexes(both, "posts")
+    add_index(both, "posts", ("user_id", "created_at"))
+    latest = select(Post).where(Post.user_id == 7).order_by(Post.created_at.desc()).limit(10)
+
+    def feed(db: DemoDB) -> Callable[[], None]:
+        def call() -> None:
+            with db.session() as session:
+                session.scalars(latest).all()
+        return call
+
+    try:
+        return compare_sync({"(user_id)": feed(single), "(user_id, created_at)": feed(both)}, n=samples).ratio
+    finally:
+        single.close()
+        both.close()
+
+
+def bench() -> list[BenchRow]:
+    """Headline figures: email lookup without/with an index (200k ORM and raw, 1M raw) and the write cost of 4 indexes."""
+    return [
+        BenchRow("05", "email lookup, no index / index, 200k users (ORM select)", lookup_ratio(200_000), "×"),
+        BenchRow("05", "email lookup, no index / index, 200k users (raw sqlite3)", lookup_ratio(200_000, raw=True), "×"),
+        BenchRow("05", "email lookup, no index / index, 1M users (raw sqlite3)", lookup_ratio(1_000_000, 7, True), "×"),
+        BenchRow("05", "10 latest posts of an author, index (user_id) / (user_id, created_at), 100k posts (ORM)",
+                 composite_ratio(), "×"),
+        BenchRow("05", "insert time, 4 indexes / none (5k-row batches into 50k users)", write_cost_ratio(), "×"),
+    ]
+
+
+def verdict(ratio: float) -> str:
+    """A measured ratio (before / after) in words: "3.2× faster" or "1.5× slower"."""
+    return f"{ratio:.1f}× faster" if ratio >= 1 else f"{1 / ratio:.1f}× slower"

@@ -1,0 +1,225 @@
+"""Lesson 05 (indexes): plan parser, fast table builders, measured effects, and the grader with right and wrong answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Index, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from course_lib.db import Post, User
+from course_lib.grading import Result, grade
+from course_lib.lessons.l05_indexes import (
+    add_index,
+    clone_db,
+    composite_ratio,
+    email_of,
+    explain,
+    index_ddl,
+    lookup_ratio,
+    make_posts_db,
+    make_users_db,
+    parse_sqlite_plan,
+    write_cost_ratio,
+)
+
+EX = "05.declare-indexes"
+
+
+# ---------------------------------------------------------------------------------------------- plan parser
+
+def _rows(*details: str) -> list[tuple[int, int, int, str]]:
+    return [(i + 2, 0, 0, d) for i, d in enumerate(details)]
+
+
+@pytest.mark.parametrize(("detail", "access", "table", "index", "covering", "automatic"), [
+    ("SCAN users", "scan", "users", None, False, False),
+    ("SCAN TABLE users", "scan", "users", None, False, False),  # SQLite < 3.36 spelling
+    ("SCAN users AS u", "scan", "users", None, False, False),
+    ("SEARCH users USING INDEX ix_users_email (email=?)", "search", "users", "ix_users_email", False, False),
+    ("SEARCH TABLE users USING INDEX ix_users_email (email=?)", "search", "users", "ix_users_email", False, False),
+    ("SEARCH orders USING COVERING INDEX ix_s_g (store_id=? AND is_gift=?)", "search", "orders", "ix_s_g", True, False),
+    ("SEARCH users USING INTEGER PRIMARY KEY (rowid=?)", "search", "users", "PRIMARY KEY", False, False),
+    ("SCAN users USING COVERING INDEX ix_users_email", "scan", "users", "ix_users_email", True, False),
+    ("SEARCH p USING AUTOMATIC COVERING INDEX (user_id=?)", "search", "p", None, True, True),
+    ("USE TEMP B-TREE FOR ORDER BY", "sort", None, None, False, False),
+    ("SCAN CONSTANT ROW", "other", None, None, False, False),
+])
+def test_parser_reads_each_sqlite_spelling(detail: str, access: str, table: str | None, index: str | None,
+                                           covering: bool, automatic: bool) -> None:
+    step = parse_sqlite_plan(_rows(detail)).steps[0]
+    assert (step.access, step.table, step.index, step.covering, step.automatic) == (
+        access, table, index, covering, automatic)
+
+
+def test_automatic_index_is_not_counted_as_declared() -> None:
+    plan = parse_sqlite_plan(_rows("SEARCH p USING AUTOMATIC COVERING INDEX (user_id=?)"))
+    assert plan.indexes == [] and not plan.uses_index()
+
+
+def test_plan_questions_and_tree_text() -> None:
+    plan = parse_sqlite_plan([(2, 0, 0, "SEARCH posts USING INDEX ix (user_id=?)"),
+                              (9, 0, 0, "USE TEMP B-TREE FOR ORDER BY")])
+    assert plan.sorts and plan.indexes == ["ix"] and plan.scanned_tables == []
+    assert not plan.uses_index("posts")  # found through the index, but sorted afterwards
+    nested = parse_sqlite_plan([(2, 0, 0, "SCAN users"), (5, 2, 0, "CORRELATED SCALAR SUBQUERY 1"),
+                                (7, 5, 0, "SEARCH posts USING INDEX ix (user_id=?)")])
+    assert str(nested) == "SCAN users\n  CORRELATED SCALAR SUBQUERY 1\n    SEARCH posts USING INDEX ix (user_id=?)"
+    assert nested.scanned_tables == ["users"] and nested.uses_index("posts") and not nested.uses_index()
+    assert nested.on("posts")[0].uses_declared_index
+
+
+def test_explain_live_without_and_with_index_and_shared_model_untouched() -> None:
+    with make_users_db(2_000) as db:
+        query = select(User).where(User.email == email_of(77))
+        before = explain(db, query)
+        assert str(before) == "SCAN users" and before.scanned_tables == ["users"]
+        with clone_db(db) as copy:
+            seconds = add_index(copy, "users", "email")
+            assert seconds >= 0
+            after = explain(copy.engine, query)
+            assert str(after) == "SEARCH users USING INDEX ix_users_email (email=?)"
+            assert after.uses_index("users") and after.indexes == ["ix_users_email"]
+            with copy.session() as session:
+                assert explain(session, query).indexes == ["ix_users_email"]
+                assert session.scalars(query).one().id == 77
+        assert explain(db, "SELECT * FROM users WHERE email = :e", {"e": "x"}).scanned_tables == ["users"]
+    assert User.__table__.indexes == set()  # the course's shared model never gets the lesson's index
+    with pytest.raises(TypeError, match="Engine, Connection, Session or DemoDB"):
+        explain("sqlite://", query)
+
+
+def test_builders_counts_and_ddl() -> None:
+    with make_posts_db(30, 4, indexes=[("user_id", "created_at")]) as db, db.session() as session:
+        assert db.counts == {"users": 30, "posts": 120, "comments": 0}
+        assert session.scalars(select(User).where(User.id == 30)).one().email == email_of(30)
+        assert len(session.get(User, 3).posts) == 4
+        plan = explain(db, select(Post).where(Post.user_id == 3).order_by(Post.created_at.desc()).limit(2))
+        assert plan.uses_index("posts") and not plan.sorts
+        assert index_ddl(db, "users", ("country", "created_at")) == (
+            "CREATE INDEX ix_users_country_created_at ON users (country, created_at)")
+
+
+# ---------------------------------------------------------------------------------------------- measured effects
+
+def test_index_makes_lookup_faster_ratio() -> None:
+    assert lookup_ratio(50_000, samples=9) > 4  # measured 21–24× at 50k (ORM); wide margin for a shared machine
+
+
+def test_indexes_cost_writes_ratio() -> None:
+    assert write_cost_ratio(base_rows=20_000, batch=4_000, samples=5) > 1.2  # measured ~2.5×
+
+
+# ---------------------------------------------------------------------------------------------- grader
+
+class _Columns:
+    """The starter's columns, shared by every answer below (each answer gets its own declarative base)."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[int]
+    is_gift: Mapped[bool]
+    total_cents: Mapped[int]
+    created_at: Mapped[datetime]
+
+
+def _model(table_args: tuple[Any, ...] = (), email_index: bool = False, email_unique: bool = False,
+           tablename: str = "orders", with_email: bool = True) -> type:
+    class FreshBase(DeclarativeBase):
+        pass
+
+    namespace: dict[str, Any] = {"__tablename__": tablename, "__table_args__": table_args,
+                                 "__annotations__": {}}
+    if with_email:
+        namespace["__annotations__"]["customer_email"] = Mapped[str]
+        namespace["customer_email"] = mapped_column(String(120), index=email_index or None,
+                                                    unique=email_unique or None)
+    return type("Order", (_Columns, FreshBase), namespace)
+
+
+def _graded(answer: Any) -> Result:
+    return grade(EX, answer)
+
+
+def test_reference_answer_passes() -> None:
+    answer = _model((Index("ix_orders_store_created", "store_id", "created_at"),
+                     Index("ix_orders_store_gift", "store_id", "is_gift")), email_index=True)
+    result = _graded(answer)
+    assert result.passed, result.message
+    assert result.figures["indexes"] == 3
+    assert all(result.figures[f"{q} speedup"] >= 4 for q in ("order history", "store feed", "gift orders in a store"))
+
+
+def test_right_answer_written_another_way_passes() -> None:
+    # two indexes, both in __table_args__: one covering index serves both store queries
+    answer = _model((Index("by_email", "customer_email"),
+                     Index("by_store", "store_id", "created_at", "is_gift")))
+    result = _graded(answer)
+    assert result.passed, result.message
+    assert result.figures["indexes"] == 2
+
+
+def test_no_index_fails_on_the_scan() -> None:
+    result = _graded(_model())
+    assert not result.passed
+    assert "reads the whole orders table" in result.message and "SCAN orders" in result.message
+    assert "Your indexes: none" in result.message and result.hint
+
+
+def test_single_column_store_index_fails_on_the_sort() -> None:
+    result = _graded(_model((Index("ix_store", "store_id"),), email_index=True))
+    assert not result.passed
+    assert "'store feed'" in result.message and "sorts them itself" in result.message
+    assert "USE TEMP B-TREE" in result.message
+
+
+def test_index_on_the_boolean_fails() -> None:
+    answer = _model((Index("ix_orders_store_created", "store_id", "created_at"),
+                     Index("ix_orders_store_gift", "store_id", "is_gift"),
+                     Index("ix_orders_gift", "is_gift")), email_index=True)
+    result = _graded(answer)
+    assert not result.passed
+    assert "ix_orders_gift starts with is_gift" in result.message
+
+
+def test_non_covering_count_fails_on_the_measured_ratio() -> None:
+    answer = _model((Index("ix_orders_store_created", "store_id", "created_at"),), email_index=True)
+    result = _graded(answer)
+    assert not result.passed
+    assert "'gift orders in a store'" in result.message and "faster than with no index" in result.message
+    assert "COVERING" in result.message
+    assert result.figures["gift orders in a store speedup"] < 4
+
+
+def test_unique_email_index_fails_with_a_reason() -> None:
+    answer = _model((Index("ix_orders_store_created", "store_id", "created_at"),), email_index=True, email_unique=True)
+    result = _graded(answer)
+    assert not result.passed
+    assert "UNIQUE constraint failed" in result.message and "must not be `unique=True`" in result.message
+
+
+class _NoTable:
+    pass
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (None, "the answer is None"),
+    (42, "expected a model class"),
+    (_NoTable, "expected a model class"),
+    ("Order", "expected a model class"),
+])
+def test_odd_answers_get_clear_messages(answer: Any, expected: str) -> None:
+    result = _graded(answer)
+    assert not result.passed and expected in result.message
+
+
+def test_model_with_missing_or_renamed_columns_fails_clearly() -> None:
+    result = _graded(_model(with_email=False))
+    assert not result.passed and "missing: ['customer_email']" in result.message
+    result = _graded(_model(tablename="shop_orders", email_index=True))
+    assert not result.passed and "'shop_orders'" in result.message
+
+
+def test_composite_index_beats_single_column_for_filter_and_sort() -> None:
+    assert composite_ratio(samples=15) > 1.1  # measured 1.6–2.4× (ORM); the plans above are the exact check
