@@ -1,0 +1,47 @@
+"""Liveness (the process answers) and readiness (its dependencies answer in time): 200 or 503, nothing secret."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ..database import ping
+
+router = APIRouter(prefix="/health", tags=["health"])
+logger = logging.getLogger("blog_app.health")
+
+
+@router.get("/live")
+async def live() -> dict[str, str]:
+    """Liveness: touches no dependency, so a slow database never gets a healthy process restarted."""
+    return {"status": "ok"}
+
+
+async def _passes(name: str, check: Awaitable[Any], timeout: float | None) -> bool:
+    """Await one dependency check with a deadline; log the reason server-side, return only up/down."""
+    try:
+        await asyncio.wait_for(check, timeout)
+        return True
+    except Exception as error:  # TimeoutError, OperationalError, ConnectionError, …: all mean "not ready"
+        logger.warning("readiness: %s check failed: %s", name, type(error).__name__)
+        return False
+
+
+@router.get("", responses={503: {"description": "a dependency is down or too slow"}})
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: database and Redis checked concurrently, each with a short timeout; 503 if any fails."""
+    state = request.app.state
+    timeout = state.settings.health_timeout_s
+    database, redis = await asyncio.gather(
+        _passes("database", asyncio.to_thread(ping, state.engine), timeout),
+        _passes("redis", state.redis.ping(), timeout),
+    )
+    checks = {"database": "ok" if database else "down", "redis": "ok" if redis else "down"}
+    healthy = database and redis
+    return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": checks},
+                        status_code=200 if healthy else 503)

@@ -1,0 +1,295 @@
+"""Lesson 06 (structure): a tangled single-file app, the blog_app package it grows into, /health probes,
+a database that hangs on demand, the graded refactor, and the benchmark rows."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from ..bench import BenchRow
+from ..client import app_client
+from ..db import DemoDB, Post, User, make_demo_db
+from ..grading import Checking, exercise
+from .blog_app.config import Settings
+from .blog_app.main import create_app
+
+LESSON = "06_structure"
+PACKAGE = Path(__file__).parent / "blog_app"
+
+__all__ = [
+    "make_tangled_app", "create_app", "Settings", "PACKAGE", "layout", "probe_paths", "answers",
+    "same_answers", "unreachable_url", "hanging_database", "time_health", "Probe", "show_server_log",
+    "run_package_tests",
+]
+
+
+def make_tangled_app(database_url: str) -> FastAPI:
+    """The 'before' app: engine made on the spot, SQL and sessions inside handlers, no /health, no seams."""
+    engine = create_engine(database_url, connect_args={"check_same_thread": False})
+    app = FastAPI(title="Tangled blog")
+
+    @app.get("/users")
+    def users(limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0)] = 0) -> Any:
+        with Session(engine) as session:
+            rows = session.scalars(select(User).order_by(User.id).limit(limit).offset(offset))
+            return [{"id": u.id, "name": u.name} for u in rows]
+
+    @app.get("/users/{user_id}")
+    def user(user_id: int) -> Any:
+        with Session(engine) as session:
+            u = session.get(User, user_id)
+            if u is None:
+                raise HTTPException(status_code=404, detail="user not found")
+            count = session.scalar(select(func.count()).where(Post.user_id == user_id))
+            return {"id": u.id, "name": u.name, "country": u.country, "post_count": count}
+
+    @app.get("/users/{user_id}/posts")
+    def posts(user_id: int) -> Any:
+        with Session(engine) as session:
+            if session.get(User, user_id) is None:
+                raise HTTPException(status_code=404, detail="user not found")
+            rows = session.scalars(select(Post).where(Post.user_id == user_id).order_by(Post.id))
+            return [{"id": p.id, "title": p.title, "likes": p.likes} for p in rows]
+
+    return app
+
+
+def layout(package: Path = PACKAGE) -> str:
+    """The package's files as a tree, each with the first line of its docstring (read from the files)."""
+    lines = [f"{package.name}/"]
+    for path in sorted(package.rglob("*.py"), key=lambda p: (p.parent != package, str(p))):
+        doc = (ast.get_docstring(ast.parse(path.read_text())) or "").splitlines()
+        rel = path.relative_to(package)
+        lines.append(f"  {str(rel):<26} {doc[0] if doc else ''}")
+    return "\n".join(lines)
+
+
+def probe_paths(users: int) -> list[str]:
+    """The requests that pin down the blog API's behaviour on a database of `users` users."""
+    return ["/users", "/users?limit=5&offset=3", f"/users?limit=100&offset={max(users - 2, 0)}",
+            "/users?limit=101", "/users?limit=0", "/users?offset=-1", "/users/1", f"/users/{users}",
+            f"/users/{users + 1}", "/users/abc", "/users/2/posts", f"/users/{users + 1}/posts"]
+
+
+@dataclass
+class Probe:
+    """One request's outcome: status and, for 200/404, the JSON body (422 bodies differ in wording only)."""
+
+    path: str
+    status: int
+    body: Any
+
+    def __repr__(self) -> str:
+        return f"{self.path:<28} {self.status}"
+
+
+async def answers(app: Any, paths: list[str]) -> list[Probe]:
+    """Send each path to `app` in-process and record what came back."""
+    found = []
+    async with app_client(app) as client:
+        for path in paths:
+            response = await client.get(path)
+            body = response.json() if response.status_code in (200, 404) else None
+            found.append(Probe(path, response.status_code, body))
+    return found
+
+
+def same_answers(before: list[Probe], after: list[Probe]) -> list[str]:
+    """The differences between two runs of the same probes, one line each (empty: identical)."""
+    diffs = []
+    for a, b in zip(before, after, strict=True):
+        if a.status != b.status:
+            diffs.append(f"GET {a.path}: status {b.status}, expected {a.status}")
+        elif a.body != b.body:
+            diffs.append(f"GET {a.path}: body {str(b.body)[:160]}, expected {str(a.body)[:160]}")
+    return diffs
+
+
+def unreachable_url(tag: str = "down") -> str:
+    """A SQLite URL in a folder that does not exist: every connection attempt fails at once."""
+    return f"sqlite:////nonexistent-{tag}-folder/blog.sqlite3"
+
+
+@contextmanager
+def hanging_database(db: DemoDB, seconds: float) -> Iterator[None]:
+    """Make every statement on `db`'s file, from any engine (the app's own too), wait `seconds` first."""
+    target = str(db.path)
+
+    def stall(conn: Any, *_: Any) -> None:
+        if conn.engine.url.database == target:
+            time.sleep(seconds)
+
+    event.listen(Engine, "before_cursor_execute", stall)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "before_cursor_execute", stall)
+
+
+async def time_health(app: Any, path: str = "/health") -> tuple[int, float]:
+    """Start `app`, GET `path` once; return (status, seconds the answer took)."""
+    async with app_client(app) as client:
+        start = time.perf_counter()
+        response = await client.get(path)
+        return response.status_code, time.perf_counter() - start
+
+
+def show_server_log() -> None:
+    """Print blog_app's log records to stdout as `server log: …` (once, however often it is called)."""
+    logger = logging.getLogger("blog_app")
+    if not any(getattr(h, "lab_stdout", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("server log: %(message)s"))
+        handler.lab_stdout = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+def run_package_tests() -> tuple[str, int]:
+    """Run blog_app's own tests/ under pytest in a subprocess; return (summary like '4 passed', exit code)."""
+    command = [sys.executable, "-m", "pytest", "-q", "--color=no", "-o", "addopts=", "-p", "no:cacheprovider",
+               "-p", "anyio.pytest_plugin", "-p", "pytest_timeout", str(PACKAGE / "tests")]
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # skip nbval & co.: starts faster
+    run = subprocess.run(command, cwd=PACKAGE.parents[2], capture_output=True, text=True, timeout=300, env=env)
+    lines = run.stdout.strip().splitlines()
+    return (lines[-1].split(" in ")[0] if lines else run.stderr[-300:]), run.returncode
+
+
+# ---------------------------------------------------------------- exercise 06.refactor
+
+HANG_S = 2.0
+
+
+def _parts(answer: Any, checking: Checking) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Pull create_app and get_db out of a dict (or an object with those attributes)."""
+    get = answer.get if isinstance(answer, Mapping) else lambda name: getattr(answer, name, None)
+    factory, get_db = get("create_app"), get("get_db")
+    checking.expect(factory is not None and get_db is not None,
+                    f"expected {{'create_app': create_app, 'get_db': get_db}}, got {str(answer)[:120]}")
+    checking.require_callable(factory, "create_app, a function create_app(database_url) returning the app")
+    checking.require_callable(get_db, "get_db, the yield dependency your routes use for their session")
+    return factory, get_db
+
+
+@exercise(
+    "06.refactor",
+    title="Untangle the app: router, service, yield dependency, /health",
+    lesson=LESSON,
+    expects="{'create_app': create_app, 'get_db': get_db}: create_app(database_url) returns a FastAPI app "
+            "whose routes get their Session from the yield dependency get_db",
+    hints=(
+        "Three seams: routes take `session: Session = Depends(get_db)`; get_db takes `request: Request` and "
+        "yields a session from `request.app.state.session_factory` (made in the lifespan); /health pings the "
+        "database in a thread with a deadline: `await asyncio.wait_for(asyncio.to_thread(ping), 0.5)`.",
+        "get_db: `with request.app.state.session_factory() as s: yield s`. Lifespan: `engine = "
+        "create_engine(url, connect_args={'check_same_thread': False})`, `app.state.session_factory = "
+        "sessionmaker(engine)`, yield, `engine.dispose()`. /health: `try: await asyncio.wait_for("
+        "asyncio.to_thread(ping, engine), 0.5)` → 200 `{'status': 'ok'}`; `except Exception:` → "
+        "`JSONResponse({'status': 'unavailable'}, status_code=503)`, without the error text.",
+    ),
+    timeout=90,
+)
+async def check_refactor(answer: Any, checking: Checking) -> str:
+    """Same answers as the tangled app on two databases, get_db overridable, /health 200/503 and bounded."""
+    factory, get_db = _parts(answer, checking)
+    for users, posts in ((7, 2), (45, 3)):
+        with make_demo_db(users=users, posts_per_user=posts, seed=users) as db:
+            paths = probe_paths(users)
+            before = await answers(make_tangled_app(db.url), paths)
+            after = await answers(checking.build_app(factory, db.url), paths)
+            diffs = same_answers(before, after)
+            checking.expect(not diffs, f"on a database of {users} users, {len(diffs)} of {len(paths)} requests "
+                                       "answered differently from the tangled app: " + "; ".join(diffs[:3]))
+    checking.record("identical_requests", 2 * len(paths))
+
+    down = unreachable_url("grader")
+    with make_demo_db(users=9, posts_per_user=1, seed=3) as test_db:
+        app = checking.build_app(factory, down)
+        app.dependency_overrides[get_db] = test_db.dependency()
+        expected = (await answers(make_tangled_app(test_db.url), ["/users/9", "/users?limit=3"]))
+        started = False
+        try:
+            async with app_client(app) as client:
+                started = True
+                got = [Probe(p, r.status_code, r.json() if r.status_code in (200, 404) else None)
+                       for p in ("/users/9", "/users?limit=3") for r in [await client.get(p)]]
+        except Exception as error:
+            if not started:
+                checking.fail(f"with its database unreachable your app did not even start: "
+                              f"{type(error).__name__}: {str(error)[:160]}. Startup must not connect: make the "
+                              "engine in the lifespan (creating it does not connect) and let /health report it.")
+            checking.fail(f"with the app's database unreachable and get_db overridden to a test database, "
+                          f"a request raised {type(error).__name__}: {str(error)[:160]}. Do all routes get "
+                          "their session from get_db?")
+        checking.expect(not same_answers(expected, got),
+                        "with get_db overridden to a test database, the routes did not answer from it: "
+                        + "; ".join(same_answers(expected, got)[:2]))
+    checking.record("override_used", "yes")
+
+    with make_demo_db(users=3, posts_per_user=1) as db:
+        status, healthy_s = await time_health(checking.build_app(factory, db.url))
+        checking.expect(status == 200, f"/health answered {status} with the database up; expected 200")
+        try:
+            async with app_client(checking.build_app(factory, down)) as client:
+                live, ready = await client.get("/health/live"), await client.get("/health")
+        except Exception as error:
+            checking.fail(f"with the database unreachable the app failed: {type(error).__name__}: "
+                          f"{str(error)[:160]}. Startup must not need the database; /health must catch the error.")
+        checking.expect(live.status_code == 200,
+                        f"/health/live answered {live.status_code} with the database down; liveness must not "
+                        "touch the database (200 while the process runs)")
+        checking.expect(ready.status_code == 503,
+                        f"/health answered {ready.status_code} with the database unreachable; expected 503")
+        leaked = [s for s in ("nonexistent", "sqlite", "OperationalError", "unable to open") if s in ready.text]
+        checking.expect(not leaked, f"/health's 503 body shows {leaked}: {ready.text[:160]}. Say only which "
+                                    "check failed; log the details server-side.")
+        with hanging_database(db, HANG_S):
+            status, hung_s = await time_health(checking.build_app(factory, db.url))
+        checking.record("hung_db_answer_s", round(hung_s, 2))
+        checking.expect(status == 503 and hung_s < HANG_S / 2,
+                        f"with the database stalling {HANG_S:g} s per query, /health answered {status} after "
+                        f"{hung_s:.2f} s; expected 503 in under half that ({HANG_S / 2:g} s). Give the check a "
+                        "deadline (asyncio.wait_for around a thread) of at most 0.5 s.")
+    return (f"identical answers, get_db overridable, /health 200 / 503, hung database detected in "
+            f"{hung_s:.2f} s instead of {HANG_S:g} s")
+
+
+# ---------------------------------------------------------------- benchmark
+
+async def _health_figures() -> list[BenchRow]:
+    with make_demo_db(users=20, posts_per_user=2) as db:
+        with hanging_database(db, 1.5):
+            bounded = await time_health(create_app(Settings(database_url=db.url, health_timeout_s=0.25)))
+            unbounded = await time_health(create_app(Settings(database_url=db.url, health_timeout_s=None)))
+        from ..timing import compare
+
+        async with app_client(create_app(Settings(database_url=db.url))) as client:
+            cost = await compare({"readiness /health": lambda: client.get("/health"),
+                                  "liveness /health/live": lambda: client.get("/health/live")}, n=150, warmup=10)
+    ratio = unbounded[1] / bounded[1]
+    return [
+        BenchRow("06", "hung DB (1.5 s/query): /health answer time, no timeout ÷ 0.25 s timeout", ratio, "×",
+                 "≥ 3× and 503", ratio >= 3 and bounded[0] == 503),
+        BenchRow("06", "readiness (DB + Redis ping) ÷ liveness, in-process median", cost.ratio, "×"),
+        BenchRow("06", "liveness /health/live, in-process median", cost["liveness /health/live"].median_ms * 1000,
+                 "µs"),
+    ]
+
+
+def bench() -> list[BenchRow]:
+    """Lesson 06's headline figures: time to detect a hung database, and the price of a readiness probe."""
+    return asyncio.run(_health_figures())
