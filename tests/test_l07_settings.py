@@ -1,0 +1,231 @@
+"""Lesson 07: the settings class and helpers behave as taught; the grader passes right answers and fails wrong ones."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+from pydantic import AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from course_lib.client import app_client
+from course_lib.grading import grade
+from course_lib.lessons.l07_settings import (
+    Settings, cached_vs_uncached, env_folder, get_settings, legacy_config_warning, make_settings_app,
+)
+
+EXERCISE = "07.settings-class"
+
+
+# ---------------------------------------------------------------- answers
+
+class CacheSettings(BaseModel):
+    """Nested cache settings of the spec."""
+
+    ttl_seconds: int = 60
+
+
+class Reference(BaseSettings):
+    """The reference answer, as in solutions/07_settings.ipynb."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", env_nested_delimiter="__")
+
+    database_url: str
+    api_key: SecretStr
+    debug: bool = False
+    workers: int = Field(default=1, ge=1)
+    allowed_hosts: list[str] = ["localhost"]
+    cache: CacheSettings = CacheSettings()
+
+
+class CacheAsSettings(BaseSettings):
+    """Nested part written as its own BaseSettings (no env reading of its own: defaults only)."""
+
+    model_config = SettingsConfigDict(env_prefix="UNUSED_NESTED_")
+    ttl_seconds: Annotated[int, Field(strict=False)] = 60
+
+
+class OtherWay(BaseSettings):
+    """Right, written differently: tuple env_file, PositiveInt, default_factory, explicit case-insensitivity."""
+
+    model_config = SettingsConfigDict(env_prefix="shop_", env_file=(".env",), env_nested_delimiter="__",
+                                      case_sensitive=False, extra="ignore", env_file_encoding="utf-8")
+
+    database_url: str = Field(validation_alias=AliasChoices("shop_database_url"))
+    api_key: SecretStr
+    debug: bool = Field(default=False)
+    workers: PositiveInt = 1
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["localhost"])
+    cache: CacheAsSettings = Field(default_factory=CacheAsSettings)
+
+
+class LeakySecret(Reference):
+    """Wrong: the key is a plain str, so it shows in repr and JSON."""
+
+    api_key: str  # type: ignore[assignment]
+
+
+class NoDotenv(BaseSettings):
+    """Wrong: forgets env_file, so a local .env is ignored (standalone: a subclass would inherit model_config)."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOP_", env_nested_delimiter="__")
+
+    database_url: str
+    api_key: SecretStr
+    debug: bool = False
+    workers: int = Field(default=1, ge=1)
+    allowed_hosts: list[str] = ["localhost"]
+    cache: CacheSettings = CacheSettings()
+
+
+class NoValidation(Reference):
+    """Wrong: `workers` accepts anything."""
+
+    workers: Any = 1
+
+
+class DefaultedUrl(Reference):
+    """Wrong: a default for a required value, so a missing variable goes unnoticed."""
+
+    database_url: str = "sqlite:///local.db"
+
+
+class NoNesting(BaseSettings):
+    """Wrong: no env_nested_delimiter, so SHOP_CACHE__TTL_SECONDS is ignored."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env")
+
+    database_url: str
+    api_key: SecretStr
+    debug: bool = False
+    workers: int = Field(default=1, ge=1)
+    allowed_hosts: list[str] = ["localhost"]
+    cache: CacheSettings = CacheSettings()
+
+
+# ---------------------------------------------------------------- grader
+
+@pytest.mark.parametrize("answer", [Reference, OtherWay], ids=["reference", "other-way"])
+def test_right_answers_pass(answer: type) -> None:
+    result = grade(EXERCISE, answer)
+    assert result.passed, result.message
+    assert result.figures["environments"] == 11
+
+
+@pytest.mark.parametrize(("answer", "measured"), [
+    (LeakySecret, "api_key is a str"),
+    (NoDotenv, "env_file='.env'"),
+    (NoValidation, "SHOP_WORKERS"),
+    (DefaultedUrl, "SHOP_DATABASE_URL missing"),
+    (NoNesting, "SHOP_CACHE__TTL_SECONDS=5"),
+], ids=["leaky-secret", "no-dotenv", "no-validation", "defaulted-required", "no-nesting"])
+def test_wrong_answers_fail_and_say_what_was_measured(answer: type, measured: str) -> None:
+    result = grade(EXERCISE, answer)
+    assert not result.passed
+    assert measured in result.message, result.message
+    assert result.hint
+
+
+def test_secret_masked_in_str_but_not_repr_only() -> None:
+    """A class that masks repr but dumps the secret in JSON still fails on model_dump_json."""
+
+    class JsonLeak(Reference):
+        def model_dump_json(self, **kwargs: Any) -> str:  # type: ignore[override]
+            return '{"api_key": "%s"}' % self.api_key.get_secret_value()
+
+    result = grade(EXERCISE, JsonLeak)
+    assert not result.passed and "model_dump_json()" in result.message, result.message
+
+
+@pytest.mark.parametrize("odd", [None, 42, "ShopSettings", Reference.__new__, lambda: Reference])
+def test_odd_answers_get_a_clear_message(odd: Any) -> None:
+    result = grade(EXERCISE, odd)
+    assert not result.passed
+    assert "class" in result.message or "None" in result.message, result.message
+
+
+def test_an_instance_is_refused_with_advice() -> None:
+    with env_folder({"SHOP_DATABASE_URL": "sqlite://", "SHOP_API_KEY": "k"}):
+        instance = Reference()
+    result = grade(EXERCISE, instance)
+    assert not result.passed and "pass the class itself" in result.message
+
+
+def test_a_raising_class_fails_clearly() -> None:
+    class Broken(Reference):
+        def __init__(self, **values: Any) -> None:
+            raise RuntimeError("boom at startup")
+
+    result = grade(EXERCISE, Broken)
+    assert not result.passed and "RuntimeError" in result.message
+
+
+# ---------------------------------------------------------------- helpers and lesson claims
+
+def test_env_folder_isolates_and_restores() -> None:
+    os.environ["APP_DEBUG"] = "from-the-shell"
+    cwd = os.getcwd()
+    try:
+        with env_folder({"APP_DATABASE_URL": "x"}, "APP_SECRET_KEY=k\n") as folder:
+            assert Path.cwd() == folder.resolve() or Path.cwd().resolve() == folder.resolve()
+            assert (folder / ".env").read_text() == "APP_SECRET_KEY=k\n"
+            assert "APP_DEBUG" not in os.environ and os.environ["APP_DATABASE_URL"] == "x"
+        assert os.environ["APP_DEBUG"] == "from-the-shell" and "APP_DATABASE_URL" not in os.environ
+        assert os.getcwd() == cwd and not folder.exists()
+    finally:
+        del os.environ["APP_DEBUG"]
+
+
+def test_env_beats_dotenv_and_types_are_converted() -> None:
+    with env_folder({"APP_DEBUG": "true"}, "APP_DATABASE_URL=a\nAPP_SECRET_KEY=k\nAPP_DEBUG=false\nAPP_DB__POOL_SIZE=3\n"):
+        settings = Settings()
+    assert settings.debug is True and settings.db.pool_size == 3 and settings.database_url == "a"
+
+
+def test_lists_json_and_comma_separated() -> None:
+    with env_folder({"APP_DATABASE_URL": "a", "APP_SECRET_KEY": "k", "APP_ALLOWED_ORIGINS": '["x", "y"]',
+                     "APP_TRUSTED_HOSTS": "a.com, b.com"}):
+        settings = Settings()
+    assert settings.allowed_origins == ["x", "y"] and settings.trusted_hosts == ["a.com", "b.com"]
+
+
+def test_bad_configuration_names_every_field() -> None:
+    with env_folder({"APP_SECRET_KEY": "k", "APP_DEBUG": "maybe"}), pytest.raises(ValidationError) as info:
+        Settings()
+    assert {e["loc"][0] for e in info.value.errors()} == {"database_url", "debug"}
+
+
+def test_legacy_config_warns() -> None:
+    warnings = legacy_config_warning()
+    assert warnings and warnings[0].startswith("PydanticDeprecatedSince20")
+
+
+def test_override_makes_startup_succeed_without_environment() -> None:
+    async def run() -> Any:
+        app = make_settings_app()
+        app.dependency_overrides[get_settings] = lambda: Settings(database_url="x", secret_key="t", _env_file=None)
+        with env_folder({}):
+            async with app_client(app) as client:
+                return (await client.get("/info")).json()
+
+    assert asyncio.run(run()) == {"debug": False, "origins": ["http://localhost:3000"], "pool_size": 5}
+
+
+def test_missing_setting_fails_at_startup_in_process() -> None:
+    async def run() -> None:
+        get_settings.cache_clear()
+        with env_folder({"APP_DATABASE_URL": "x"}):
+            async with app_client(make_settings_app()):
+                pass
+
+    with pytest.raises(ValidationError):
+        asyncio.run(run())
+    get_settings.cache_clear()
+
+
+def test_cached_settings_are_faster_than_rereading() -> None:
+    result = asyncio.run(cached_vs_uncached(n=60))
+    assert result.ratio > 1.2, repr(result)  # measured 5–7× here; a ratio, with a wide margin
