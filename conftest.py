@@ -8,3 +8,16 @@ import tempfile
 # Progress goes to a throwaway folder, never the learner's home. Set at import time so that the
 # kernels nbval starts inherit it too.
 os.environ.setdefault("COURSE_LAB_HOME", tempfile.mkdtemp(prefix="lab-progress-"))
+
+
+# Tests whose measurements need the machine's cores to themselves (real servers under load, worker
+# scaling): `./course test` runs them after the parallel phase, one at a time.
+SERIAL = ("01_workers", "09_capstone", "test_audit")
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: D103 - pytest hook
+    import pytest
+
+    for item in items:
+        if any(key in str(item.path) for key in SERIAL):
+            item.add_marker(pytest.mark.serial)

@@ -206,8 +206,8 @@ def _role(cell: NotebookNode) -> tuple[str, str]:
 
 
 def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None) -> list[GradeRow]:
-    """Grade a learner's exercise notebook: run its cells (its own check cells skipped), then the *shipped*
-    check of every exercise whose answer cell is there. Cells are found by metadata, not position."""
+    """Grade a learner's exercise notebook: run its cells, with its own check cells replaced by the *shipped*
+    check of each exercise, run right after that exercise's last answer cell (found by metadata, not position)."""
     lesson = path.stem
     expected = exercises(lesson)
     checks = _official_checks(lesson, root or ROOT)
@@ -221,8 +221,13 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None) -> 
             nb = nbformat.read(path, as_version=4)
             learner_cells = [c for c in nb.cells if c.cell_type == "code" and _role(c)[0] != "check"]
             answered = {_role(c)[1] for c in learner_cells if _role(c)[0] == "answer"}
-            graded = [nbformat.v4.new_code_cell(checks[ex.id]) for ex in expected if ex.id in answered and ex.id in checks]
-            nb.cells = learner_cells + graded
+            last_answer = {_role(c)[1]: i for i, c in enumerate(learner_cells) if _role(c)[0] == "answer"}
+            cells: list[NotebookNode] = []
+            for i, cell in enumerate(learner_cells):  # each shipped check right after its exercise's answer
+                cells.append(cell)
+                cells += [nbformat.v4.new_code_cell(checks[ex_id]) for ex_id, last in last_answer.items()
+                          if last == i and ex_id in checks]
+            nb.cells = cells
             # check() in the kernel appends each result to this file
             _run(nb, path.parent, timeout=timeout, allow_errors=True, env={"COURSE_LAB_RESULTS": str(log)})
         except Exception as error:  # corrupt file, dead kernel, a cell over the time limit
