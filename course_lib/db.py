@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import itertools
+import os
 import random
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -12,9 +15,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, create_engine, insert, select, func
-from sqlalchemy.engine import Engine
+from sqlalchemy import DateTime, ForeignKey, Integer, String, create_engine, func, insert, select, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from .settings import course_settings
 
 
 __all__ = [
@@ -25,6 +31,8 @@ __all__ = [
     "DemoDB",
     "make_demo_db",
     "fresh_engine",
+    "drop_fresh_database",
+    "dialect",
 ]
 
 
@@ -93,18 +101,60 @@ _WORDS = ("fast api async pool index cache query worker latency throughput sessi
 _EPOCH = datetime(2024, 1, 1)
 
 _TEMP_DIRS: list[Path] = []
+_SERVER_DATABASES: dict[str, URL] = {}  # fresh database name -> URL of the server's maintenance database
+_COUNTER = itertools.count(1)
 
 
-def _remove_temp_dirs() -> None:
+def _cleanup() -> None:
     for path in _TEMP_DIRS:
         shutil.rmtree(path, ignore_errors=True)
+    for name in list(_SERVER_DATABASES):
+        _drop_server_database(name)
 
 
-atexit.register(_remove_temp_dirs)
+atexit.register(_cleanup)
 
 
-def fresh_engine(echo: bool = False) -> tuple[Engine, Path]:
-    """Create an engine on a new SQLite file in its own temporary folder (removed at exit)."""
+def _fresh_server_database(url: str, echo: bool) -> Engine:
+    """CREATE DATABASE with a unique name on the server `url` points at; return an engine on it."""
+    admin_url = make_url(url)
+    name = f"lab_{os.getpid()}_{next(_COUNTER)}_{secrets.token_hex(3)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.dispose()
+    _SERVER_DATABASES[name] = admin_url
+    return create_engine(admin_url.set(database=name), echo=echo)
+
+
+def _drop_server_database(name: str) -> None:
+    admin_url = _SERVER_DATABASES.pop(name, None)
+    if admin_url is None:
+        return
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except Exception:  # the server may already be gone at exit: nothing left to clean
+        pass
+    finally:
+        admin.dispose()
+
+
+def dialect() -> str:
+    """The database the course runs on: 'sqlite' (default) or the dialect of `DATABASE_URL` (e.g. 'postgresql')."""
+    url = course_settings().database_url
+    return make_url(url).get_backend_name() if url else "sqlite"
+
+
+def fresh_engine(echo: bool = False) -> tuple[Engine, Path | None]:
+    """An engine on a brand-new, empty database: a SQLite file in its own temporary folder, or, when
+    `DATABASE_URL` names a server (PostgreSQL), a new database created on it. Both are removed at exit."""
+    url = course_settings().database_url
+    if url and make_url(url).get_backend_name() != "sqlite":
+        return _fresh_server_database(url, echo), None
     folder = Path(tempfile.mkdtemp(prefix="fastapi-lab-"))
     _TEMP_DIRS.append(folder)
     path = folder / "demo.sqlite3"
@@ -112,6 +162,15 @@ def fresh_engine(echo: bool = False) -> tuple[Engine, Path]:
         f"sqlite:///{path}", echo=echo, connect_args={"check_same_thread": False}
     )
     return engine, path
+
+
+def drop_fresh_database(engine: Engine, path: Path | None = None) -> None:
+    """Dispose of an engine from `fresh_engine` and delete its database (file or server database)."""
+    engine.dispose()
+    if path is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    elif engine.url.database in _SERVER_DATABASES:
+        _drop_server_database(engine.url.database)
 
 
 @dataclass
@@ -142,10 +201,8 @@ class DemoDB:
         return get_db
 
     def close(self) -> None:
-        """Dispose of the engine's connections and delete the database file."""
-        self.engine.dispose()
-        if self.path is not None:
-            shutil.rmtree(self.path.parent, ignore_errors=True)
+        """Dispose of the engine's connections and delete the database (its file, or its server database)."""
+        drop_fresh_database(self.engine, self.path)
 
     def __enter__(self) -> DemoDB:
         return self
@@ -238,6 +295,11 @@ def make_demo_db(
                 }
 
     counts["comments"] = _insert_in_batches(engine, Comment.__table__, comments())
+    if engine.dialect.name == "postgresql":  # rows were inserted with explicit ids: move the sequences on
+        with engine.begin() as conn:
+            for table in ("users", "posts", "comments"):
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                  f"coalesce(max(id), 0) + 1, false) FROM {table}"))
     return DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=path, counts=counts)
 
 

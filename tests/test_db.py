@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+import os
+from datetime import datetime
+
+from sqlalchemy import create_engine, func, select, text
 
 from course_lib import Comment, Post, User, make_demo_db
-from course_lib.db import row_count
+from course_lib.db import dialect, row_count
 
 
 def test_sizes_are_as_asked():
@@ -27,12 +30,35 @@ def test_same_seed_same_data_other_seed_other_data():
     assert snapshot(1) != snapshot(2)
 
 
-def test_each_database_is_its_own_file_and_close_removes_it():
+def _server_databases(url) -> set[str]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        names = set(conn.scalars(text("SELECT datname FROM pg_database")))
+    engine.dispose()
+    return names
+
+
+def test_each_database_is_fresh_and_close_removes_it():
     first, second = make_demo_db(users=1), make_demo_db(users=1)
-    assert first.path != second.path and first.path.exists()
-    first.close()
-    second.close()
-    assert not first.path.exists() and not second.path.parent.exists()
+    assert first.url != second.url
+    if dialect() == "sqlite":
+        assert first.path.exists()
+        first.close()
+        second.close()
+        assert not first.path.exists() and not second.path.parent.exists()
+    else:  # DATABASE_URL: a new database on the server each time, dropped on close
+        names = {first.engine.url.database, second.engine.url.database}
+        assert names <= _server_databases(first.engine.url)
+        first.close()
+        second.close()
+        assert not names & _server_databases(os.environ["DATABASE_URL"])
+
+
+def test_inserts_without_ids_continue_after_the_demo_rows():
+    with make_demo_db(users=3, posts_per_user=1) as db, db.session() as session:
+        session.add(Post(user_id=1, title="new", body="", likes=0, created_at=datetime(2025, 1, 1)))
+        session.commit()
+        assert session.scalar(select(func.max(Post.id))) == 4
 
 
 def test_emails_are_unique_and_posts_belong_to_users():
