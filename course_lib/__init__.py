@@ -23,11 +23,13 @@ __all__ = [
     "Server", "serve", "usable_cores",
     "Comparison", "Timing", "compare", "compare_sync", "measure", "measure_sync",
     "live_panel", "say",
+    "audit", "AuditReport",
 ]
 
 # matplotlib, ipywidgets and IPython load on first use: a server subprocess that imports a lesson's
 # app (`course_lib.lessons.…:app`) starts seconds faster without them
-_LAZY = {"plot_bars": "plots", "plot_curve": "plots", "plot_timings": "plots", "live_panel": "widgets", "say": "widgets"}
+_LAZY = {"plot_bars": "plots", "plot_curve": "plots", "plot_timings": "plots", "live_panel": "widgets", "say": "widgets",
+         "audit": "auditor", "AuditReport": "auditor"}
 
 
 def __getattr__(name: str) -> Any:

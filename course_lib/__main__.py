@@ -1,4 +1,4 @@
-"""Terminal entry point: `python -m course_lib {progress,grade,hint,reset,build-exercises,refresh-outputs,bench}`."""
+"""Terminal entry point: `python -m course_lib {progress,grade,hint,reset,audit,bench,build-exercises,refresh-outputs}`."""
 
 from __future__ import annotations
 
@@ -154,6 +154,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(notebooks=args.notebooks, only=args.only)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Run the performance checklist against a FastAPI app ("module:app") and print the report."""
+    from .auditor import audit_main
+
+    return audit_main([args.app, *[arg for path in args.probe for arg in ("--probe", path)]])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run one command."""
     parser = argparse.ArgumentParser(prog="python -m course_lib", description="FastAPI Performance Lab")
@@ -178,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("refresh-outputs", help=cmd_refresh.__doc__)
     p.add_argument("paths", nargs="+")
     p.set_defaults(run=cmd_refresh)
+    p = sub.add_parser("audit", help=cmd_audit.__doc__)
+    p.add_argument("app", help="import string, e.g. mypackage.main:app")
+    p.add_argument("--probe", action="append", default=[], help="an extra GET path to probe (repeatable)")
+    p.set_defaults(run=cmd_audit)
     p = sub.add_parser("bench", help=cmd_bench.__doc__)
     p.add_argument("--notebooks", action="store_true", help="also time every lesson notebook end to end")
     p.add_argument("--only", default=None, help="only lessons whose name contains this")

@@ -1,0 +1,28 @@
+"""The bookshop as a module-level `app` for a real server: configured by environment variables.
+
+BOOKSHOP_DB_URL    the database file (a copy per server, so one app's indexes never help another)
+BOOKSHOP_APP_FILE  a Python file defining `make_app(database_url) -> FastAPI` (the learner's fixed app), or
+BOOKSHOP_FIXES     comma-separated fix names for `bookshop.app.make_app` (empty: the original)
+BOOKSHOP_DB_LATENCY_MS  simulated network round trip added to every SQL statement (default 0)
+"""
+
+from __future__ import annotations
+
+import os
+from fastapi import FastAPI
+
+from . import install_db_latency, load_factory
+from .app import make_app
+
+
+def build() -> FastAPI:
+    """Build the app the environment asks for."""
+    install_db_latency(float(os.environ.get("BOOKSHOP_DB_LATENCY_MS", "0")))
+    url = os.environ["BOOKSHOP_DB_URL"]
+    if os.environ.get("BOOKSHOP_APP_FILE"):
+        return load_factory(os.environ["BOOKSHOP_APP_FILE"])(url)
+    fixes = [f for f in os.environ.get("BOOKSHOP_FIXES", "").split(",") if f]
+    return make_app(url, fixes)
+
+
+app = build()
