@@ -12,7 +12,7 @@ os.environ.setdefault("COURSE_LAB_HOME", tempfile.mkdtemp(prefix="lab-progress-"
 
 # Tests whose measurements need the machine's cores to themselves (real servers under load, worker
 # scaling): `./course test` runs them after the parallel phase, one at a time.
-SERIAL = ("01_workers", "09_capstone", "test_audit")
+SERIAL = ("01_workers", "09_capstone", "test_audit", "test_classroom")
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: D103 - pytest hook

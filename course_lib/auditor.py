@@ -30,6 +30,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.routing import Match
 
 from .client import app_client
+from .queries import simulated_latency
 
 __all__ = ["Check", "AuditReport", "audit", "audit_main"]
 
@@ -174,20 +175,6 @@ def _database_down(engine: Engine) -> Iterator[None]:
         yield
     finally:
         event.remove(engine, "before_cursor_execute", refuse)
-
-
-@contextmanager
-def _slow_database(engine: Engine, latency_ms: float) -> Iterator[None]:
-    """Each statement waits `latency_ms` (a blocking wait, as a real driver's network round trip is)."""
-
-    def wait(*_: Any) -> None:
-        time.sleep(latency_ms / 1000)
-
-    event.listen(engine, "before_cursor_execute", wait)
-    try:
-        yield
-    finally:
-        event.remove(engine, "before_cursor_execute", wait)
 
 
 def _find_engine(app: Any) -> Engine | None:
@@ -415,7 +402,7 @@ async def audit(
                 measured = []
                 for _ in range(2):
                     if engine is not None:
-                        with _slow_database(engine, db_latency_ms):
+                        with simulated_latency(engine, db_latency_ms):
                             measured.append(await _loop_lag(client, p.path))
                     else:
                         measured.append(await _loop_lag(client, p.path))

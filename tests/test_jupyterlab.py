@@ -10,7 +10,6 @@ import secrets
 import sys
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,14 +23,13 @@ TOKEN = secrets.token_hex(16)
 
 @pytest.fixture(scope="module")
 def jupyter(tmp_path_factory):
+    """The README's first command, `./course lab`, with options for a headless run on a free port."""
     port = free_port()
     runtime = tmp_path_factory.mktemp("jupyter-runtime")
-    command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-        f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={ROOT}", "--ServerApp.port_retries=0",
-    ] + (["--allow-root"] if os.geteuid() == 0 else [])
+    command = [str(ROOT / "course"), "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+               f"--IdentityProvider.token={TOKEN}", "--ServerApp.port_retries=0"]
     env = {"JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_CONFIG_DIR": str(runtime / "config")}
-    with launch(command, port, kind="jupyterlab", env=env, ready_path="/api", startup_timeout=90) as server:
+    with launch(command, port, kind="jupyterlab", cwd=ROOT, env=env, ready_path="/api", startup_timeout=300) as server:
         yield server
 
 
@@ -89,7 +87,7 @@ def test_welcome_notebook_runs_in_a_server_kernel(jupyter):
     assert "users: 50, posts: 250, queries: 51" in "".join(outputs)
 
 
-def test_course_script_opens_the_welcome_notebook():
-    script = (ROOT / "course").read_text()
-    assert "jupyter lab notebooks/00_welcome.ipynb" in script
-    assert Path(ROOT / "course").stat().st_mode & 0o111
+def test_lab_opens_on_the_welcome_notebook(jupyter):
+    landing = httpx.get(f"{jupyter.url}/?token={TOKEN}", follow_redirects=False, timeout=30)
+    assert landing.status_code in (301, 302, 303, 307)
+    assert landing.headers["location"].split("?")[0].endswith("/lab/tree/notebooks/00_welcome.ipynb")

@@ -5,8 +5,6 @@ No `from __future__ import annotations` here: FastAPI must resolve the local ans
 
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
