@@ -19,7 +19,7 @@ def plot_timings(timings: Comparison | Mapping[str, Timing] | Sequence[Timing], 
         timings = timings.timings
     items = list(timings.values()) if isinstance(timings, Mapping) else list(timings)
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.7 * len(items)))
-    ax.boxplot([[s * 1000 for s in t.samples] for t in items], vert=False, showfliers=False)
+    ax.boxplot([[s * 1000 for s in t.samples] for t in items], orientation="horizontal", showfliers=False)
     ax.set_yticks(range(1, len(items) + 1), [t.label for t in items])
     for i, t in enumerate(items, 1):
         ax.annotate(f"{t.median_ms:.2f} ms", (t.median_ms, i), xytext=(0, 12), textcoords="offset points",

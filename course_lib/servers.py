@@ -208,8 +208,11 @@ def serve(
     extra_args: Sequence[str] = (),
     ready_path: str = "/",
     startup_timeout: float = 30.0,
+    announce: bool | None = None,
 ) -> Server:
-    """Start `app` ("module:attribute") under uvicorn or gunicorn on a free port; use as `with serve(...) as s:`."""
+    """Start `app` ("module:attribute") under uvicorn or gunicorn on a free port; use as `with serve(...) as s:`.
+
+    In a notebook cell it shows a link to the server's /docs that works where the learner is (`announce`)."""
     if not isinstance(app, str) or ":" not in app:
         raise ValueError(f"app must be an import string like 'course_lib.lessons.l01_workers:app', not {app!r}")
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
@@ -217,12 +220,37 @@ def serve(
     for attempt in range(3):  # the free port can be taken between picking and binding: try another
         port = free_port()
         try:
-            return launch(_command(server, app, port, workers, extra_args), port, kind=server, app=app,
-                          workers=workers, env=env, cwd=cwd, ready_path=ready_path, startup_timeout=startup_timeout)
+            started = launch(_command(server, app, port, workers, extra_args), port, kind=server, app=app,
+                             workers=workers, env=env, cwd=cwd, ready_path=ready_path, startup_timeout=startup_timeout)
         except RuntimeError as error:
             if "address already in use" not in str(error).lower() or attempt == 2:
                 raise
+            continue
+        if announce if announce is not None else _in_notebook_main_thread():
+            _announce(started)
+        return started
     raise AssertionError("unreachable")
+
+
+def _in_notebook_main_thread() -> bool:
+    """True in a Jupyter kernel's main thread (a learner's cell), not in a grader's thread or a script."""
+    import threading
+
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel") and threading.current_thread() is threading.main_thread()
+
+
+def _announce(server: Server) -> None:
+    """Show a clickable link to the server's API docs: direct locally, through jupyter-server-proxy on a hub."""
+    from IPython.display import Markdown, display
+
+    where = "through this hub's proxy" if os.environ.get("JUPYTERHUB_SERVICE_PREFIX") else "on this machine"
+    display(Markdown(f"{server.kind} × {server.workers} worker(s) serving `{server.app}` {where}: "
+                     f"[open its API docs]({server.link('/docs')})"))
 
 
 def running_servers() -> list[Server]:

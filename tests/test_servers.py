@@ -114,3 +114,18 @@ def test_free_port_and_cores():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_announce_shows_a_docs_link_that_works_where_the_learner_is(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    with serve(APP, announce=True) as server:
+        pass
+    with serve(APP) as quiet:  # outside a notebook cell: nothing shown
+        pass
+    assert len(shown) == 1 and quiet.port != server.port
+    assert f"(/user/ada/proxy/{server.port}/docs)" in shown[0].data
+    assert "through this hub's proxy" in shown[0].data
