@@ -43,3 +43,9 @@ def test_grade_exits_non_zero_on_the_shipped_exercise():
     assert done.returncode == 1
     assert "00.first-endpoint" in done.stdout and "✗ failed" in done.stdout
     assert "0 passed, 1 failed" in done.stdout
+
+
+def test_audit_command_prints_the_checklist_and_fails_on_a_cross(capsys):
+    assert main(["audit", "course_lib.lessons.l00_welcome:hello_app"]) == 1  # no /health: a ✗
+    out = capsys.readouterr().out
+    assert "/health says whether the app can serve" in out and "checks pass" in out
