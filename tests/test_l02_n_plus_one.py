@@ -13,17 +13,21 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, contains_eager, joinedload, raiseload, selectinload, subqueryload
 
 from course_lib.client import app_client
-from course_lib.db import Comment, DemoDB, Post, User, make_demo_db
+from course_lib.db import Comment, DemoDB, Post, User, dialect, make_demo_db
 from course_lib.grading import grade
 from course_lib.lessons.l02_n_plus_one import (
     STRATEGIES,
     USERS_ADAPTER,
     StrictUser,
+    _endpoint_ratio,
     bench,
+    database_label,
     expected_payload,
     load_users,
     make_blog_app,
     render_users,
+    round_trip_ms,
+    simulated_rtt_ms,
     strategy_table,
 )
 from course_lib.queries import count_queries
@@ -152,13 +156,52 @@ def test_strategy_table_measures_slower_lazy_at_simulated_round_trip() -> None:
     assert rows["lazy"]["median ms"] > 3 * rows["selectinload"]["median ms"]
 
 
-def test_bench_rows() -> None:
+def test_bench_rows_name_their_database() -> None:
+    name = dialect()
     rows = {r.effect: r for r in bench()}
-    assert rows["GET /users queries, 100 users × 10 posts: lazy"].value == 101
-    assert rows["GET /users queries, same data: selectinload"].met is True
-    assert rows["nested queries, 50 users × 4 posts × 3 comments: lazy"].value == 1 + 50 + 200
-    ratio = rows["N+1 endpoint latency lazy / selectinload, 1 ms simulated RTT"].value
+    assert all(effect.startswith(f"[{name}] ") for effect in rows)
+    assert rows[f"[{name}] GET /users queries, 100 users × 10 posts: lazy"].value == 101
+    assert rows[f"[{name}] GET /users queries, same data: selectinload"].met is True
+    assert rows[f"[{name}] nested queries, 50 users × 4 posts × 3 comments: lazy"].value == 1 + 50 + 200
+    ratio = rows[f"[{name}] N+1 endpoint latency lazy / selectinload, + 1 ms simulated RTT"].value
     assert ratio > 2, ratio  # 101 vs 2 round trips of ≥ 1 ms; quiet machines measure 7–11×
+    assert rows[f"[{name}] one query's floor (SELECT 1, median)"].value > 0
+
+
+def test_simulated_latency_only_where_there_is_no_real_round_trip() -> None:
+    with make_demo_db(users=2, posts_per_user=1) as db:
+        label = database_label(db)
+    if dialect() == "sqlite":
+        assert simulated_rtt_ms() == 1.0 and simulated_rtt_ms(3) == 3 and label == "SQLite (in-process)"
+    else:
+        assert simulated_rtt_ms() == 0.0 and simulated_rtt_ms(3) == 0.0
+        assert label.startswith("PostgreSQL ") and label.endswith(" on 127.0.0.1"), label
+
+
+@pytest.mark.skipif(dialect() == "sqlite", reason="needs DATABASE_URL: a server's round trip against SQLite's")
+def test_a_server_round_trip_costs_more_than_an_in_process_call() -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    embedded = create_engine("sqlite://", poolclass=StaticPool)
+    try:
+        with make_demo_db(users=2, posts_per_user=1) as db:
+            ratios = []
+            for _ in range(3):  # alternate the two engines: one ratio per round, the median of three
+                ratios.append(round_trip_ms(db, n=100) / round_trip_ms(embedded, n=100))
+    finally:
+        embedded.dispose()
+    # measured ~5–15× here (PostgreSQL over loopback vs in-process SQLite); 1.5× is a wide margin for noise
+    assert sorted(ratios)[1] >= 1.5, ratios
+
+
+@pytest.mark.skipif(dialect() == "sqlite", reason="needs DATABASE_URL: real round trips, no simulated latency")
+def test_n_plus_one_costs_real_round_trips_on_a_server_without_simulated_latency() -> None:
+    with make_demo_db(users=100, posts_per_user=3) as db:
+        ratio, lazy_q, eager_q = asyncio.run(_endpoint_ratio(db, 0.0, n=15))
+    assert (lazy_q, eager_q) == (101, 2)
+    # 101 real round trips against 2, nothing simulated: measured ~3× through the endpoint; 1.3× is the margin
+    assert ratio >= 1.3, ratio
 
 
 # --- 02.fix-n-plus-one -------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 import pytest
@@ -14,14 +16,17 @@ from sqlalchemy.orm import Session
 from starlette.middleware.gzip import GZipMiddleware
 
 from course_lib.client import app_client
+from course_lib.db import dialect
 from course_lib.grading import grade
 from course_lib.lessons.l04_pagination import (
     Item,
     ItemOut,
     add_items,
+    bench,
     decode_cursor,
     depth_profile,
     encode_cursor,
+    explain_page,
     make_article_app,
     make_catalog_app,
     make_feed_app,
@@ -29,6 +34,7 @@ from course_lib.lessons.l04_pagination import (
     make_keyset_app,
     make_offset_app,
     newest_ids,
+    sort_method,
     walk_cursor,
     walk_offset,
     wire_bytes,
@@ -68,17 +74,97 @@ def test_cursor_round_trip_and_garbage():
             decode_cursor(garbage)
 
 
+def test_items_db_moves_the_id_sequence_past_the_loaded_rows():
+    with make_items_db(12) as db, db.session() as session:
+        item = Item(title="new", category="books", price_cents=1, created_at=datetime(2025, 1, 1))
+        session.add(item)
+        session.commit()
+        assert item.id == 13  # PostgreSQL: setval after COPY; SQLite: max(rowid) + 1
+
+
+def test_bulk_load_is_copy_on_postgresql_and_batched_inserts_on_sqlite():
+    from course_lib.queries import count_queries
+
+    with make_items_db(0) as db:
+        with count_queries(db.engine) as log:
+            add_items(db, 6_000)
+        with db.engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(Item)) == 6_000
+            inserts = [sql for sql in log.statements if sql.lstrip().upper().startswith("INSERT")]
+            if dialect() == "postgresql":
+                assert inserts == []  # COPY goes through psycopg's cursor.copy, not INSERT statements
+                # a load of ≥ ANALYZE_AFTER rows refreshed the planner's statistics
+                assert conn.exec_driver_sql("SELECT reltuples FROM pg_class WHERE relname = 'items'").scalar() == 6_000
+            else:
+                assert inserts and len(inserts) <= 2  # executemany batches (SQLAlchemy logs one per batch)
+        assert newest_ids(db)[:3] == [6_000, 5_999, 5_998]
+
+
 def test_article_idiom_lets_a_negative_limit_through_and_the_annotated_cap_does_not():
-    async def go() -> tuple[int, int, list[int]]:
+    async def go() -> tuple[int, bytes, list[int]]:
         with make_items_db(300) as db:
-            async with app_client(make_article_app(db)) as article, app_client(make_offset_app(db)) as capped:
+            async with app_client(make_article_app(db), raise_app_exceptions=False) as article, \
+                    app_client(make_offset_app(db)) as capped:
                 negative = await article.get("/items", params={"limit": -1})
                 codes = [(await capped.get("/items", params={"limit": v})).status_code for v in (-1, 0, 101, 100)]
-                return negative.status_code, len(negative.json()), codes
+                return negative.status_code, negative.content, codes
 
-    status, count, codes = run(go())
-    assert (status, count) == (200, 300)
+    status, body, codes = run(go())
+    if dialect() == "sqlite":
+        assert status == 200 and len(json.loads(body)) == 300  # LIMIT -1 means "no limit"
+    else:
+        assert status == 500  # PostgreSQL: LIMIT must not be negative
     assert codes == [422, 422, 422, 200]
+
+
+def test_offset_over_ties_repeats_rows_on_postgresql_and_the_tiebreaker_never_does():
+    async def go(order_by: list[Any]) -> list[int]:
+        with make_items_db(1_000) as db:
+            async with app_client(make_offset_app(db, order_by=order_by)) as client:
+                return await walk_offset(client, limit=12)
+
+    loose = run(go([Item.created_at.desc()]))
+    exact = run(go([Item.created_at.desc(), Item.id.desc()]))
+    assert exact == list(range(1_000, 0, -1))
+    assert len(loose) == 1_000
+    if dialect() == "postgresql":
+        assert len(set(loose)) < 1_000, "PostgreSQL's top-N heapsort reorders ties between pages"
+    else:
+        # SQLite returns tied rows in rowid order on every page: the accident the lesson warns about
+        assert sorted(loose) == sorted(exact)
+
+
+CANNED_PG_PLAN = [{"Plan": {"Node Type": "Limit", "Plans": [{
+    "Node Type": "Sort", "Parent Relationship": "Outer", "Sort Key": ["items.created_at DESC"],
+    "Sort Method": "top-N heapsort", "Sort Space Used": 33, "Plans": [{"Node Type": "Seq Scan",
+                                                                      "Relation Name": "items"}]}]}}]
+
+
+def test_sort_method_reads_postgresql_plans():
+    assert sort_method(CANNED_PG_PLAN) == "top-N heapsort"
+    assert sort_method(CANNED_PG_PLAN[0]) == "top-N heapsort"
+    assert sort_method([{"Plan": {"Node Type": "Limit", "Plans": [{"Node Type": "Index Scan Backward"}]}}]) is None
+    assert sort_method([{"Plan": {"Node Type": "Sort", "Sort Method": "quicksort"}}]) == "quicksort"
+    assert sort_method(None) is None and sort_method("text") is None
+
+
+def test_explain_page_on_the_live_database():
+    with make_items_db(1_000) as db:
+        loose = explain_page(db, [Item.created_at.desc()], offset=360)
+    if dialect() == "postgresql":
+        assert loose == "Sort Method: top-N heapsort"
+    else:
+        assert loose == "SCAN items; USE TEMP B-TREE FOR ORDER BY"
+
+
+def test_bench_rows_name_their_database_and_hold_the_tie_figures():
+    rows = {r.effect: r for r in bench()}
+    name = dialect()
+    assert all(effect.startswith(f"[{name}] ") for effect in rows)
+    assert rows[f"[{name}] same walk by (created_at, id): distinct seen"].value == 1_000
+    loose = rows[f"[{name}] OFFSET walk of 1,000 items by created_at only (5 per second): distinct seen"].value
+    assert (loose < 1_000) if name == "postgresql" else (loose == 1_000)
+    assert rows[f"[{name}] OFFSET: deepest page / first page (GET)"].value >= 1.5
 
 
 def test_cursor_on_a_non_unique_column_loses_rows_and_the_tiebreaker_does_not():
