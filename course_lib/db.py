@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import itertools
 import os
 import random
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,13 +117,37 @@ def _cleanup() -> None:
 atexit.register(_cleanup)
 
 
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]  # several machines may share a server
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop_orphans(conn: Any) -> None:
+    """Drop databases this machine made for processes that died without cleaning up (a hard-killed kernel)."""
+    for name in conn.exec_driver_sql("SELECT datname FROM pg_database WHERE datname LIKE %(p)s",
+                                     {"p": f"lab_{_HOST}_%"}).scalars():
+        parts = name.split("_")
+        if len(parts) >= 3 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _fresh_server_database(url: str, echo: bool) -> Engine:
     """CREATE DATABASE with a unique name on the server `url` points at; return an engine on it."""
     admin_url = make_url(url)
-    name = f"lab_{os.getpid()}_{next(_COUNTER)}_{secrets.token_hex(3)}"
+    name = f"lab_{_HOST}_{os.getpid()}_{next(_COUNTER)}_{secrets.token_hex(3)}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as conn:
+            if not _SERVER_DATABASES:  # once per process: tidy up after dead ones
+                _drop_orphans(conn)
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     finally:
         admin.dispose()

@@ -85,3 +85,23 @@ def test_200k_rows_build_in_bulk():
 def test_negative_sizes_are_refused():
     with pytest.raises(ValueError, match="positive"):
         make_demo_db(users=-1)
+
+
+def test_databases_of_dead_processes_are_dropped():
+    if dialect() == "sqlite":
+        pytest.skip("server databases only: set DATABASE_URL to a PostgreSQL server")
+    import subprocess
+
+    from sqlalchemy.pool import NullPool
+
+    from course_lib import db as db_module
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = f"lab_{db_module._HOST}_{dead.pid}_1_dead00"
+    admin = create_engine(os.environ["DATABASE_URL"], isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{orphan}"')
+    db_module._SERVER_DATABASES.clear()  # as in a fresh process
+    with make_demo_db(users=1):
+        assert orphan not in _server_databases(os.environ["DATABASE_URL"])
