@@ -151,7 +151,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure each lesson's headline effect on this machine and print the table."""
     from .bench import run_bench
 
-    return run_bench(notebooks=args.notebooks, only=args.only)
+    return run_bench(notebooks=args.notebooks, only=args.only, postgres_column=args.postgres_column)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -192,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("bench", help=cmd_bench.__doc__)
     p.add_argument("--notebooks", action="store_true", help="also time every lesson notebook end to end")
     p.add_argument("--only", default=None, help="only lessons whose name contains this")
+    p.add_argument("--postgres-column", action="store_true",
+                   help="with DATABASE_URL: the data lessons (02, 04, 05) on SQLite and PostgreSQL side by side")
     p.set_defaults(run=cmd_bench)
     args = parser.parse_args(argv)
     return int(args.run(args))

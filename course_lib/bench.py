@@ -109,10 +109,51 @@ def notebook_times(only: str | None = None) -> list[BenchRow]:
     return rows
 
 
-def run_bench(notebooks: bool = False, only: str | None = None) -> int:
+DATA_LESSONS = ("02", "04", "05")
+
+
+def side_by_side(only: str | None = None) -> list[tuple[str, str, str, str, str]]:
+    """The data lessons' rows measured on SQLite and on the PostgreSQL of `DATABASE_URL`, joined by effect."""
+    import os
+    import re
+
+    from .settings import course_settings
+
+    url = course_settings().database_url
+    if not url:
+        raise SystemExit("--postgres-column needs DATABASE_URL set to a PostgreSQL server")
+    measured: dict[str, dict[str, BenchRow]] = {}
+    for database in ("sqlite", "postgresql"):
+        if database == "sqlite":
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = url
+        course_settings.cache_clear()
+        for lesson in DATA_LESSONS:
+            if only and only not in lesson:
+                continue
+            for row in lesson_benches(lesson):
+                effect = re.sub(r"^\[(sqlite|postgresql)\]\s*", "", row.effect)
+                measured.setdefault(f"{row.lesson}\0{effect}", {})[database] = row
+    os.environ["DATABASE_URL"] = url
+    course_settings.cache_clear()
+    table = []
+    for key, by_db in measured.items():
+        lesson, effect = key.split("\0")
+        cells = {db: by_db[db].cells()[2] if db in by_db else "—" for db in ("sqlite", "postgresql")}
+        goal = next((r.cells()[3] for r in by_db.values() if r.goal), "")
+        table.append((lesson, effect, cells["sqlite"], cells["postgresql"], goal))
+    return table
+
+
+def run_bench(notebooks: bool = False, only: str | None = None, postgres_column: bool = False) -> int:
     """Measure, then print one table; returns 1 if any row missed its goal."""
     from .__main__ import _table
 
+    if postgres_column:
+        rows = side_by_side(only)
+        print(_table(("lesson", "effect", "SQLite", "PostgreSQL", "goal"), rows, wrap_last=30))
+        return 1 if any("✗" in row[-1] for row in rows) else 0
     rows = [] if only else toolkit_bench()
     rows += lesson_benches(only)
     if notebooks:
