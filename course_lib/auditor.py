@@ -32,7 +32,7 @@ from starlette.routing import Match
 from .client import app_client
 from .queries import simulated_latency
 
-__all__ = ["Check", "AuditReport", "audit", "audit_main"]
+__all__ = ["Check", "AuditReport", "audit", "audit_main", "sqlite_scanned_tables", "postgres_scanned_tables"]
 
 PASS, FAIL, UNKNOWN = "✓", "✗", "?"
 AUDIT_HOST = "audit.lab.test"
@@ -435,35 +435,18 @@ async def audit(
                     + (" (claims healthy while the database is down)" if healthy else ""), "06 · structure and /health")
 
     # 6. indexes: statements with a WHERE whose plan scans a large table
-    if engine is None or engine.dialect.name != "sqlite":
+    dialect = engine.dialect.name if engine is not None else None
+    if engine is None or dialect not in _EXPLAIN:
         add("indexes", "Filtered queries use an index", UNKNOWN,
-            "needs a SQLite engine to read EXPLAIN QUERY PLAN", "05 · indexes")
+            "no SQLAlchemy engine to EXPLAIN with" if engine is None else
+            f"reads the query plans of SQLite and PostgreSQL only, not {dialect}", "05 · indexes")
     else:
-        scans: dict[str, str] = {}
-        sizes: dict[str, int] = {}
-        with engine.connect() as conn:
-            for sql, params in dict.fromkeys((s, _hashable(p)) for s, p in rec.statements):
-                if not re.search(r"\bWHERE\b", sql, re.IGNORECASE) or not sql.lstrip().upper().startswith("SELECT"):
-                    continue
-                try:
-                    plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, _unhashable(params)).all()
-                except Exception:  # noqa: BLE001 - a statement we cannot explain is skipped
-                    continue
-                for row in plan:
-                    words = str(row[-1]).split()
-                    if len(words) == 2 and words[0] == "SCAN":
-                        table = words[1]
-                        if table not in sizes:
-                            try:
-                                sizes[table] = conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar_one()
-                            except Exception:  # noqa: BLE001 - an alias or a subquery, not a table
-                                sizes[table] = 0
-                        if sizes[table] >= min_scan_rows:
-                            scans.setdefault(table, " ".join(sql.split())[:90])
+        scans, sizes = _full_scans(engine, rec.statements, min_scan_rows)
+        word = "SCAN" if dialect == "sqlite" else "Seq Scan on"
         add("indexes", "Filtered queries use an index", FAIL if scans else PASS,
-            "; ".join(f"SCAN {t} ({sizes[t]:,} rows) for: {q}" for t, q in scans.items()) if scans else
-            f"no WHERE query scanned a table of {min_scan_rows:,}+ rows ({len(rec.statements)} statements seen)",
-            "05 · indexes")
+            "; ".join(f"{word} {t} ({sizes[t]:,} rows) for: {q}" for t, q in scans.items()) if scans else
+            f"no WHERE query scanned a table of {min_scan_rows:,}+ rows ({len(rec.statements)} statements seen, "
+            f"{dialect} plans)", "05 · indexes")
 
     # 7. middleware: BaseHTTPMiddleware on every request
     base_http = [getattr(m.kwargs.get("dispatch"), "__name__", None) or m.cls.__name__
@@ -509,6 +492,73 @@ async def audit(
     report.checks.sort(key=lambda c: order.index(c.key))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def sqlite_scanned_tables(plan: Sequence[Sequence[Any]]) -> list[str]:
+    """Tables a SQLite `EXPLAIN QUERY PLAN` reads in full: rows whose detail is exactly `SCAN <table>`."""
+    tables = []
+    for row in plan:
+        words = str(row[-1]).split()
+        if len(words) == 2 and words[0] == "SCAN":
+            tables.append(words[1])
+    return tables
+
+
+def postgres_scanned_tables(plan: Any) -> list[str]:
+    """Tables a PostgreSQL `EXPLAIN (FORMAT JSON)` plan reads in full: every `Seq Scan` node's relation."""
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    tables: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if node.get("Node Type") == "Seq Scan" and node.get("Relation Name"):
+                tables.append(str(node["Relation Name"]))
+            walk(node.get("Plan"))
+            walk(node.get("Plans"))
+
+    walk(plan)
+    return tables
+
+
+def _explain(conn: Any, dialect: str, sql: str, params: Any) -> list[str]:
+    """The tables the database's plan for `sql` scans in full."""
+    if dialect == "sqlite":
+        return sqlite_scanned_tables(conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all())
+    return postgres_scanned_tables(conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one())
+
+
+_EXPLAIN = ("sqlite", "postgresql")
+
+
+def _full_scans(engine: Engine, statements: Sequence[tuple[str, Any]],
+                min_rows: int) -> tuple[dict[str, str], dict[str, int]]:
+    """Explain each distinct SELECT … WHERE seen; return {large table scanned in full: the statement} and table sizes."""
+    dialect = engine.dialect.name
+    scans: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    # AUTOCOMMIT: on PostgreSQL a failed EXPLAIN must not abort the transaction the next ones run in
+    options = {"isolation_level": "AUTOCOMMIT"} if dialect == "postgresql" else {}
+    with engine.connect().execution_options(**options) as conn:
+        for sql, params in dict.fromkeys((s, _hashable(p)) for s, p in statements):
+            if not re.search(r"\bWHERE\b", sql, re.IGNORECASE) or not sql.lstrip().upper().startswith("SELECT"):
+                continue
+            try:
+                tables = _explain(conn, dialect, sql, _unhashable(params))
+            except Exception:  # noqa: BLE001 - a statement we cannot explain is skipped
+                continue
+            for table in tables:
+                if table not in sizes:
+                    try:
+                        sizes[table] = conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar_one()
+                    except Exception:  # noqa: BLE001 - an alias or a subquery, not a table
+                        sizes[table] = 0
+                if sizes[table] >= min_rows:
+                    scans.setdefault(table, " ".join(sql.split())[:90])
+    return scans, sizes
 
 
 def _hashable(params: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -16,8 +17,8 @@ from pydantic import SecretStr
 from sqlalchemy import text, select
 from sqlalchemy.orm import Session, selectinload
 
-from course_lib.auditor import AuditReport, audit, audit_main
-from course_lib.db import DemoDB, User, make_demo_db
+from course_lib.auditor import AuditReport, audit, audit_main, postgres_scanned_tables, sqlite_scanned_tables
+from course_lib.db import DemoDB, User, dialect, make_demo_db
 
 SECRET = "sk_test_51Hq9ExampleKey"
 
@@ -114,7 +115,8 @@ def email_app(db: DemoDB) -> FastAPI:
 def test_indexes_fire_on_a_scan_and_quiet_with_an_index() -> None:
     with make_demo_db(users=1_500, posts_per_user=0) as db:
         check = run(email_app(db))["indexes"]
-        assert check.status == "✗" and "SCAN users (1,500 rows)" in check.evidence
+        scan = "SCAN users" if dialect() == "sqlite" else "Seq Scan on users"
+        assert check.status == "✗" and f"{scan} (1,500 rows)" in check.evidence, check.evidence
         with db.engine.begin() as conn:
             conn.execute(text("CREATE INDEX ix_users_email ON users (email)"))
         check = run(email_app(db))["indexes"]
@@ -124,6 +126,46 @@ def test_indexes_fire_on_a_scan_and_quiet_with_an_index() -> None:
 def test_indexes_ignore_small_tables() -> None:
     with make_demo_db(users=50, posts_per_user=0) as db:
         assert run(email_app(db))["indexes"].status == "✓"
+
+
+SQLITE_PLAN_SCAN = [(2, 0, 0, "SCAN users")]
+SQLITE_PLAN_INDEXED = [(3, 0, 0, "SEARCH users USING INDEX ix_users_email (email=?)")]
+SQLITE_PLAN_JOIN = [(3, 0, 0, "SCAN posts"), (5, 0, 0, "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)"),
+                    (9, 0, 0, "USE TEMP B-TREE FOR ORDER BY")]
+PG_PLAN_SCAN = [{"Plan": {"Node Type": "Limit", "Plans": [
+    {"Node Type": "Seq Scan", "Parent Relationship": "Outer", "Relation Name": "users", "Alias": "users",
+     "Filter": "((email)::text = 'x'::text)"}]}}]
+PG_PLAN_INDEXED = [{"Plan": {"Node Type": "Limit", "Plans": [
+    {"Node Type": "Index Scan", "Relation Name": "users", "Index Name": "ix_users_email"}]}}]
+PG_PLAN_BITMAP_AND_JOIN = [{"Plan": {"Node Type": "Hash Join", "Plans": [
+    {"Node Type": "Seq Scan", "Relation Name": "authors"},
+    {"Node Type": "Hash", "Plans": [{"Node Type": "Bitmap Heap Scan", "Relation Name": "books", "Plans": [
+        {"Node Type": "Bitmap Index Scan", "Index Name": "ix_books_author_id"}]}]}]}}]
+
+
+def test_plan_parsing_of_both_dialects_on_canned_plans() -> None:
+    assert sqlite_scanned_tables(SQLITE_PLAN_SCAN) == ["users"]
+    assert sqlite_scanned_tables(SQLITE_PLAN_INDEXED) == []
+    assert sqlite_scanned_tables(SQLITE_PLAN_JOIN) == ["posts"]
+    assert sqlite_scanned_tables([]) == []
+    assert postgres_scanned_tables(PG_PLAN_SCAN) == ["users"]
+    assert postgres_scanned_tables(json.dumps(PG_PLAN_SCAN)) == ["users"]  # the driver may hand back text
+    assert postgres_scanned_tables(PG_PLAN_INDEXED) == []
+    assert postgres_scanned_tables(PG_PLAN_BITMAP_AND_JOIN) == ["authors"]  # nested nodes are walked
+    assert postgres_scanned_tables([]) == [] and postgres_scanned_tables(None) == []
+
+
+@pytest.mark.skipif(dialect() != "postgresql", reason="live PostgreSQL plans need DATABASE_URL")
+def test_live_postgres_plans_seq_scan_then_index_scan() -> None:
+    with make_demo_db(users=2_000, posts_per_user=0) as db, db.engine.connect() as conn:
+        sql = "EXPLAIN (FORMAT JSON) SELECT id FROM users WHERE email = %(email)s"
+        params = {"email": "ada.lovelace.7@example.com"}
+        conn.exec_driver_sql("ANALYZE users")
+        assert postgres_scanned_tables(conn.exec_driver_sql(sql, params).scalar_one()) == ["users"]
+        conn.exec_driver_sql("CREATE INDEX ix_users_email ON users (email)")
+        conn.exec_driver_sql("ANALYZE users")
+        assert postgres_scanned_tables(conn.exec_driver_sql(sql, params).scalar_one()) == []
+        conn.rollback()
 
 
 # --- blocking ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from course_lib.grading import grade
 from course_lib.lessons.bookshop import make_bookshop_db
@@ -50,6 +51,25 @@ def test_original_runs_n_plus_one_and_fixed_does_not(db) -> None:
 
     assert asyncio.run(queries(frozenset())) == 23  # 1 page + 2 authors + 20 review lists
     assert asyncio.run(queries(ALL_FIXES)) == 3
+
+
+def test_copies_are_independent_databases(db) -> None:
+    from sqlalchemy import create_engine, inspect as inspect_db
+    from course_lib.lessons.bookshop import engine_args
+
+    first, second = copy_db(db), copy_db(db)
+    assert first != second and db.url not in (first, second)
+    engines = [create_engine(url, **engine_args(url)) for url in (first, second)]
+    try:
+        with engines[0].begin() as conn:
+            conn.execute(text("CREATE INDEX ix_reviews_book_id ON reviews (book_id)"))
+        names = [{ix["name"] for ix in inspect_db(e).get_indexes("reviews")} for e in engines]
+        assert names == [{"ix_reviews_book_id"}, set()]  # one app's index never speeds up another
+        with engines[1].connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM reviews")).scalar_one() == db.counts["reviews"]
+    finally:
+        for engine in engines:
+            engine.dispose()
 
 
 def test_every_step_keeps_behaviour(db) -> None:

@@ -14,15 +14,15 @@ from typing import Any
 from fastapi import FastAPI, Header, HTTPException, Query
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import ForeignKey, String, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import ForeignKey, String, event, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from ...db import _insert_in_batches, fresh_engine
+from ...db import _insert_in_batches, drop_fresh_database, fresh_engine
 
 __all__ = [
     "BookshopBase", "Author", "Book", "Review", "BookshopDB", "make_bookshop_db", "BookshopSettings",
-    "rates_app", "RATES", "install_db_latency", "DEMO_API_KEY", "load_factory",
+    "rates_app", "RATES", "install_db_latency", "DEMO_API_KEY", "load_factory", "engine_args",
 ]
 
 DEMO_API_KEY = "rk_live_7f3a9c2e51d84b06"  # a fake key: the audit looks for it in responses and logs
@@ -79,25 +79,29 @@ _WORDS = "night river glass city winter engine garden silent library machine oce
 
 @dataclass
 class BookshopDB:
-    """A fresh bookshop database file: its URL (a server subprocess can open it), engine and row counts."""
+    """A fresh bookshop database (a SQLite file, or a PostgreSQL database when DATABASE_URL names a server)."""
 
     engine: Engine
-    path: Path
+    path: Path | None
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        """The SQLite URL of the file."""
-        return f"sqlite:///{self.path}"
+        """Its URL (a server subprocess can open it): the SQLite file, or the PostgreSQL database."""
+        return f"sqlite:///{self.path}" if self.path is not None else self.engine.url.render_as_string(hide_password=False)
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self.engine.dialect.name
 
     def sample_isbn(self, book_id: int = 1) -> str:
         """The ISBN the seeded data gives book `book_id`."""
         return _isbn(book_id)
 
     def close(self) -> None:
-        """Dispose of the engine and delete the file."""
-        self.engine.dispose()
-        self.path.unlink(missing_ok=True)
+        """Dispose of the engine and delete the database (its file, or its server database)."""
+        drop_fresh_database(self.engine, self.path)
 
     def __enter__(self) -> BookshopDB:
         return self
@@ -149,6 +153,14 @@ def make_bookshop_db(authors: int = 500, books_per_author: int = 10, reviews_per
         "books": _insert_in_batches(engine, Book.__table__, book_rows()),
         "reviews": _insert_in_batches(engine, Review.__table__, review_rows()),
     }
+    if engine.dialect.name == "postgresql":  # explicit ids: move the sequences on; fresh statistics for the planner
+        with engine.begin() as conn:
+            for table in ("authors", "books", "reviews"):
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                  f"coalesce(max(id), 0) + 1, false) FROM {table}"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
+        engine.dispose()  # no idle connection left: the database can serve as a TEMPLATE for copies
     return BookshopDB(engine=engine, path=path, counts=counts)
 
 
@@ -175,6 +187,13 @@ async def rates(base: str = Query("USD"), api_key: str | None = Query(None),
     if base != "USD":
         raise HTTPException(status_code=400, detail="only USD base")
     return RATES
+
+
+def engine_args(database_url: str) -> dict[str, Any]:
+    """Keyword arguments for `create_engine(database_url, ...)`: SQLite connections must cross threads, psycopg's may."""
+    if make_url(database_url).get_backend_name() == "sqlite":
+        return {"connect_args": {"check_same_thread": False}}
+    return {}
 
 
 def install_db_latency(latency_ms: float) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import Book, BookshopSettings, Review, rates_app
+from . import Book, BookshopSettings, Review, engine_args, rates_app
 
 __all__ = ["make_app", "ALL_FIXES", "FIXES", "STEPS"]
 
@@ -99,7 +99,7 @@ def make_app(database_url: str, fixes: Iterable[str] = ()) -> FastAPI:
     if unknown:
         raise ValueError(f"unknown fixes {sorted(unknown)}; known: {sorted(ALL_FIXES)}")
     settings = BookshopSettings()
-    engine = create_engine(database_url, connect_args={"check_same_thread": False})
+    engine = create_engine(database_url, **engine_args(database_url))
     SessionLocal = sessionmaker(engine, expire_on_commit=False)
     cache = TTLCache(ttl=60)
     shared: dict[str, httpx.AsyncClient] = {}
@@ -189,8 +189,9 @@ def make_app(database_url: str, fixes: Iterable[str] = ()) -> FastAPI:
         top = session.execute(
             select(Review.book_id, func.avg(Review.rating).label("avg"), func.count().label("n"))
             .group_by(Review.book_id).order_by(text("avg DESC"), text("n DESC"), Review.book_id).limit(5)).all()
-        return {"books": books, "reviews": reviews, "average_rating": round(average or 0, 3),
-                "top_books": [{"id": t.book_id, "average": round(t.avg, 3), "reviews": t.n} for t in top]}
+        # float(): PostgreSQL's avg() is NUMERIC (a Decimal in Python, a string in JSON), SQLite's a REAL
+        return {"books": books, "reviews": reviews, "average_rating": round(float(average or 0), 3),
+                "top_books": [{"id": t.book_id, "average": round(float(t.avg), 3), "reviews": t.n} for t in top]}
 
     def stats(session: Session = Depends(get_db)) -> dict[str, Any]:
         """Catalogue statistics: counts, average rating, the five best-rated books (a full aggregate)."""

@@ -1,6 +1,6 @@
 """The bookshop as a module-level `app` for a real server: configured by environment variables.
 
-BOOKSHOP_DB_URL    the database file (a copy per server, so one app's indexes never help another)
+BOOKSHOP_DB_URL    the database URL: a SQLite file or a PostgreSQL database (a copy per server, so one app's indexes never help another)
 BOOKSHOP_APP_FILE  a Python file defining `make_app(database_url) -> FastAPI` (the learner's fixed app), or
 BOOKSHOP_FIXES     comma-separated fix names for `bookshop.app.make_app` (empty: the original)
 BOOKSHOP_DB_LATENCY_MS  simulated network round trip added to every SQL statement (default 0)

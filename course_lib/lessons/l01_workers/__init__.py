@@ -25,6 +25,7 @@ import anyio.to_thread
 import httpx
 from fastapi import FastAPI, HTTPException, Request
 from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .l01_served import CPU_ROUNDS, cpu_app, io_app, upstream_app
@@ -45,14 +46,17 @@ SERVED = "l01_served"
 
 
 def serve_app(name: str, *, workers: int = 1, server: Literal["uvicorn", "gunicorn"] = "uvicorn",
-              extra_args: tuple[str, ...] = ()) -> Server:
+              extra_args: tuple[str, ...] = (), announce: bool | None = None) -> Server:
     """Serve one of `l01_served`'s apps ("cpu_app", "io_app", "upstream_app") under a real server on loopback."""
-    return serve(f"{SERVED}:{name}", workers=workers, server=server, cwd=SERVED_DIR, extra_args=extra_args)
+    return serve(f"{SERVED}:{name}", workers=workers, server=server, cwd=SERVED_DIR, extra_args=extra_args,
+                 announce=announce)
 
 
 def serve_upstream() -> Server:
-    """Start the slow upstream on loopback (one uvicorn worker, 1 s graceful shutdown so hung requests end)."""
-    return serve_app("upstream_app", extra_args=("--timeout-graceful-shutdown", "1"))
+    """Start the slow upstream on loopback (one uvicorn worker, 1 s graceful shutdown so hung requests end).
+
+    It stands for someone else's service, so no docs link is shown for it."""
+    return serve_app("upstream_app", extra_args=("--timeout-graceful-shutdown", "1"), announce=False)
 
 
 # --------------------------------------------------------------------------- measuring helpers
@@ -249,13 +253,18 @@ def make_gateway_app(upstream_url: str, *, timeout: float | None, shared_client:
     return app
 
 
+def _thread_safe_args(db_url: str) -> dict[str, Any]:
+    """Driver arguments letting pooled connections move between threads: SQLite needs one, psycopg none."""
+    return {"check_same_thread": False} if make_url(db_url).get_backend_name() == "sqlite" else {}
+
+
 def make_pool_app(db_url: str, *, pool_size: int, pool_timeout: float, hold_s: float) -> FastAPI:
     """GET /report holds one pooled DB connection for `hold_s`; a full pool answers 503 with SQLAlchemy's error."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(db_url, pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout,
-                               connect_args={"check_same_thread": False})
+                               connect_args=_thread_safe_args(db_url))
         app.state.engine = engine
         yield
         engine.dispose()
