@@ -10,7 +10,9 @@ import random
 import secrets
 import shutil
 import socket
+import sqlite3
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, ForeignKey, Integer, String, create_engine, func, insert, select, text
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -34,6 +37,8 @@ __all__ = [
     "make_demo_db",
     "fresh_engine",
     "drop_fresh_database",
+    "copy_database",
+    "insert_in_batches",
     "dialect",
 ]
 
@@ -181,13 +186,51 @@ def fresh_engine(echo: bool = False) -> tuple[Engine, Path | None]:
     url = course_settings().database_url
     if url and make_url(url).get_backend_name() != "sqlite":
         return _fresh_server_database(url, echo), None
+    engine, path = _new_sqlite_file()
+    engine.echo = echo
+    return engine, path
+
+
+def _new_sqlite_file() -> tuple[Engine, Path]:
     folder = Path(tempfile.mkdtemp(prefix="fastapi-lab-"))
     _TEMP_DIRS.append(folder)
     path = folder / "demo.sqlite3"
-    engine = create_engine(
-        f"sqlite:///{path}", echo=echo, connect_args={"check_same_thread": False}
-    )
-    return engine, path
+    return create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False}), path
+
+
+def copy_database(source: Engine) -> tuple[Engine, Path | None]:
+    """A new database with `source`'s rows and indexes, removed at exit like `fresh_engine`'s: SQLite, an online
+    backup into a new file; PostgreSQL, `CREATE DATABASE … TEMPLATE` (planner statistics included)."""
+    if source.dialect.name == "sqlite":
+        engine, path = _new_sqlite_file()
+        raw = source.raw_connection()
+        try:
+            target = sqlite3.connect(path)
+            try:
+                raw.driver_connection.backup(target)  # type: ignore[union-attr]
+            finally:
+                target.close()
+        finally:
+            raw.close()
+        return engine, path
+    admin_url = _SERVER_DATABASES.get(source.url.database or "") or source.url.set(database="postgres")
+    name = f"lab_{_HOST}_{os.getpid()}_{next(_COUNTER)}_{secrets.token_hex(3)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        for attempt in range(50):
+            source.dispose()  # a template must have no other session: close our own idle pooled connections
+            try:
+                with admin.connect() as conn:
+                    conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{source.url.database}"')
+                break
+            except OperationalError as error:  # "source database … is being accessed by other users"
+                if "being accessed by other users" not in str(error) or attempt == 49:  # e.g. autovacuum
+                    raise
+                time.sleep(0.1)
+    finally:
+        admin.dispose()
+    _SERVER_DATABASES[name] = admin_url
+    return create_engine(source.url.set(database=name)), None
 
 
 def drop_fresh_database(engine: Engine, path: Path | None = None) -> None:
@@ -260,7 +303,8 @@ def _sentence(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize()
 
 
-def _insert_in_batches(engine: Engine, table: Any, rows: Iterator[dict[str, Any]], batch: int = 20_000) -> int:
+def insert_in_batches(engine: Engine, table: Any, rows: Iterator[dict[str, Any]], batch: int = 20_000) -> int:
+    """Insert rows (dicts) into a table in one transaction, `batch` rows per executemany; returns the count."""
     total = 0
     chunk: list[dict[str, Any]] = []
     with engine.begin() as conn:
@@ -290,7 +334,7 @@ def make_demo_db(
     engine, path = fresh_engine()
     metadata_base.metadata.create_all(engine)
     rng = random.Random(seed)
-    counts = {"users": _insert_in_batches(engine, User.__table__, iter(_user_rows(users, rng)))}
+    counts = {"users": insert_in_batches(engine, User.__table__, iter(_user_rows(users, rng)))}
 
     def posts() -> Iterator[dict[str, Any]]:
         post_id = 0
@@ -306,7 +350,7 @@ def make_demo_db(
                     "created_at": _EPOCH + timedelta(minutes=post_id * 7 % 100_003),
                 }
 
-    counts["posts"] = _insert_in_batches(engine, Post.__table__, posts())
+    counts["posts"] = insert_in_batches(engine, Post.__table__, posts())
 
     def comments() -> Iterator[dict[str, Any]]:
         comment_id = 0
@@ -320,7 +364,7 @@ def make_demo_db(
                     "body": _sentence(rng, 8),
                 }
 
-    counts["comments"] = _insert_in_batches(engine, Comment.__table__, comments())
+    counts["comments"] = insert_in_batches(engine, Comment.__table__, comments())
     if engine.dialect.name == "postgresql":  # rows were inserted with explicit ids: move the sequences on
         with engine.begin() as conn:
             for table in ("users", "posts", "comments"):

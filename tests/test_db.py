@@ -105,3 +105,23 @@ def test_databases_of_dead_processes_are_dropped():
     db_module._SERVER_DATABASES.clear()  # as in a fresh process
     with make_demo_db(users=1):
         assert orphan not in _server_databases(os.environ["DATABASE_URL"])
+
+
+def test_copy_database_has_the_rows_and_indexes_and_is_independent():
+    from sqlalchemy import inspect
+
+    from course_lib.db import copy_database, drop_fresh_database
+
+    with make_demo_db(users=30, posts_per_user=2) as db:
+        with db.engine.begin() as conn:
+            conn.execute(text("CREATE INDEX ix_users_email ON users (email)"))
+        engine, path = copy_database(db.engine)
+        try:
+            assert engine.url != db.engine.url
+            assert row_count(engine, User) == 30 and row_count(engine, Post) == 60
+            assert "ix_users_email" in {ix["name"] for ix in inspect(engine).get_indexes("users")}
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM posts"))
+            assert row_count(db.engine, Post) == 60
+        finally:
+            drop_fresh_database(engine, path)

@@ -4,7 +4,6 @@ index exercise."""
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,16 +15,14 @@ from sqlalchemy import (
     Index,
     MetaData,
     Table,
-    create_engine,
     func,
     inspect,
     select,
     text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql import Executable
 
@@ -35,6 +32,7 @@ from ..db import (
     DemoDB,
     Post,
     User,
+    copy_database,
     dialect,
     drop_fresh_database,
     fresh_engine,
@@ -401,48 +399,10 @@ def make_posts_db(users: int, posts_per_user: int, indexes: Sequence[str | Seque
     return db
 
 
-def _clone_server_database(db: DemoDB) -> Engine:
-    """PostgreSQL: a new database made with `CREATE DATABASE … TEMPLATE` the source (a file-level copy: rows,
-    indexes, statistics). The name comes from `fresh_engine`, so the copy is dropped on close and at exit."""
-    engine, _ = fresh_engine()
-    name, source = engine.url.database, db.engine.url.database
-    engine.dispose()
-    db.engine.dispose()  # TEMPLATE needs the source database to have no open connections
-    admin = create_engine(make_url(course_settings().database_url or ""), isolation_level="AUTOCOMMIT",
-                          poolclass=NullPool)
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-            for attempt in range(50):  # autovacuum may be visiting the fresh source for a moment
-                try:
-                    conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
-                    break
-                except OperationalError as error:
-                    if "being accessed by other users" not in str(error) or attempt == 49:
-                        raise
-                    time.sleep(0.1)
-    finally:
-        admin.dispose()
-    return create_engine(engine.url)
-
-
 def clone_db(db: DemoDB) -> DemoDB:
     """A copy of a demo database (SQLite: online backup into a new file; PostgreSQL: CREATE DATABASE … TEMPLATE):
     same rows, same indexes."""
-    if db.engine.dialect.name != "sqlite":
-        engine = _clone_server_database(db)
-        return DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=None,
-                      counts=dict(db.counts))
-    engine, path = fresh_engine()
-    source = db.engine.raw_connection()
-    try:
-        target = sqlite3.connect(path)
-        try:
-            source.driver_connection.backup(target)  # type: ignore[union-attr]
-        finally:
-            target.close()
-    finally:
-        source.close()
+    engine, path = copy_database(db.engine)
     return DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=path,
                   counts=dict(db.counts))
 

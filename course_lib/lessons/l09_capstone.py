@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import itertools
 import json
-import secrets
 import shutil
 import tempfile
-import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
 from ..auditor import AuditReport, audit
-from ..db import _SERVER_DATABASES
+from ..db import copy_database
 from ..bench import BenchRow
 from ..client import app_client
 from ..grading import Checking, exercise
@@ -43,7 +36,6 @@ SERVED = "course_lib.lessons.bookshop.served:app"
 
 
 _FOLDERS: list[Path] = []
-_COPIES = itertools.count(1)
 atexit.register(lambda: [shutil.rmtree(folder, ignore_errors=True) for folder in _FOLDERS])
 
 
@@ -61,36 +53,12 @@ def workspace() -> Path:
 def copy_db(db: BookshopDB) -> str:
     """A private copy of the database (so one app's indexes never speed up another); returns its URL.
 
-    SQLite: a copy of the file. PostgreSQL: `CREATE DATABASE … TEMPLATE <the bookshop>` (a file-level copy on
-    the server, data and planner statistics included), dropped at exit like every database `fresh_engine` makes.
+    `course_lib.db.copy_database`: SQLite, a backup into a new file; PostgreSQL, `CREATE DATABASE … TEMPLATE`
+    (data and planner statistics included). Dropped at exit like every database `fresh_engine` makes.
     """
-    if db.path is not None:
-        target = _temp_folder("fastapi-lab-bookshop-") / "bookshop.sqlite3"
-        shutil.copyfile(db.path, target)
-        return f"sqlite:///{target}"
-    return _template_copy(db.engine)
-
-
-def _template_copy(source: Engine) -> str:
-    """CREATE DATABASE <new> TEMPLATE <source's database> on the same server; returns the new database's URL."""
-    name = f"{source.url.database}_copy_{next(_COPIES)}_{secrets.token_hex(2)}"
-    admin_url = source.url.set(database="postgres")
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        for attempt in range(20):
-            source.dispose()  # a template must have no other session: drop our own idle pooled connections
-            try:
-                with admin.connect() as conn:
-                    conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{source.url.database}"')
-                break
-            except OperationalError as error:  # "source database … is being accessed by other users"
-                if "being accessed" not in str(error) or attempt == 19:
-                    raise
-                time.sleep(0.1)
-    finally:
-        admin.dispose()
-    _SERVER_DATABASES[name] = admin_url  # dropped at exit by course_lib.db's cleanup
-    return source.url.set(database=name).render_as_string(hide_password=False)
+    engine, _ = copy_database(db.engine)
+    engine.dispose()
+    return engine.url.render_as_string(hide_password=False)
 
 
 def corpus(db: BookshopDB) -> list[str]:

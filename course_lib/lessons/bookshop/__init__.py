@@ -18,7 +18,7 @@ from sqlalchemy import ForeignKey, String, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from ...db import _insert_in_batches, drop_fresh_database, fresh_engine
+from ...db import insert_in_batches, drop_fresh_database, fresh_engine
 
 __all__ = [
     "BookshopBase", "Author", "Book", "Review", "BookshopDB", "make_bookshop_db", "BookshopSettings",
@@ -149,9 +149,9 @@ def make_bookshop_db(authors: int = 500, books_per_author: int = 10, reviews_per
                        "body": " ".join(rng.choice(_WORDS) for _ in range(8))}
 
     counts = {
-        "authors": _insert_in_batches(engine, Author.__table__, author_rows()),
-        "books": _insert_in_batches(engine, Book.__table__, book_rows()),
-        "reviews": _insert_in_batches(engine, Review.__table__, review_rows()),
+        "authors": insert_in_batches(engine, Author.__table__, author_rows()),
+        "books": insert_in_batches(engine, Book.__table__, book_rows()),
+        "reviews": insert_in_batches(engine, Review.__table__, review_rows()),
     }
     if engine.dialect.name == "postgresql":  # explicit ids: move the sequences on; fresh statistics for the planner
         with engine.begin() as conn:
