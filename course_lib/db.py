@@ -38,6 +38,7 @@ __all__ = [
     "fresh_engine",
     "drop_fresh_database",
     "copy_database",
+    "temp_folder",
     "insert_in_batches",
     "dialect",
 ]
@@ -191,10 +192,25 @@ def fresh_engine(echo: bool = False) -> tuple[Engine, Path | None]:
     return engine, path
 
 
-def _new_sqlite_file() -> tuple[Engine, Path]:
-    folder = Path(tempfile.mkdtemp(prefix="fastapi-lab-"))
+_SWEPT = False
+
+
+def temp_folder(kind: str = "db") -> Path:
+    """A new temporary folder removed at exit; folders left by dead processes (hard-killed kernels) are swept."""
+    global _SWEPT
+    if not _SWEPT:
+        _SWEPT = True
+        for old in Path(tempfile.gettempdir()).glob("fastapi-lab-*-*"):
+            pid = old.name.split("-")[2]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"fastapi-lab-{os.getpid()}-{kind}-"))
     _TEMP_DIRS.append(folder)
-    path = folder / "demo.sqlite3"
+    return folder
+
+
+def _new_sqlite_file() -> tuple[Engine, Path]:
+    path = temp_folder() / "demo.sqlite3"
     return create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False}), path
 
 

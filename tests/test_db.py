@@ -125,3 +125,22 @@ def test_copy_database_has_the_rows_and_indexes_and_is_independent():
             assert row_count(db.engine, Post) == 60
         finally:
             drop_fresh_database(engine, path)
+
+
+def test_temp_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    import subprocess
+    import tempfile
+
+    from course_lib import db as db_module
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    orphan = tmp_path / f"fastapi-lab-{dead.pid}-db-abc"
+    mine = tmp_path / f"fastapi-lab-{os.getpid()}-db-def"
+    orphan.mkdir()
+    mine.mkdir()
+    monkeypatch.setattr(db_module, "_SWEPT", False)
+    made = db_module.temp_folder("test")
+    assert not orphan.exists() and mine.exists()
+    assert made.parent == tmp_path and made.name.startswith(f"fastapi-lab-{os.getpid()}-test-")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
-import shutil
-import tempfile
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -15,7 +12,7 @@ from typing import Any
 
 
 from ..auditor import AuditReport, audit
-from ..db import copy_database
+from ..db import copy_database, temp_folder
 from ..bench import BenchRow
 from ..client import app_client
 from ..grading import Checking, exercise
@@ -35,19 +32,9 @@ LATENCY_MS = 1.0  # simulated round trip to the database for the servers under l
 SERVED = "course_lib.lessons.bookshop.served:app"
 
 
-_FOLDERS: list[Path] = []
-atexit.register(lambda: [shutil.rmtree(folder, ignore_errors=True) for folder in _FOLDERS])
-
-
-def _temp_folder(prefix: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    _FOLDERS.append(folder)
-    return folder
-
-
 def workspace() -> Path:
     """A fresh temporary folder for the files this notebook writes (removed when the kernel exits)."""
-    return _temp_folder("fastapi-lab-capstone-")
+    return temp_folder("capstone")
 
 
 def copy_db(db: BookshopDB) -> str:
