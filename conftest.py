@@ -21,3 +21,26 @@ def pytest_collection_modifyitems(config, items):  # noqa: D103 - pytest hook
     for item in items:
         if any(key in str(item.path) for key in SERIAL):
             item.add_marker(pytest.mark.serial)
+
+
+def _retry_kernel_start() -> None:
+    """Start nbval's kernels again when one dies before answering: under parallel load a kernel can lose a
+    port it picked to another process in the second before it binds it (its stderr is discarded by nbval)."""
+    try:
+        import nbval.kernel
+    except ImportError:
+        return
+    start = nbval.kernel.start_new_kernel
+
+    def start_with_retries(*args, **kwargs):  # noqa: ANN002, ANN003
+        for attempt in range(3):
+            try:
+                return start(*args, **kwargs)
+            except RuntimeError as error:
+                if "died before replying" not in str(error) or attempt == 2:
+                    raise
+
+    nbval.kernel.start_new_kernel = start_with_retries
+
+
+_retry_kernel_start()

@@ -159,8 +159,14 @@ def _run(nb: NotebookNode, folder: Path, *, timeout: int, allow_errors: bool, en
     from nbclient import NotebookClient
 
     with _environment(env):
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
-                       resources={"metadata": {"path": str(folder)}}).execute()
+        for attempt in range(3):  # a kernel that dies while starting (a port taken under load) gets another try
+            try:
+                NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                               resources={"metadata": {"path": str(folder)}}).execute()
+                return
+            except RuntimeError as error:
+                if "died before replying to kernel_info" not in str(error) or attempt == 2:
+                    raise
 
 
 def execute_notebook(path: Path, *, timeout: int = 600, allow_errors: bool = False,

@@ -125,3 +125,32 @@ def test_reset_restores_the_shipped_notebook_and_keeps_a_backup(tmp_path: Path):
     assert target.read_text() == (ROOT / "exercises" / "00_welcome.ipynb").read_text()
     with pytest.raises(FileNotFoundError, match="known"):
         reset_exercise("99_nothing", tmp_path)
+
+
+def test_a_kernel_dying_at_start_gets_another_try(monkeypatch, tmp_path: Path):
+    import nbclient
+
+    from course_lib import notebooks
+
+    starts = []
+
+    class FlakyClient:
+        def __init__(self, nb, **kwargs):
+            self.nb = nb
+
+        def execute(self):
+            starts.append(1)
+            if len(starts) == 1:
+                raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(nbclient, "NotebookClient", FlakyClient)
+    notebooks._run(nbformat.v4.new_notebook(), tmp_path, timeout=10, allow_errors=True, env={})
+    assert len(starts) == 2
+
+    class BrokenClient(FlakyClient):
+        def execute(self):
+            raise RuntimeError("something else")
+
+    monkeypatch.setattr(nbclient, "NotebookClient", BrokenClient)
+    with pytest.raises(RuntimeError, match="something else"):
+        notebooks._run(nbformat.v4.new_notebook(), tmp_path, timeout=10, allow_errors=True, env={})
