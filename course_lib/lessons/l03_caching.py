@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from datetime import datetime
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -242,7 +242,15 @@ def make_article_app(db: DemoDB, redis: Redis, prefix: str, key_builder: Any = N
 
     FastAPICache.init(RedisBackend(redis), prefix=f"{prefix}:fc")  # fastapi-cache2 keeps one global backend
     app = FastAPI(title="fastapi-cache2")
-    get_db = db.dependency()
+    open_sessions: list[Session] = []  # see below
+
+    def get_db() -> Iterator[Session]:
+        # Each request's session stays referenced until the app is gone, so no two requests' sessions share a
+        # memory address. The default key hashes repr(session), which contains that address: a freed address
+        # reused by the next request's session would make an accidental hit, and the demo's count would vary.
+        with db.session() as session:
+            open_sessions.append(session)
+            yield session
 
     @app.get("/stats")
     @cache(expire=300, key_builder=key_builder)
