@@ -54,8 +54,8 @@ async def _run_cells(base: str, cells: list[str]) -> list[str]:
             for code in cells:
                 request = _execute_request(code, session)
                 ws.write_message(json.dumps(request))
-                printed, reply = [], None
-                while reply is None:
+                printed, reply, idle = [], None, False
+                while reply is None or not idle:  # outputs (iopub) may come after the reply (shell): wait for idle
                     message = json.loads(await asyncio.wait_for(ws.read_message(), timeout=120))
                     if message.get("parent_header", {}).get("msg_id") != request["header"]["msg_id"]:
                         continue
@@ -63,6 +63,8 @@ async def _run_cells(base: str, cells: list[str]) -> list[str]:
                         printed.append(message["content"]["text"])
                     elif message["msg_type"] == "execute_reply":
                         reply = message["content"]
+                    elif message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
+                        idle = True
                 assert reply["status"] == "ok", f"cell failed in JupyterLab's kernel:\n{code}\n{reply}"
                 outputs.append("".join(printed))
             ws.close()
