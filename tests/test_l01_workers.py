@@ -306,7 +306,7 @@ def _passes_unless_machine_busy(result: Result) -> None:
 def test_workers_reference_gunicorn() -> None:
     result = grade("01.workers", {"server": "gunicorn", "workers": usable_cores()})
     _passes_unless_machine_busy(result)
-    assert result.figures["ratio"] >= 1.5
+    assert result.figures["ratio"] >= workers_bar(usable_cores())  # the pass is backed by the measured figure
 
 
 @needs_two_cores
