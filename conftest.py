@@ -12,7 +12,9 @@ os.environ.setdefault("COURSE_LAB_HOME", tempfile.mkdtemp(prefix="lab-progress-"
 
 # Tests whose measurements need the machine's cores to themselves (real servers under load, worker
 # scaling): `./course test` runs them after the parallel phase, one at a time.
-SERIAL = ("01_workers", "09_capstone", "test_audit", "test_classroom")
+# whole files that measure throughput under real load or run several kernels at once; single tests elsewhere
+# carry @pytest.mark.serial themselves (the workers tests of lesson 01)
+SERIAL = ("01_workers.ipynb", "09_capstone", "test_audit", "test_classroom")
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: D103 - pytest hook

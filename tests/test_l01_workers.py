@@ -291,7 +291,10 @@ def test_timeout_client_odd_answers() -> None:
 
 # --- 01.workers -----------------------------------------------------------------------------------------------
 
-needs_two_cores = pytest.mark.skipif(usable_cores() < 2, reason="the workers bar differs on one core")
+def needs_quiet_cores(test: Any) -> Any:
+    """Throughput under real load: run in the serial phase with the cores to itself; skipped on one core."""
+    one_core = pytest.mark.skipif(usable_cores() < 2, reason="the workers bar differs on one core")
+    return pytest.mark.serial(one_core(test))
 
 
 def _passes_unless_machine_busy(result: Result) -> None:
@@ -302,24 +305,24 @@ def _passes_unless_machine_busy(result: Result) -> None:
     _passes(result)
 
 
-@needs_two_cores
+@needs_quiet_cores
 def test_workers_reference_gunicorn() -> None:
     result = grade("01.workers", {"server": "gunicorn", "workers": usable_cores()})
     _passes_unless_machine_busy(result)
     assert result.figures["ratio"] >= workers_bar(usable_cores())  # the pass is backed by the measured figure
 
 
-@needs_two_cores
+@needs_quiet_cores
 def test_workers_right_other_way_uvicorn() -> None:
     _passes_unless_machine_busy(grade("01.workers", {"workers": 2, "server": "uvicorn"}))
 
 
-@needs_two_cores
+@needs_quiet_cores
 def test_workers_wrong_one_worker() -> None:
     _fails(grade("01.workers", {"server": "uvicorn", "workers": 1}), "req/s for one worker", "expected at least 1.35×")
 
 
-@needs_two_cores
+@needs_quiet_cores
 def test_workers_wrong_two_cores_plus_one_times_two() -> None:
     """2 × cores + 1 = 5 gunicorn workers: the throughput of 2, the memory of 5 (rounded up to 8 if more cores)."""
     result = grade("01.workers", {"server": "gunicorn", "workers": 2 * usable_cores() + 1})
