@@ -463,7 +463,7 @@ def workers_bar(cores: int) -> float:
     """The throughput ratio (vs one worker) a good worker count must reach with `cores` usable cores.
 
     Not 2× on 2 cores: the load generator, the OS and the test itself share those cores. A quiet 2-core machine
-    measured 1.5–1.9× for 2 workers and 0.9–1.2× for one worker against itself, so 1.35× separates them."""
+    measured 1.45–1.9× for 2 workers and 0.9–1.23× for one worker against itself, so 1.35× separates them."""
     return 1.35 if cores >= 2 else 0.8
 
 
