@@ -556,8 +556,10 @@ async def check_workers(config: Any, checking: Checking) -> str:
     cores = usable_cores()
     bar = workers_bar(cores)
     measured = await measure_config(server, workers)
-    if measured.ratio < workers_bar(usable_cores()) and measured.other_cores > 0.5:
-        await asyncio.sleep(2)  # other programs took the spare cores: measure once more, keep the clearer run
+    close_call = bar * 0.9 <= measured.ratio < bar
+    if measured.ratio < bar and (measured.other_cores > 0.5 or close_call):
+        # other programs took the spare cores, or a few % of noise decides: measure once more, keep the clearer run
+        await asyncio.sleep(2)
         again = await measure_config(server, workers)
         measured = again if again.ratio > measured.ratio else measured
     base, mine, one_mib, mine_mib, ratio = (measured.base_rps, measured.mine_rps, measured.one_mib,
