@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Progress goes to a throwaway folder, never the learner's home. Set at import time so that the
 # kernels nbval starts inherit it too.
-os.environ.setdefault("COURSE_LAB_HOME", tempfile.mkdtemp(prefix="lab-progress-"))
+if "COURSE_LAB_HOME" not in os.environ:  # xdist workers inherit the controller's folder
+    os.environ["COURSE_LAB_HOME"] = tempfile.mkdtemp(prefix="lab-progress-")
+    atexit.register(shutil.rmtree, os.environ["COURSE_LAB_HOME"], ignore_errors=True)
 
 
-# Tests whose measurements need the machine's cores to themselves (real servers under load, worker
-# scaling): `./course test` runs them after the parallel phase, one at a time.
-# whole files that measure throughput under real load or run several kernels at once; single tests elsewhere
-# carry @pytest.mark.serial themselves (the workers tests of lesson 01)
+# Files whose tests need the machine's cores to themselves (real servers under load) or run several kernels at
+# once: `./course test` runs them after the parallel phase, one at a time. Single tests elsewhere carry
+# @pytest.mark.serial themselves (lesson 01's worker-count tests).
 SERIAL = ("01_workers.ipynb", "09_capstone", "test_audit", "test_classroom")
 
 

@@ -76,7 +76,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
             print(f"{path}: no such notebook", file=sys.stderr)
             return 2
         print(f"grading {path} …", flush=True)
-        rows = grade_notebook(path)
+        rows = grade_notebook(path, root=_root())
         _print_grade_rows(rows)
         print()
         all_rows += rows

@@ -63,7 +63,11 @@ class AuditReport:
         return all(c.status == PASS for c in self.checks)
 
     def __getitem__(self, key: str) -> Check:
-        return next(c for c in self.checks if c.key == key)
+        """The item called `key` (KeyError names the known keys)."""
+        for check in self.checks:
+            if check.key == key:
+                return check
+        raise KeyError(f"{key!r}: the audit's items are {[c.key for c in self.checks]}")
 
     def statuses(self) -> dict[str, str]:
         """Item key → ✓ / ✗ / ?."""

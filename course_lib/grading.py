@@ -113,7 +113,8 @@ class Checking:
 
     def require_callable(self, answer: Any, what: str = "") -> Callable[..., Any]:
         """Fail clearly unless the answer can be called (a function, not its result)."""
-        if not callable(answer):
+        # an app is callable too (ASGI), but it is the factory's result: `make_app(db)` passed for `make_app`
+        if not callable(answer) or (hasattr(answer, "router") and not isinstance(answer, type)):
             raise Fail(f"expected {what or self.exercise.expects}, got {_describe(answer)}. "
                        "Pass the function itself, without calling it (no parentheses).")
         return answer

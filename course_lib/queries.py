@@ -85,13 +85,14 @@ def count_queries(engine: Any, latency_ms: float = 0.0) -> Iterator[QueryLog]:
     sync_engine = _sync_engine(engine)
     log = QueryLog(latency_ms=latency_ms)
     records, clock = log.records, time.perf_counter
+    started = ("lab_query_started", id(log))  # a key per block: nested blocks keep their own clocks
 
     def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        conn.info["lab_query_started"] = clock()
+        conn.info[started] = clock()
 
     def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         # list.append is atomic: statements from several threads (a sync endpoint's pool) are all kept
-        records.append((statement, (clock() - conn.info.pop("lab_query_started", clock())) * 1000))
+        records.append((statement, (clock() - conn.info.pop(started, clock())) * 1000))
 
     event.listen(sync_engine, "before_cursor_execute", before)
     event.listen(sync_engine, "after_cursor_execute", after)

@@ -54,11 +54,11 @@ def with_count_query_and_async_route(db):
     return app
 
 
-@pytest.mark.parametrize("answer", [reference, with_count_query_and_async_route])
-def test_right_answers_pass(answer):
+@pytest.mark.parametrize(("answer", "queries"), [(reference, 2), (with_count_query_and_async_route, 1)])
+def test_right_answers_pass(answer, queries):
     result = grade(ID, answer)
     assert result.passed, result.message
-    assert result.figures["max_queries"] <= 2
+    assert result.figures["max_queries"] == queries
 
 
 # ---------- wrong answers ----------
@@ -124,6 +124,8 @@ def test_none_wrong_type_and_called_factory():
     assert "the answer is None" in grade(ID, None).message
     assert "got int 42" in grade(ID, 42).message
     assert "Pass the function itself" in grade(ID, 42).message
+    called = grade(ID, FastAPI())  # make_app(db) passed instead of make_app: an app is callable too (ASGI)
+    assert not called.passed and "Pass the function itself" in called.message, called.message
 
 
 def test_factory_returning_nothing():

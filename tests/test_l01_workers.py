@@ -168,6 +168,20 @@ def test_unblock_wrong_yield_then_block() -> None:
     _fails(grade("01.unblock", _items_app(read_item)), "ms on the blocking one")
 
 
+def test_unblock_wrong_remembers_the_first_round() -> None:
+    """Still blocking, but answers repeated ids from memory: every round asks new ids at new prices, so it fails."""
+    seen: dict[int, dict] = {}
+
+    async def read_item(item_id: int) -> dict:
+        if item_id not in seen:
+            seen[item_id] = slow_lookup(item_id)
+        return seen[item_id]
+
+    result = grade("01.unblock", _items_app(read_item))
+    assert not result.passed, repr(result)
+    assert "slow_lookup gives" in result.message or "blocks the event loop" in result.message, result.message
+
+
 def test_unblock_wrong_fast_but_different_answer() -> None:
     async def read_item(item_id: int) -> dict:
         return {"id": item_id, "name": f"item-{item_id}"}  # skips the lookup: fast, but not the same data

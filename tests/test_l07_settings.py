@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from pydantic import AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from course_lib.client import app_client
@@ -106,6 +106,17 @@ class NoNesting(BaseSettings):
     cache: CacheSettings = CacheSettings()
 
 
+class ChattyValidator(Reference):
+    """Wrong: its error message quotes the whole environment, so the API key lands in the crash log."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _explain(cls, value: Any) -> Any:
+        if not str(value).strip().isdigit():
+            raise ValueError(f"workers={value!r} is not a number (environment: {dict(os.environ)})")
+        return value
+
+
 # ---------------------------------------------------------------- grader
 
 @pytest.mark.parametrize("answer", [Reference, OtherWay], ids=["reference", "other-way"])
@@ -121,7 +132,8 @@ def test_right_answers_pass(answer: type) -> None:
     (NoValidation, "SHOP_WORKERS"),
     (DefaultedUrl, "SHOP_DATABASE_URL missing"),
     (NoNesting, "SHOP_CACHE__TTL_SECONDS=5"),
-], ids=["leaky-secret", "no-dotenv", "no-validation", "defaulted-required", "no-nesting"])
+    (ChattyValidator, "contains the API key"),
+], ids=["leaky-secret", "no-dotenv", "no-validation", "defaulted-required", "no-nesting", "chatty-validator"])
 def test_wrong_answers_fail_and_say_what_was_measured(answer: type, measured: str) -> None:
     result = grade(EXERCISE, answer)
     assert not result.passed

@@ -51,6 +51,14 @@ def test_nested_counters_both_count(db):
     assert (inner.count, outer.count) == (2, 4)
 
 
+def test_nested_counters_keep_their_own_clocks(db):
+    """The outer block's simulated 3 ms round trip shows in its own times, never as a negative inner time."""
+    with count_queries(db.engine, latency_ms=3) as outer:
+        with count_queries(db.engine) as inner:
+            _touch_posts(db, selectinload(User.posts))
+    assert min(outer.durations_ms) >= 3 and min(inner.durations_ms) >= 0, (outer.durations_ms, inner.durations_ms)
+
+
 def test_counts_statements_from_other_threads(db):
     with count_queries(db.engine) as queries:
         threads = [threading.Thread(target=_touch_posts, args=(db, selectinload(User.posts))) for _ in range(4)]

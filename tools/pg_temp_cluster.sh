@@ -12,6 +12,8 @@ as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@";
 case "${1:-}" in
   start)
     dir=$(mktemp -d /tmp/lab-pg-XXXXXX)
+    # a start that fails half-way leaves nothing behind
+    trap 'as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true; rm -rf "$dir"' ERR
     [ "$(id -u)" = 0 ] && chown postgres: "$dir"
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     as_owner "$bin/initdb" -D "$dir/data" -U lab --auth=trust --no-sync -E UTF8 >"$dir/initdb.log"
