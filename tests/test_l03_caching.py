@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +114,20 @@ async def _no_prefix(redis: Redis, prefix: str, ttl: int, request: Request, sess
     return body
 
 
+_PROCESS_CACHE: dict[str, tuple[float, bytes]] = {}
+
+
+async def _dict_in_process(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                           min_likes: int) -> bytes:
+    """Wrong: right counts and expiry, but the cache is a dict in this process, not Redis."""
+    key = url_key(prefix, request)
+    expires, body = _PROCESS_CACHE.get(key, (0.0, b""))
+    if expires < time.monotonic():
+        body = await run_in_threadpool(stats_json, session, min_likes)
+        _PROCESS_CACHE[key] = (time.monotonic() + ttl, body)
+    return body
+
+
 def _response_cache_app(lock: bool) -> AppFactory:
     """Right, another way: the lesson's ResponseCache."""
 
@@ -149,7 +164,8 @@ def test_cache_endpoint_other_right_answers_pass(answer):
     (_uncached, "50 calls to GET /stats?min_likes=0 ran 50 database queries"),
     pytest.param(_no_prefix, "outside the prefix", marks=pytest.mark.skipif(
         redis_backend() != "fakeredis", reason="stray keys are only detectable on the private fakeredis")),
-], ids=["never-expires", "no-param", "uncached", "no-prefix"])
+    (_dict_in_process, "Redis holds no key"),
+], ids=["never-expires", "no-param", "uncached", "no-prefix", "dict-in-process"])
 def test_cache_endpoint_wrong_answers_fail_saying_what_was_measured(body, says):
     result = _grade("03.cache-endpoint", _stats_app(body))
     assert not result.passed

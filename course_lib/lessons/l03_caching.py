@@ -391,6 +391,15 @@ async def _check_prefix(redis: Redis, prefix: str, checking: Checking) -> None:
                                "Start every key with `prefix`: apps (and test runs) sharing one Redis must not collide.")
 
 
+async def _check_stored_in_redis(redis: Redis, prefix: str, checking: Checking) -> None:
+    """Fail unless the cached entry is in Redis under `prefix` (a dict in the process also saves queries)."""
+    await _check_prefix(redis, prefix, checking)
+    checking.expect([k async for k in redis.scan_iter(match=f"{prefix}*")] != [],
+                    f"your endpoint served 49 of 50 calls without the database, but Redis holds no key under "
+                    f"{prefix!r}: the cache lives inside this process (a dict?). Every worker would keep its own "
+                    "copy and a write could not clear them all: store the body in `redis`, under `prefix`.")
+
+
 async def _cleanup(redis: Redis, prefix: str) -> None:
     """Delete the run's keys and close the client."""
     try:
@@ -457,6 +466,7 @@ async def check_cache_endpoint(make_app: Any, checking: Checking) -> str:
                                 "to grade this now; run the check again.")
                 checking.expect(total == 1, f"50 calls to GET /stats?min_likes=0 ran {total} database queries; "
                                             "a cached endpoint runs 1 (the first miss), then serves Redis.")
+                await _check_stored_in_redis(redis, prefix, checking)
                 body, count = await _get(checking, client, db, "/stats?min_likes=250")
                 checking.expect(body == expected[250],
                                 f"GET /stats?min_likes=250 returned {str(body)[:160]}, which is "
