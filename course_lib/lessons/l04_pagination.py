@@ -506,19 +506,19 @@ async def _scale_ratio(checking: Checking, make_app: Any, rows: int, n: int) -> 
 
 
 async def _deep_ratio(checking: Checking, make_app: Any, deep_rows: int, n: int) -> float:
-    """Deep page / first page of one table (medians, interleaved); the deep cursor is taken before
-    `deep_rows` newer items are inserted, which also proves the cursor marks a position in the data."""
-    with make_items_db(5) as db:
+    """Deep page / first page of one table, both full pages of 20 (medians, interleaved); the deep cursor is taken
+    before `deep_rows` newer items are inserted, which also proves the cursor marks a position in the data."""
+    with make_items_db(45) as db:
         app = checking.build_app(make_app, db)
         async with app_client(app) as client:
-            _, cursor = await _get_page(checking, client, 2)
-            checking.expect(cursor is not None, "on 5 items with limit=2 the first page's next_cursor was null")
+            _, cursor = await _get_page(checking, client, 20)
+            checking.expect(cursor is not None, "on 45 items with limit=20 the first page's next_cursor was null")
             add_items(db, deep_rows)  # the cursor now points below `deep_rows` newer items
             deep, _ = await _get_page(checking, client, 2, cursor)
-            checking.expect([i["id"] for i in deep] == [3, 2],
-                            f"took a cursor after items 5, 4; then {deep_rows:,} newer items were inserted; the page "
-                            f"at that cursor gave ids {[i['id'] for i in deep]}, expected [3, 2]. A cursor must point "
-                            "at a position in the data, not at a row number.")
+            checking.expect([i["id"] for i in deep] == [25, 24],
+                            f"took a cursor after items 45 … 26; then {deep_rows:,} newer items were inserted; the "
+                            f"page at that cursor gave ids {[i['id'] for i in deep]}, expected [25, 24]. A cursor "
+                            "must point at a position in the data, not at a row number.")
             timings = await compare({
                 "first": lambda: client.get("/items", params={"limit": 20}),
                 "deep": lambda: client.get("/items", params={"limit": 20, "cursor": str(cursor)}),
