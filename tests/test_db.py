@@ -73,8 +73,10 @@ def test_dependency_yields_a_working_session_and_closes_it():
         dependency = db.dependency()()
         session = next(dependency)
         assert session.get(User, 2).id == 2
+        assert session.in_transaction()
         with pytest.raises(StopIteration):
             next(dependency)
+        assert not session.in_transaction()
 
 
 def test_200k_rows_build_in_bulk():

@@ -44,7 +44,7 @@ def test_live_panel_renders_then_rerenders_on_change():
     assert calls == [1, 4]
 
 
-def test_live_panel_survives_a_failing_measurement():
+def test_live_panel_survives_a_failing_measurement(capsys):
     def render(value):
         if value > 2:
             raise RuntimeError("boom")
@@ -53,6 +53,7 @@ def test_live_panel_survives_a_failing_measurement():
     panel = live_panel(render, description="x", min=0, max=5, step=0.5, value=1.0)
     assert isinstance(panel.children[0], ipywidgets.FloatSlider)
     panel.children[0].value = 3.0  # the error is shown in the panel, not raised into the widget machinery
+    assert "RuntimeError: boom" in capsys.readouterr().out  # outside a kernel the panel's output is stdout
 
 
 def test_say_is_markdown():

@@ -149,12 +149,14 @@ def test_stub_answer_says_not_done():
 
 
 def test_hanging_answer_is_stopped_by_the_time_limit():
+    hang_s = 30
+
     def hangs(db):
-        time.sleep(30)
+        time.sleep(hang_s)
 
     started = time.monotonic()
     result = grade(ID, hangs, timeout=1)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < hang_s / 3  # it returned long before the answer would have
     assert not result.passed and "did not finish within 1 s" in result.message
 
 

@@ -213,11 +213,9 @@ def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, says: str) ->
     ids=["none", "string", "not-callable", "returns-none", "raises"],
 )
 def test_odd_answers_get_a_clear_message(answer: Any, says: str) -> None:
-    """Bad input fails quickly with a message, never a crash."""
-    start = time.perf_counter()
+    """Bad input fails with a message, never a crash."""
     result = grade("06.refactor", answer)
     assert not result.passed and says in result.message, result.message
-    assert time.perf_counter() - start < 20
 
 
 def test_hanging_answer_is_stopped_by_the_time_limit() -> None:

@@ -203,7 +203,7 @@ def test_a_hanging_middleware_is_stopped_by_the_time_limit() -> None:
     started = time.perf_counter()
     result = grade(EXERCISE, hangs, timeout=3)
     assert not result.passed and "did not finish within 3 s" in result.message
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < 3 * 3  # stopped near its limit: the answer itself never returns
 
 
 # ---------------------------------------------------------------- helpers and lesson claims

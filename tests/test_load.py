@@ -26,8 +26,8 @@ def test_stops_after_the_requested_number(server):
 
 def test_stops_after_the_time_limit(server):
     result = asyncio.run(load_test(server.url + "/", concurrency=4, requests=10_000_000, seconds=0.5))
-    assert 0 < result.requests < 10_000_000
-    assert result.duration_s < 5
+    assert result.requests > 0
+    assert result.duration_s < 10 * 0.5  # the time limit ended it, not the 10 million requests
 
 
 def test_counts_status_codes_of_other_paths(server):
