@@ -509,7 +509,7 @@ FROM generate_series(1, CAST(:n AS bigint)) AS i
 
 
 def fill_orders(engine: Engine, n: int | None = None) -> None:
-    """Fill an `orders` table: ~3 orders per customer email, 50 stores, half the orders are gifts."""
+    """Fill `orders`: n / CUSTOMERS orders per email (3 on SQLite, 10 on PostgreSQL), STORES stores, half gifts."""
     n = grading_rows() if n is None else n
     with engine.begin() as conn:
         conn.execute(text(_sql_for(engine, _ORDERS_SQL, _PG_ORDERS_SQL)),
