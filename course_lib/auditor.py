@@ -244,7 +244,7 @@ def _items(body: Any) -> list[Any] | None:
 
 def _with_query(path: str, **params: Any) -> str:
     url = httpx.URL(path)
-    return str(url.copy_merge_params(params)) if hasattr(url, "copy_merge_params") else path
+    return str(url.copy_merge_params(params))
 
 
 async def _send(client: httpx.AsyncClient, app: Any, path: str, recorder: _Recorder) -> Probe:

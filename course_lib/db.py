@@ -41,6 +41,7 @@ __all__ = [
     "temp_folder",
     "insert_in_batches",
     "dialect",
+    "thread_safe_connect_args",
 ]
 
 
@@ -179,6 +180,11 @@ def dialect() -> str:
     """The database the course runs on: 'sqlite' (default) or the dialect of `DATABASE_URL` (e.g. 'postgresql')."""
     url = course_settings().database_url
     return make_url(url).get_backend_name() if url else "sqlite"
+
+
+def thread_safe_connect_args(database_url: str | URL) -> dict[str, Any]:
+    """`connect_args` letting pooled connections move between threads: SQLite needs one, psycopg none."""
+    return {"check_same_thread": False} if make_url(database_url).get_backend_name() == "sqlite" else {}
 
 
 def fresh_engine(echo: bool = False) -> tuple[Engine, Path | None]:
@@ -342,13 +348,12 @@ def make_demo_db(
     comments_per_post: int = 0,
     *,
     seed: int = 0,
-    metadata_base: type[DeclarativeBase] = Base,
 ) -> DemoDB:
     """Build a fresh demo database (users → posts → comments) with deterministic fake data, in bulk."""
     if users < 0 or posts_per_user < 0 or comments_per_post < 0:
         raise ValueError("make_demo_db: sizes must be zero or positive")
     engine, path = fresh_engine()
-    metadata_base.metadata.create_all(engine)
+    Base.metadata.create_all(engine)
     rng = random.Random(seed)
     counts = {"users": insert_in_batches(engine, User.__table__, iter(_user_rows(users, rng)))}
 

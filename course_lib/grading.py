@@ -136,18 +136,6 @@ class Checking:
         except Exception as error:  # learner code may raise anything
             raise LearnerCodeError(_explain_exception(error)) from error
 
-    async def acall(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """`call` for learner code that may be async: awaits the result when it is awaitable."""
-        result = self.call(fn, *args, **kwargs)
-        if inspect.isawaitable(result):
-            try:
-                result = await result
-            except NotImplementedError as error:
-                raise LearnerCodeError(_NOT_DONE) from error
-            except Exception as error:
-                raise LearnerCodeError(_explain_exception(error)) from error
-        return result
-
 
 def _describe(value: Any) -> str:
     if value is None:

@@ -223,10 +223,6 @@ def _field(settings: Any, name: str, checking: Checking) -> Any:
     return getattr(settings, name)
 
 
-def _secret_value(value: Any) -> Any:
-    return value.get_secret_value() if isinstance(value, SecretStr) else value
-
-
 @exercise(
     "07.settings-class",
     title="A Settings class to a spec",

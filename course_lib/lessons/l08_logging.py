@@ -17,13 +17,13 @@ from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
 import httpx
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Request, Response
 from pythonjsonlogger.json import JsonFormatter
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from ..bench import BenchRow
+from ..client import app_client
 from ..grading import Checking, Fail, exercise
 from ..timing import Comparison, compare, percentile
 
@@ -181,10 +181,8 @@ def make_demo_app() -> FastAPI:
 @asynccontextmanager
 async def quiet_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """Like `app_client`, but an endpoint that raises gives the client a 500 instead of raising in the notebook."""
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lab.test", timeout=30) as client:
-            yield client
+    async with app_client(app, raise_app_exceptions=False) as client:
+        yield client
 
 
 class LogCapture:

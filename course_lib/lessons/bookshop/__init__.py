@@ -15,10 +15,10 @@ from fastapi import FastAPI, Header, HTTPException, Query
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import ForeignKey, String, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from ...db import insert_in_batches, drop_fresh_database, fresh_engine
+from ...db import drop_fresh_database, fresh_engine, insert_in_batches, thread_safe_connect_args
 
 __all__ = [
     "BookshopBase", "Author", "Book", "Review", "BookshopDB", "make_bookshop_db", "BookshopSettings",
@@ -191,9 +191,7 @@ async def rates(base: str = Query("USD"), api_key: str | None = Query(None),
 
 def engine_args(database_url: str) -> dict[str, Any]:
     """Keyword arguments for `create_engine(database_url, ...)`: SQLite connections must cross threads, psycopg's may."""
-    if make_url(database_url).get_backend_name() == "sqlite":
-        return {"connect_args": {"check_same_thread": False}}
-    return {}
+    return {"connect_args": thread_safe_connect_args(database_url)}
 
 
 def install_db_latency(latency_ms: float) -> None:

@@ -25,13 +25,13 @@ import anyio.to_thread
 import httpx
 from fastapi import FastAPI, HTTPException, Request
 from sqlalchemy import create_engine, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .l01_served import CPU_ROUNDS, cpu_app, io_app, upstream_app
 
 from ...bench import BenchRow
 from ...client import app_client
+from ...db import thread_safe_connect_args
 from ...grading import Checking, exercise
 from ...load import LoadResult, load_test
 from ...servers import Server, serve, usable_cores
@@ -253,18 +253,13 @@ def make_gateway_app(upstream_url: str, *, timeout: float | None, shared_client:
     return app
 
 
-def _thread_safe_args(db_url: str) -> dict[str, Any]:
-    """Driver arguments letting pooled connections move between threads: SQLite needs one, psycopg none."""
-    return {"check_same_thread": False} if make_url(db_url).get_backend_name() == "sqlite" else {}
-
-
 def make_pool_app(db_url: str, *, pool_size: int, pool_timeout: float, hold_s: float) -> FastAPI:
     """GET /report holds one pooled DB connection for `hold_s`; a full pool answers 503 with SQLAlchemy's error."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(db_url, pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout,
-                               connect_args=_thread_safe_args(db_url))
+                               connect_args=thread_safe_connect_args(db_url))
         app.state.engine = engine
         yield
         engine.dispose()

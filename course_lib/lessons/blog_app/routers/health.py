@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..database import ping
+from ..dependencies import RedisDep, SettingsDep
 
 router = APIRouter(prefix="/health", tags=["health"])
 logger = logging.getLogger("blog_app.health")
@@ -33,15 +34,14 @@ async def _passes(name: str, check: Awaitable[Any], timeout: float | None) -> bo
 
 
 @router.get("", responses={503: {"description": "a dependency is down or too slow"}})
-async def ready(request: Request) -> JSONResponse:
+async def ready(request: Request, settings: SettingsDep, redis: RedisDep) -> JSONResponse:
     """Readiness: database and Redis checked concurrently, each with a short timeout; 503 if any fails."""
-    state = request.app.state
-    timeout = state.settings.health_timeout_s
-    database, redis = await asyncio.gather(
-        _passes("database", asyncio.to_thread(ping, state.engine), timeout),
-        _passes("redis", state.redis.ping(), timeout),
+    timeout = settings.health_timeout_s
+    database_up, redis_up = await asyncio.gather(
+        _passes("database", asyncio.to_thread(ping, request.app.state.engine), timeout),
+        _passes("redis", redis.ping(), timeout),
     )
-    checks = {"database": "ok" if database else "down", "redis": "ok" if redis else "down"}
-    healthy = database and redis
+    checks = {"database": "ok" if database_up else "down", "redis": "ok" if redis_up else "down"}
+    healthy = database_up and redis_up
     return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": checks},
                         status_code=200 if healthy else 503)
