@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .grading import exercises, hint, load_progress
+from .text_table import text_table
 from .notebooks import ROOT, GradeRow, build_exercises, grade_class, grade_notebook, refresh_outputs, reset_exercise
 
 
 def _root() -> Path:
     cwd = Path.cwd()
     return cwd if (cwd / "solutions").is_dir() else ROOT
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], wrap_last: int = 70) -> str:
-    """A plain-text table whose last column wraps at `wrap_last` characters."""
-    import textwrap
-
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers[:-1])]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths, strict=True)) + "  " + headers[-1]]
-    lines.append("-" * min(shutil.get_terminal_size((120, 20)).columns, sum(widths) + 2 * len(widths) + wrap_last))
-    for row in rows:
-        last = textwrap.wrap(row[-1], wrap_last) or [""]
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + last[0])
-        lines += [" " * (sum(widths) + 2 * len(widths)) + more for more in last[1:]]
-    return "\n".join(lines)
 
 
 _MARK = {"passed": "✓", "failed": "✗", "missing": "·"}
@@ -50,7 +36,7 @@ def cmd_progress(_: argparse.Namespace) -> int:
             state = "· to do"
             upcoming = upcoming or ex
         rows.append((ex.lesson, ex.id, state, ex.title))
-    print(_table(("lesson", "exercise", "state", "title"), rows))
+    print(text_table(("lesson", "exercise", "state", "title"), rows))
     total = len(rows)
     filled = round(30 * done / total) if total else 0
     print(f"\n[{'#' * filled}{'-' * (30 - filled)}] {done}/{total} exercises done")
@@ -61,7 +47,7 @@ def cmd_progress(_: argparse.Namespace) -> int:
 
 
 def _print_grade_rows(rows: list[GradeRow]) -> None:
-    print(_table(("exercise", "status", "figures", "message"),
+    print(text_table(("exercise", "status", "figures", "message"),
                  [(r.exercise, f"{_MARK[r.status]} {r.status}", r.figures, r.message) for r in rows]))
 
 
@@ -104,7 +90,7 @@ def _grade_class(folder: Path, csv_path: Path | None) -> int:
     for learner, row in rows:
         counts = summary.setdefault(learner, [0, 0, 0])
         counts[("passed", "failed", "missing").index(row.status)] += 1
-    print(_table(("learner", "passed", "failed", "missing"),
+    print(text_table(("learner", "passed", "failed", "missing"),
                  [(name, str(p), str(f), str(m)) for name, (p, f, m) in summary.items()]))
     print(f"\n{len(summary)} learners, {len(rows)} exercise results" +
           (f"; every row is in {csv_path}" if csv_path else ""))

@@ -31,6 +31,7 @@ from starlette.routing import Match
 
 from .client import app_client
 from .queries import simulated_latency
+from .text_table import text_table
 
 __all__ = ["Check", "AuditReport", "audit", "audit_main", "sqlite_scanned_tables", "postgres_scanned_tables"]
 
@@ -83,10 +84,8 @@ class AuditReport:
         return f"{passed}/{len(self.checks)} checks pass (audit took {self.seconds:.1f} s)"
 
     def __repr__(self) -> str:
-        from .__main__ import _table
-
         rows = [(c.status, c.title, c.lesson, c.evidence) for c in self.checks]
-        return _table(("", "practice", "revisit", "evidence"), rows, wrap_last=70) + "\n" + self.summary()
+        return text_table(("", "practice", "revisit", "evidence"), rows, wrap_last=70) + "\n" + self.summary()
 
     def _repr_html_(self) -> str:
         colour = {PASS: "#e6f4ea", FAIL: "#fdecea", UNKNOWN: "#fff8e1"}
@@ -152,6 +151,10 @@ def _recording(engine: Engine | None) -> Iterator[_Recorder]:
 
     handler, root = Capture(level=logging.DEBUG), logging.getLogger()
     old_level = root.level
+    # the capture needs DEBUG records; handlers already on the root keep showing only what they showed before
+    quieted = {h: h.level for h in root.handlers}
+    for existing in quieted:
+        existing.setLevel(max(existing.level, old_level))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     if engine is not None:
@@ -165,6 +168,8 @@ def _recording(engine: Engine | None) -> Iterator[_Recorder]:
             event.remove(engine, "after_cursor_execute", after)
         root.removeHandler(handler)
         root.setLevel(old_level)
+        for existing, level in quieted.items():
+            existing.setLevel(level)
 
 
 @contextmanager

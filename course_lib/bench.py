@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from .text_table import text_table
+
 __all__ = ["BenchRow", "run_bench", "toolkit_bench"]
 
 
@@ -148,15 +150,13 @@ def side_by_side(only: str | None = None) -> list[tuple[str, str, str, str, str]
 
 def run_bench(notebooks: bool = False, only: str | None = None, postgres_column: bool = False) -> int:
     """Measure, then print one table; returns 1 if any row missed its goal."""
-    from .__main__ import _table
-
     if postgres_column:
         rows = side_by_side(only)
-        print(_table(("lesson", "effect", "SQLite", "PostgreSQL", "goal"), rows, wrap_last=30))
+        print(text_table(("lesson", "effect", "SQLite", "PostgreSQL", "goal"), rows, wrap_last=30))
         return 1 if any("✗" in row[-1] for row in rows) else 0
     rows = [] if only else toolkit_bench()
     rows += lesson_benches(only)
     if notebooks:
         rows += notebook_times(only)
-    print(_table(("lesson", "effect", "measured", "goal"), [r.cells() for r in rows], wrap_last=30))
+    print(text_table(("lesson", "effect", "measured", "goal"), [r.cells() for r in rows], wrap_last=30))
     return 1 if any(r.met is False for r in rows) else 0

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -118,7 +119,7 @@ def _cleanup() -> None:
     for path in _TEMP_DIRS:
         shutil.rmtree(path, ignore_errors=True)
     for name in list(_SERVER_DATABASES):
-        _drop_server_database(name)
+        _drop_server_database(name, at_exit=True)
 
 
 atexit.register(_cleanup)
@@ -153,7 +154,7 @@ def _fresh_server_database(url: str, echo: bool) -> Engine:
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as conn:
-            if not _SERVER_DATABASES:  # once per process: tidy up after dead ones
+            if not _SERVER_DATABASES:  # whenever this process holds none: tidy up after dead processes
                 _drop_orphans(conn)
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     finally:
@@ -162,7 +163,8 @@ def _fresh_server_database(url: str, echo: bool) -> Engine:
     return create_engine(admin_url.set(database=name), echo=echo)
 
 
-def _drop_server_database(name: str) -> None:
+def _drop_server_database(name: str, at_exit: bool = False) -> None:
+    """DROP a database this process made; a failure is a warning (the next run's orphan sweep retries it)."""
     admin_url = _SERVER_DATABASES.pop(name, None)
     if admin_url is None:
         return
@@ -170,8 +172,10 @@ def _drop_server_database(name: str) -> None:
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    except Exception:  # the server may already be gone at exit: nothing left to clean
-        pass
+    except Exception as error:  # the server may already be gone at exit: nothing left to clean
+        if not at_exit:
+            warnings.warn(f"could not drop the course's database {name}: {type(error).__name__}: {error}; "
+                          "it is dropped by the next run on this machine", RuntimeWarning, stacklevel=2)
     finally:
         admin.dispose()
 

@@ -181,7 +181,6 @@ def refresh_outputs(path: Path) -> None:
     """Execute a lesson or solutions notebook and store only the outputs nbval checks."""
     executed = execute_notebook(path)
     nbformat.write(clean_notebook(executed), path)
-    path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + "\n", encoding="utf-8")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -44,13 +44,18 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
+try:  # loaded once here: the child between fork and exec should only make the one system call
+    _LIBC: Any = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not Linux: atexit and explicit stops still apply
+    _LIBC = None
+
+
 def _die_with_parent() -> None:
-    """Run in the child before exec: ask Linux to SIGTERM it when the kernel that started it dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: atexit and explicit stops still apply
-        pass
+    """Run in the child before exec: ask Linux to SIGTERM it when the thread that started it ends (in a notebook
+    the kernel's main thread, so: when the kernel dies). Servers started from a worker thread must be stopped
+    before that thread ends, as every `with serve(...)` block does."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _command(kind: ServerKind, app: str, port: int, workers: int, extra: Sequence[str]) -> list[str]:
@@ -183,11 +188,16 @@ def launch(
     """Start any server command that will listen on 127.0.0.1:`port`, in its own process group; wait until it answers."""
     fd, log_name = tempfile.mkstemp(prefix=f"lab-{kind}-", suffix=".log")
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    process = subprocess.Popen(
-        list(command), stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=cwd, env=child_env,
-        start_new_session=True, preexec_fn=_die_with_parent,
-    )
-    os.close(fd)
+    try:
+        process = subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=cwd, env=child_env,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+    except BaseException:  # e.g. a missing cwd or executable: no log file left behind
+        Path(log_name).unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
     started = Server(kind, app, workers, port, process, Path(log_name), list(command))
     _RUNNING[started.pid] = started
     try:

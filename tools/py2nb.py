@@ -4,7 +4,7 @@
     python tools/py2nb.py notebooks/NN_name.ipynb lesson.py     # back to py:percent for editing
 
 Written notebooks get the `python3` kernel, no jupytext metadata, no outputs, and stable cell ids
-(`NN-1`, `NN-2`, …) so that diffs stay small. Afterwards run
+(`NN-not-1`, `NN-sol-2`, …: lesson number, folder, position) so that diffs stay small. Afterwards run
 `python -m course_lib refresh-outputs` on it (for `# NBVAL_CHECK_OUTPUT` cells) and, for a solutions
 notebook, `python -m course_lib build-exercises`.
 """
@@ -21,6 +21,7 @@ KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "nam
 
 
 def to_notebook(source: Path, target: Path) -> None:
+    """Write the py:percent `source` as a clean notebook at `target`."""
     nb = jupytext.read(source, fmt="py:percent")
     nb.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
     prefix = target.stem.split("_", 1)[0]
@@ -34,6 +35,7 @@ def to_notebook(source: Path, target: Path) -> None:
 
 
 def main() -> None:
+    """py:percent → .ipynb, or .ipynb → py:percent, by the first argument's suffix."""
     source, target = Path(sys.argv[1]), Path(sys.argv[2])
     if source.suffix == ".ipynb":
         jupytext.write(nbformat.read(source, as_version=4), target, fmt="py:percent")
