@@ -333,6 +333,45 @@ def make_oldest_first_app(db: Any) -> FastAPI:
     return app
 
 
+def make_keyset_variant_app(db: Any, *, default_limit: int | None = 20, parse_cursor: bool = False,
+                            title_field: str = "title") -> FastAPI:
+    """Keyset pages, newest first, with one thing wrong: no default limit, a hand-parsed cursor, a renamed field."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int | None, Query(ge=1, le=100)] = default_limit, cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.id.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if cursor is not None:
+            after = int(cursor) if parse_cursor else int(cursor) if cursor.isdigit() else None
+            if after is None:
+                raise HTTPException(400, "bad cursor")
+            stmt = stmt.where(Item.id < after)
+        rows = session.scalars(stmt).all()
+        return {"items": [{"id": r.id, title_field: r.title} for r in rows],
+                "next_cursor": rows[-1].id if limit is not None and len(rows) == limit else None}
+
+    return app
+
+
+@pytest.mark.parametrize("answer, measured", [
+    (lambda db: make_keyset_variant_app(db, default_limit=None), "without limit gave 250 items"),
+    (lambda db: make_keyset_variant_app(db, parse_cursor=True), "a malformed cursor is the client's mistake"),
+    (lambda db: make_keyset_variant_app(db, title_field="name"), "return the item's own fields"),
+], ids=["no-default-limit", "cursor-crashes", "renamed-field"])
+def test_keyset_wrong_details_fail_and_say_what(answer: Any, measured: str):
+    result = grade("04.keyset", answer)
+    assert not result.passed and measured in result.message, result.message
+
+
+def test_keyset_variant_itself_passes_the_walks():
+    """The variant builder with nothing wrong is a right answer, so each failure above is its one flaw."""
+    assert grade("04.keyset", make_keyset_variant_app).passed
+
+
 @pytest.mark.parametrize("answer, measured", [
     (make_offset_cursor_app, "came twice"),
     (make_uncapped_app, "GET /items?limit=101 answered 200, expected 422"),

@@ -557,7 +557,7 @@ async def check_keyset(make_app: Any, checking: Checking) -> str:
     walks = 0
     with make_items_db(250) as db:
         app = checking.build_app(make_app, db)
-        async with app_client(app) as client:
+        async with app_client(app, raise_app_exceptions=False) as client:  # a crash is a 500 to report
             await _check_cap(checking, client)
     for rows, limits in ((0, (20,)), (1, (1, 20)), (45, (7, 45)), (250, (20, 100))):
         with make_items_db(rows) as db:
