@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import random
 import time
 import uuid
 from datetime import datetime
@@ -145,8 +146,10 @@ def url_key(prefix: str, request: Request) -> str:
 class ResponseCache:
     """A small explicit response cache over `redis.asyncio`: TTL, tag invalidation and an optional stampede lock."""
 
-    def __init__(self, redis: Redis, prefix: str, ttl: float = 60.0, lock_timeout: float = 10.0) -> None:
+    def __init__(self, redis: Redis, prefix: str, ttl: float = 60.0, lock_timeout: float = 10.0,
+                 max_wait_step: float = 0.1) -> None:
         self.redis, self.prefix, self.ttl, self.lock_timeout = redis, prefix, ttl, lock_timeout
+        self.max_wait_step = max_wait_step
         self.hits = self.misses = 0
 
     def key(self, request: Request) -> str:
@@ -167,9 +170,13 @@ class ResponseCache:
             return await self._fill(key, compute, ttl, tags), False
         lock_key, token = f"{key}:lock", uuid.uuid4().hex
         deadline = time.monotonic() + self.lock_timeout
+        pause = 0.005
         # SET NX: exactly one request (in any process sharing this Redis) gets the lock and runs the query
         while not await self.redis.set(lock_key, token, nx=True, px=int(self.lock_timeout * 1000)):
-            await asyncio.sleep(0.005)
+            # back off with jitter: 50 waiters polling every 5 ms would keep the event loop (and Redis) busy
+            # with their own GETs, starving the one request that is computing the answer
+            await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(pause * 2, self.max_wait_step)
             cached = await self.redis.get(key)
             if cached is not None:
                 self.hits += 1
