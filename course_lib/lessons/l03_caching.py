@@ -563,13 +563,15 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
     lesson=LESSON,
     expects=_RESOURCE + " whose GET /stats?min_likes=N runs the query once for any number of concurrent misses",
     hints=(
-        "Before querying on a miss, take a lock in Redis: `await redis.set(lock_key, token, nx=True, px=10_000)` "
-        "succeeds for exactly one request. The others wait (`await asyncio.sleep(0.005)`) and re-read the key "
-        "until the winner has stored it. An `asyncio.Lock` only covers one process.",
-        "After winning the lock, read the key once more (someone may have filled it just before), then query, "
-        "`set` the value, and delete the lock. Losers loop: `while not await redis.set(lock_key, '1', nx=True, "
-        "px=10_000): await asyncio.sleep(0.005); body = await redis.get(key); if body: return …`. Or use "
-        "`ResponseCache(redis, prefix, ttl).get_or_compute(key, compute, lock=True)` and read its code.",
+        "Look at what the 50 requests do between their miss and the first `set`: each one runs the query. Only one "
+        "of them should; the others should wait for its result. Whatever decides who runs it must be shared by "
+        "every worker process, so it cannot live in Python memory (an `asyncio.Lock` covers one process).",
+        "Redis can be that arbiter: `SET key value NX PX ms` succeeds for exactly one client and expires on its "
+        "own if that client dies. The winner computes and stores; the others wait and re-read the cached key, "
+        "backing off (5 ms, 10 ms, 20 ms …) so that 49 waiters do not flood the event loop with polls.",
+        "Shape: `while not await redis.set(lock_key, …, nx=True, px=…): await asyncio.sleep(pause); pause = …; "
+        "body = await redis.get(key); if body is not None: return …`. After winning, read `key` once more before "
+        "querying, and release the lock in a `finally`. Keep `lock_key` under `prefix`.",
     ),
     timeout=60,
 )
