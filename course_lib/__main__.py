@@ -66,9 +66,19 @@ def cmd_grade(args: argparse.Namespace) -> int:
         _print_grade_rows(rows)
         print()
         all_rows += rows
+    if not all_rows:
+        print("no exercises found in these notebooks (an exercise notebook is named after its lesson, "
+              "e.g. exercises/02_n_plus_one.ipynb)", file=sys.stderr)
+        return 1
     passed = sum(r.status == "passed" for r in all_rows)
     print(f"{passed} passed, {len(all_rows) - passed} failed")
     return 0 if passed == len(all_rows) else 1
+
+
+def _csv_cell(value: object) -> str:
+    """A CSV cell safe to open in a spreadsheet: no control characters, no formula (=, +, -, @ lead with ')."""
+    text = "".join(ch for ch in str(value) if ch.isprintable() or ch == " ")
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def _grade_class(folder: Path, csv_path: Path | None) -> int:
@@ -84,14 +94,14 @@ def _grade_class(folder: Path, csv_path: Path | None) -> int:
             writer = csv.writer(out)
             writer.writerow(["learner", "notebook", "exercise", "passed", "status", "figures", "message"])
             for learner, row in rows:
-                writer.writerow([learner, row.notebook, row.exercise, row.status == "passed", row.status,
-                                 row.figures, row.message])
+                writer.writerow([_csv_cell(v) for v in (learner, row.notebook, row.exercise, row.status == "passed",
+                                                         row.status, row.figures, row.message)])
     summary: dict[str, list[int]] = {}
     for learner, row in rows:
         counts = summary.setdefault(learner, [0, 0, 0])
         counts[("passed", "failed", "missing").index(row.status)] += 1
     print(text_table(("learner", "passed", "failed", "missing"),
-                 [(name, str(p), str(f), str(m)) for name, (p, f, m) in summary.items()]))
+                 [(_csv_cell(name), str(p), str(f), str(m)) for name, (p, f, m) in summary.items()]))
     print(f"\n{len(summary)} learners, {len(rows)} exercise results" +
           (f"; every row is in {csv_path}" if csv_path else ""))
     return 0
@@ -99,6 +109,11 @@ def _grade_class(folder: Path, csv_path: Path | None) -> int:
 
 def cmd_hint(args: argparse.Namespace) -> int:
     """Print a hint for one exercise (level 1 is a nudge, the last level nearly the answer)."""
+    known = {e.id for e in exercises()}
+    if args.exercise not in known:
+        print(f"there is no exercise {args.exercise!r}; known ones: {', '.join(e.id for e in exercises())}",
+              file=sys.stderr)
+        return 2
     print(hint(args.exercise, args.level))
     return 0
 

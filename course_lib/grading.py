@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import html
 import importlib
 import inspect
@@ -177,11 +178,14 @@ def _explain_exception(error: BaseException) -> str:
 def exercise(
     exercise_id: str, *, title: str, lesson: str, expects: str, hints: tuple[str, ...] | list[str], timeout: float = 60.0
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a checker `fn(answer, checking)` (sync or async) under a stable id such as "02.eager-loading"."""
+    """Register a checker `fn(answer, checking)` (sync or async) under a stable id such as "02.fix-n-plus-one"."""
     if not hints:
         raise ValueError(f"exercise {exercise_id} needs at least one hint")
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if exercise_id in _REGISTRY:  # a second registration would silently replace another lesson's grader
+            raise ValueError(f"exercise id {exercise_id!r} is already registered by lesson "
+                             f"{_REGISTRY[exercise_id].lesson}")
         _REGISTRY[exercise_id] = Exercise(exercise_id, title, lesson, expects, tuple(hints), fn, timeout)
         return fn
 
@@ -200,9 +204,10 @@ def _load_lessons() -> None:
 
 
 def exercises(lesson: str | None = None) -> list[Exercise]:
-    """Every registered exercise in lesson order, or those of one lesson (e.g. "02_n_plus_one")."""
+    """Every registered exercise in teaching order (lesson, then order of registration), or one lesson's."""
     _load_lessons()
-    found = sorted(_REGISTRY.values(), key=lambda e: (e.lesson, e.id))
+    order = {ex_id: i for i, ex_id in enumerate(_REGISTRY)}  # a lesson registers its exercises in teaching order
+    found = sorted(_REGISTRY.values(), key=lambda e: (e.lesson, order[e.id]))
     return [e for e in found if lesson is None or e.lesson == lesson]
 
 
@@ -252,8 +257,11 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-def grade(exercise_id: str, answer: Any, *, timeout: float | None = None) -> Result:
-    """Check `answer` against exercise `exercise_id` by running it; never raises for a wrong answer."""
+def grade(exercise_id: str, answer: Any, *, timeout: float | None = None, record: bool = True) -> Result:
+    """Check `answer` against exercise `exercise_id` by running it; never raises for a wrong answer.
+
+    `record=False` is for demonstrations (a lesson showing what a failure looks like): the result is neither
+    saved as the learner's progress nor counted as an attempt towards the next hint."""
     ex = _lookup(exercise_id)
     if ex is None:
         known = ", ".join(e.id for e in exercises())
@@ -265,9 +273,12 @@ def grade(exercise_id: str, answer: Any, *, timeout: float | None = None) -> Res
         kind, message, figures = _run_with_time_limit(ex, answer, timeout or ex.timeout)
         result = Result(ex.id, kind == "pass", message, figures)
     if not result.passed:
-        attempt = _ATTEMPTS[ex.id] = _ATTEMPTS.get(ex.id, 0) + 1
+        attempt = _ATTEMPTS.get(ex.id, 0) + 1
+        if record:
+            _ATTEMPTS[ex.id] = attempt
         result.hint = ex.hints[min(attempt, len(ex.hints)) - 1]
-    _save(result)
+    if record:
+        _save(result)
     return result
 
 
@@ -330,10 +341,12 @@ def _save(result: Result) -> None:
     try:
         path = progress_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        progress = load_progress()
-        progress[result.exercise] = record
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(progress, indent=1, sort_keys=True))
-        tmp.replace(path)
+        with open(path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two kernels saving at once must not lose each other's results
+            progress = load_progress()
+            progress[result.exercise] = record
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(progress, indent=1, sort_keys=True))
+            tmp.replace(path)
     except OSError:
         pass  # progress is a convenience: never fail grading over it

@@ -238,9 +238,14 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None) -> 
         except Exception as error:  # corrupt file, dead kernel, a cell over the time limit
             first_line = (str(error).strip().splitlines() or [""])[0][:200]
             problem = f"the notebook could not be graded: {type(error).__name__}: {first_line}"
-        for line in log.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            results[record["exercise"]] = record
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines()[:1000]:
+            try:  # a line the kernel did not write as a result (or wrote garbled) is skipped, never a crash
+                record = json.loads(line)
+                if (isinstance(record, dict) and record.get("exercise") in checks and isinstance(record.get("passed"), bool)
+                        and isinstance(record.get("message"), str) and isinstance(record.get("figures"), dict)):
+                    results[record["exercise"]] = record
+            except ValueError:
+                continue
     rows = []
     for ex in expected:
         record = results.get(ex.id)

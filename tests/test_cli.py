@@ -49,3 +49,26 @@ def test_audit_command_prints_the_checklist_and_fails_on_a_cross(capsys):
     assert main(["audit", "course_lib.lessons.l00_welcome:hello_app"]) == 1  # no /health: a ✗
     out = capsys.readouterr().out
     assert "/health says whether the app can serve" in out and "checks pass" in out
+
+
+def test_hint_for_an_unknown_exercise_exits_non_zero(capsys):
+    assert main(["hint", "02.no-such-exercise"]) == 2
+    assert "no exercise" in capsys.readouterr().err
+
+
+def test_grade_on_a_file_with_no_exercises_exits_non_zero(capsys, tmp_path):
+    import nbformat
+
+    path = tmp_path / "scratch.ipynb"
+    path.write_text(nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])))
+    assert main(["grade", str(path)]) == 1
+    assert "no exercises" in capsys.readouterr().err
+
+
+def test_class_csv_cells_cannot_be_formulas_or_escape_codes():
+    from course_lib.__main__ import _csv_cell
+
+    assert _csv_cell('=HYPERLINK("http://x","y")').startswith("'=")
+    assert _csv_cell("@SUM(A1)").startswith("'@")
+    assert "\x1b" not in _csv_cell("ada\x1b[31mred")
+    assert _csv_cell("ada") == "ada"

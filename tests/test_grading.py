@@ -201,3 +201,45 @@ def test_every_exercise_has_a_nudge_and_a_lesson():
     for ex in exercises():
         assert ex.hints and all(h.strip() for h in ex.hints)
         assert ex.lesson[:2].isdigit() and ex.id.startswith(ex.lesson[:2] + ".")
+
+
+# ---------- progress belongs to the learner (issue 12 §4) ----------
+
+def test_a_duplicate_exercise_id_is_refused():
+    from course_lib.grading import exercise
+
+    with pytest.raises(ValueError, match="already registered"):
+        exercise(ID, title="copy", lesson="99_copy", expects="x", hints=("h",))(lambda answer, checking: "ok")
+    assert next(e for e in exercises() if e.id == ID).lesson == "00_welcome"  # the original grader stays
+
+
+def test_exercises_are_listed_in_teaching_order():
+    ids = [e.id for e in exercises("01_workers")]
+    assert ids[0] == "01.unblock", ids  # the notebook starts with it; sorting by id put 01.timeout-client first
+    lessons = [e.lesson for e in exercises()]
+    assert lessons == sorted(lessons)
+
+
+def test_a_demonstration_neither_saves_progress_nor_downgrades_a_pass(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_LAB_HOME", str(tmp_path))
+    assert grade(ID, reference).passed
+    demo = grade(ID, lambda db: FastAPI(), record=False)
+    assert not demo.passed and demo.hint  # the demo still shows its hint
+    assert load_progress()[ID]["passed"] is True
+
+
+def test_two_processes_saving_at_once_lose_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from course_lib.grading import Result, _save\n"
+        "for i in range(60):\n"
+        "    _save(Result(f'p{sys.argv[1]}.{i}', True, 'ok'))\n"
+    )
+    env = {**__import__("os").environ, "COURSE_LAB_HOME": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(n)], env=env) for n in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    saved = json.loads((tmp_path / "progress.json").read_text())
+    assert len(saved) == 240, f"{240 - len(saved)} of 240 concurrent updates were lost"
