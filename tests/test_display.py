@@ -59,3 +59,23 @@ def test_live_panel_survives_a_failing_measurement(capsys):
 def test_say_is_markdown():
     text = say(f"measured **{2 * 3}×**")
     assert isinstance(text, Markdown) and text.data == "measured **6×**"
+
+
+def test_plot_numbers_read_as_plain_numbers_never_e_notation():
+    fig = plot_bars({"lazy\n(101 queries)": 2060.4, "joined": 12.3, "selectin": 0.42}, ylabel="ms", logy=True)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["2,060", "12.3", "0.42"]
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert ticks and not any("e+" in t or "10^" in t or "times" in t for t in ticks), ticks
+
+
+def test_plot_bar_labels_wrap_at_words_and_integer_axes_tick_whole_numbers():
+    names = ["baseline slow bookshop", "+ eager loading", "+ indexes", "+ keyset pagination", "+ cache", "+ gzip"]
+    fig = plot_bars({n: float(i) for i, n in enumerate(names)}, ylabel="requests / s")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert "pagination" in labels[3].split("\n"), labels  # wrapped between words, not inside one
+    fig = plot_curve([1, 2, 3, 4], {"measured": [1, 1.8, 1.9, 1.9]}, xlabel="workers", ylabel="x")
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
