@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -173,6 +174,32 @@ def _wait_ready(server: Server, ready_path: str, timeout: float) -> None:
                        f"Its output:\n{server.log()[-2000:]}")
 
 
+_LOG_NAME = re.compile(r"lab-[\w.]+-(\d+)-\w+\.log")
+
+
+def sweep_orphan_logs(folder: str | Path | None = None) -> list[Path]:
+    """Delete server logs (lab-<kind>-<pid>-*.log) whose kernel is gone, e.g. killed before it could clean up."""
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob("lab-*-*-*.log"):
+        match = _LOG_NAME.fullmatch(path.name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # its kernel still runs: its log is live
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        try:
+            if path.stat().st_uid == os.getuid():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def launch(
     command: Sequence[str],
     port: int,
@@ -186,7 +213,8 @@ def launch(
     startup_timeout: float = 30.0,
 ) -> Server:
     """Start any server command that will listen on 127.0.0.1:`port`, in its own process group; wait until it answers."""
-    fd, log_name = tempfile.mkstemp(prefix=f"lab-{kind}-", suffix=".log")
+    sweep_orphan_logs()
+    fd, log_name = tempfile.mkstemp(prefix=f"lab-{kind}-{os.getpid()}-", suffix=".log")
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     try:
         process = subprocess.Popen(

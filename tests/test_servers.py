@@ -129,3 +129,20 @@ def test_announce_shows_a_docs_link_that_works_where_the_learner_is(monkeypatch)
     assert len(shown) == 1
     assert f"(/user/ada/proxy/{server.port}/docs)" in shown[0].data
     assert "through this hub's proxy" in shown[0].data
+
+
+def test_logs_of_killed_kernels_are_swept_and_live_ones_kept(tmp_path):
+    import subprocess as sp
+
+    from course_lib.servers import sweep_orphan_logs
+
+    dead = sp.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f"lab-uvicorn-{dead.pid}-abc123.log"
+    mine = tmp_path / f"lab-uvicorn-{os.getpid()}-def456.log"
+    alive = tmp_path / "lab-gunicorn-1-ghi789.log"  # pid 1 always runs
+    other = tmp_path / "lab-notes.log"
+    for path in (orphan, mine, alive, other):
+        path.write_text("x")
+    assert sweep_orphan_logs(tmp_path) == [orphan]
+    assert not orphan.exists() and mine.exists() and alive.exists() and other.exists()
