@@ -1,4 +1,11 @@
-"""A small, bounded HTTP load generator for servers on this machine (loopback only)."""
+"""A small, bounded HTTP load generator for servers on this machine (loopback only).
+
+Each client is a raw asyncio protocol (no HTTP library): the request bytes are built once, a response ends at its
+Content-Length, its last chunk or the server's close. `keep_alive=True` reuses each client's connection the way wrk
+does; the default (`Connection: close`, a new connection per request) is what the lessons measured so far. The
+result reports the generator's own CPU per request, and `generator_significant` says when that CPU is a share of
+the machine a throughput figure should mention.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +19,18 @@ from urllib.parse import urlsplit
 
 from .timing import percentile
 
-__all__ = ["LoadResult", "load_test"]
+__all__ = ["LoadResult", "load_test", "SIGNIFICANT_SHARE"]
 
 MAX_REQUESTS = 200_000
 MAX_SECONDS = 120.0
+SIGNIFICANT_SHARE = 0.25
+"""The generator is a significant share of the machine when it used more than this fraction of one core."""
+
+
+def _cores() -> int:
+    from .servers import usable_cores
+
+    return usable_cores()
 
 
 @dataclass
@@ -29,6 +44,9 @@ class LoadResult:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: int = 0
     generator_cpu_s: float = 0.0
+    keep_alive: bool = False
+    connections: int = 0
+    cores: int = 0
 
     @property
     def requests(self) -> int:
@@ -59,22 +77,52 @@ class LoadResult:
         """Fraction of one core the generator's process used during the run."""
         return self.generator_cpu_s / self.duration_s if self.duration_s > 0 else 0.0
 
+    @property
+    def cpu_per_request_us(self) -> float:
+        """The generator's own CPU time per attempted request, in microseconds (nan when nothing was attempted)."""
+        attempted = self.requests + self.errors
+        return self.generator_cpu_s / attempted * 1e6 if attempted else float("nan")
+
+    @property
+    def generator_share_of_cores(self) -> float:
+        """Fraction of all usable cores the generator used: what the server under test did not get."""
+        return self.generator_cpu_share / (self.cores or _cores())
+
+    @property
+    def generator_significant(self) -> bool:
+        """True when the generator used more than SIGNIFICANT_SHARE of one core: a throughput figure should say so."""
+        return self.generator_cpu_share > SIGNIFICANT_SHARE
+
+    @property
+    def generator_note(self) -> str:
+        """A sentence for a lesson's prose when the generator was significant, else ""."""
+        if not self.generator_significant:
+            return ""
+        cores = self.cores or _cores()
+        return (f"the load generator itself used {self.generator_cpu_share:.2f} of a core "
+                f"({self.generator_share_of_cores:.0%} of the {cores} usable cores, "
+                f"{self.cpu_per_request_us:,.0f} µs of CPU per request), CPU the server did not get")
+
     def __repr__(self) -> str:
         codes = ", ".join(f"{code}×{n}" for code, n in sorted(self.statuses.items()))
+        mode = "keep-alive" if self.keep_alive else "Connection: close"
         return (
-            f"{self.throughput:,.0f} req/s over {self.duration_s:.1f} s at concurrency {self.concurrency}: "
+            f"{self.throughput:,.0f} req/s over {self.duration_s:.1f} s at concurrency {self.concurrency} ({mode}): "
             f"p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; status {codes or '—'}; errors {self.errors}; "
-            f"generator used {self.generator_cpu_share:.0%} of a core"
+            f"generator used {self.generator_cpu_share:.0%} of a core ({self.cpu_per_request_us:,.0f} µs CPU/request)"
+            + (" — significant" if self.generator_significant else "")
         )
 
 
-def _loopback_target(url: str) -> tuple[str, int, str]:
+def _loopback_target(url: str) -> tuple[str, int, str, str]:
+    """(host as written, port, path with query, IP address to connect to) of a loopback http:// URL."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"load_test takes an http:// URL on this machine, not {url!r}")
     host = parts.hostname
     try:
-        address = ipaddress.ip_address(socket.gethostbyname(host) if host != "::1" else host)
+        ip = socket.gethostbyname(host) if host != "::1" else host
+        address = ipaddress.ip_address(ip)
     except (socket.gaierror, ValueError) as error:
         raise ValueError(f"load_test: cannot resolve {host!r}") from error
     if not address.is_loopback:
@@ -82,22 +130,117 @@ def _loopback_target(url: str) -> tuple[str, int, str]:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return host, parts.port or 80, path
+    return host, parts.port or 80, path, ip
 
 
-async def _one_request(host: str, port: int, request: bytes, timeout: float) -> int:
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(request)
-            await writer.drain()
-            data = await reader.read()  # "Connection: close": the server closes after the response
-        finally:
-            writer.close()
-    status_line = data.split(b"\r\n", 1)[0].split()
-    if len(status_line) < 2 or not status_line[1].isdigit():
+def _header_value(head: bytes, name: bytes) -> bytes | None:
+    """The value of header `name` (lower case, with colon) in a lower-cased header block, or None."""
+    at = head.find(b"\r\n" + name)
+    if at < 0:
+        return None
+    start = at + 2 + len(name)
+    end = head.find(b"\r\n", start)
+    return head[start:end if end >= 0 else len(head)].strip()
+
+
+def _chunked_end(buffer: bytearray, pos: int) -> int | None:
+    """Where a chunked body starting at `pos` ends, or None while it is incomplete."""
+    while True:
+        line_end = buffer.find(b"\r\n", pos)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[pos:line_end]).split(b";")[0], 16)
+        if size == 0:
+            trailer_end = buffer.find(b"\r\n\r\n", line_end)
+            return None if trailer_end < 0 else trailer_end + 4
+        pos = line_end + 2 + size + 2
+        if pos > len(buffer):
+            return None
+
+
+def parse_response(buffer: bytearray, eof: bool = False) -> tuple[int, int, bool] | None:
+    """(status, bytes used, server keeps the connection) of the complete response at the head of `buffer`, or None."""
+    head_end = buffer.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    head = bytes(buffer[:head_end + 2]).lower()
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit() or not status_line[0].startswith(b"http/"):
         raise ConnectionError("no HTTP status line in the response")
-    return int(status_line[1])
+    status = int(status_line[1])
+    keep = status_line[0] == b"http/1.1" and _header_value(head, b"connection:") != b"close"
+    body = head_end + 4
+    length = _header_value(head, b"content-length:")
+    if length is not None:
+        end = body + int(length)
+        return (status, end, keep) if len(buffer) >= end else None
+    if b"chunked" in (_header_value(head, b"transfer-encoding:") or b""):
+        end = _chunked_end(buffer, body)
+        return None if end is None else (status, end, keep)
+    if status in (204, 304) or 100 <= status < 200:
+        return status, body, keep
+    return (status, len(buffer), False) if eof else None  # the body runs until the server closes
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: send a request, get a future of (status, reusable); one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bool]] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.received = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        self.buffer += data
+        self._settle(eof=False)
+
+    def eof_received(self) -> bool:
+        self._settle(eof=True)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._settle(eof=True)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the server closed the connection before a full response"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _settle(self, eof: bool) -> None:
+        if self.waiter is None or self.waiter.done():
+            return
+        try:
+            parsed = parse_response(self.buffer, eof)
+        except (ConnectionError, ValueError) as error:
+            self.waiter.set_exception(ConnectionError(str(error)))
+            return
+        if parsed is not None:
+            status, used, keep = parsed
+            del self.buffer[:used]
+            self.waiter.set_result((status, keep and not eof))
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, bool]]:
+        """Write `request`; the future resolves with (status, the connection may be reused)."""
+        assert self.transport is not None
+        self.received = False
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self.waiter
+
+    @property
+    def is_open(self) -> bool:
+        """Not closed by either side."""
+        return not self.closed.done() and self.transport is not None and not self.transport.is_closing()
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 async def load_test(
@@ -108,32 +251,68 @@ async def load_test(
     seconds: float = 5.0,
     timeout: float = 30.0,
     progress: bool | None = None,
+    keep_alive: bool = False,
 ) -> LoadResult:
-    """GET `url` from `concurrency` clients, a new connection per request, until `requests` or `seconds` run out."""
-    host, port, path = _loopback_target(url)
+    """GET `url` from `concurrency` clients until `requests` or `seconds` run out; `keep_alive=True` reuses each
+    client's connection (like wrk), the default opens a new connection per request (`Connection: close`)."""
+    host, port, path, ip = _loopback_target(url)
     if not 1 <= concurrency <= 1_000:
         raise ValueError("concurrency must be from 1 to 1000")
     requests = min(max(1, requests), MAX_REQUESTS)
     seconds = min(max(0.1, seconds), MAX_SECONDS)
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
-    result = LoadResult(url=url, concurrency=concurrency, duration_s=0.0)
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               + ("" if keep_alive else "Connection: close\r\n") + "\r\n").encode()
+    result = LoadResult(url=url, concurrency=concurrency, duration_s=0.0, keep_alive=keep_alive, cores=_cores())
+    loop = asyncio.get_running_loop()
     remaining = requests
     started = time.perf_counter()
     deadline = started + seconds
     cpu_started = time.process_time()
+    clock = time.perf_counter
+
+    async def connect() -> _Connection:
+        _, connection = await loop.create_connection(_Connection, ip, port)
+        result.connections += 1
+        return connection
 
     async def client() -> None:
         nonlocal remaining
-        while remaining > 0 and time.perf_counter() < deadline:
-            remaining -= 1
-            t0 = time.perf_counter()
-            try:
-                status = await _one_request(host, port, request, timeout)
-            except (OSError, TimeoutError, ConnectionError):
-                result.errors += 1
-                continue
-            result.latencies_s.append(time.perf_counter() - t0)
-            result.statuses[status] += 1
+        connection: _Connection | None = None
+        try:
+            while remaining > 0 and clock() < deadline:
+                remaining -= 1
+                t0 = clock()
+                try:
+                    async with asyncio.timeout(timeout):
+                        reused = connection is not None and connection.is_open
+                        if not reused:
+                            connection = await connect()
+                        assert connection is not None
+                        try:
+                            status, reusable = await connection.send(request)
+                        except ConnectionError:
+                            if not reused or connection.received:
+                                raise
+                            connection = await connect()  # the server dropped an idle connection: retry once
+                            status, reusable = await connection.send(request)
+                        latency = clock() - t0
+                        if not (keep_alive and reusable):
+                            if keep_alive:
+                                connection.transport.close()  # type: ignore[union-attr]
+                            else:
+                                await connection.closed  # the server closes first: TIME_WAIT stays on its side
+                            connection = None
+                except (OSError, TimeoutError, ConnectionError, ValueError):
+                    result.errors += 1
+                    if connection is not None:
+                        connection.abort()
+                        connection = None
+                    continue
+                result.latencies_s.append(latency)
+                result.statuses[status] += 1
+        finally:
+            if connection is not None:
+                connection.abort()
 
     bar = _progress_bar(seconds) if (progress if progress is not None else seconds > 2) else None
     tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
