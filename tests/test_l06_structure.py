@@ -52,8 +52,11 @@ class UserOut(BaseModel):
     name: str
 
 
-def written_another_way(flaw: str = "") -> dict[str, Any]:
-    """A right answer in another style (service class, response models, anyio deadline); `flaw` breaks one thing."""
+def written_another_way(flaw: str = "", style: str = "") -> dict[str, Any]:
+    """A right answer in another style (service class, response models, anyio deadline); `flaw` breaks one thing.
+
+    `style` writes it yet another right way: "class-dependency" (get_db is an instance with __call__),
+    "router-dependencies" (get_db also declared on include_router, routes share the cached session)."""
 
     class Users:
         """The service, as a class bound to one session."""
@@ -79,12 +82,32 @@ def written_another_way(flaw: str = "") -> dict[str, Any]:
                                         .order_by(Post.id))
             return [{"id": i, "title": t, "likes": k} for i, t, k in rows]
 
-    def get_db(request: Request) -> Iterator[Session]:
+    class Database:
+        """A class-based dependency: the instance is what routes depend on (and what tests override)."""
+
+        def __call__(self, request: Request) -> Iterator[Session]:
+            if flaw == "cached-session":  # one session per app, made once and kept
+                if not hasattr(request.app.state, "the_session"):
+                    request.app.state.the_session = request.app.state.sessions()
+                yield request.app.state.the_session
+                return
+            session = request.app.state.sessions()
+            if flaw == "unclosed":
+                yield session
+                return
+            try:
+                yield session
+            finally:
+                session.close()
+
+    def plain_get_db(request: Request) -> Iterator[Session]:
         session = request.app.state.sessions()
         try:
             yield session
         finally:
             session.close()
+
+    get_db: Any = Database() if style == "class-dependency" or flaw in ("cached-session", "unclosed") else plain_get_db
 
     def users_service(session: Annotated[Session, Depends(get_db)]) -> Users:
         return Users(session)
@@ -106,8 +129,19 @@ def written_another_way(flaw: str = "") -> dict[str, Any]:
         return found
 
     @router.get("/users/{user_id}/posts")
-    def posts(user_id: int, service: Service) -> Any:
-        found = service.posts(user_id)
+    def posts(user_id: int, service: Service, request: Request) -> Any:
+        if flaw == "half-refactor":  # this one route still opens its own session
+            with request.app.state.sessions() as own:
+                found = Users(own).posts(user_id)
+        elif flaw == "engine-direct":  # ... or uses the app's engine directly
+            with Session(request.app.state.engine) as own:
+                found = Users(own).posts(user_id)
+        elif flaw == "calls-get-db":  # ... or calls the dependency itself instead of declaring it
+            generator = get_db(request)
+            found = Users(next(generator)).posts(user_id)
+            generator.close()
+        else:
+            found = service.posts(user_id)
         if found is None:
             raise HTTPException(404, "user not found")
         return found
@@ -152,7 +186,10 @@ def written_another_way(flaw: str = "") -> dict[str, Any]:
             app.state.engine.dispose()
 
         app = FastAPI(lifespan=lifespan)
-        app.include_router(router)
+        if style == "router-dependencies":
+            app.include_router(router, dependencies=[Depends(get_db)])
+        else:
+            app.include_router(router)
         return app
 
     return {"create_app": create_app, "get_db": get_db}
@@ -174,16 +211,26 @@ def test_reference_answer_passes() -> None:
     assert result.figures["hung_db_answer_s"] < lesson.HANG_S / 2
 
 
-def test_answer_written_another_way_passes() -> None:
-    """A class-based service, response models, get_db with try/finally and anyio.fail_after also pass."""
-    result = grade("06.refactor", written_another_way())
+@pytest.mark.parametrize("style", ["", "class-dependency", "router-dependencies"])
+def test_answer_written_another_way_passes(style: str) -> None:
+    """A class-based service, response models, get_db with try/finally, anyio.fail_after, a class-based
+    dependency, and get_db declared on include_router too, all pass."""
+    result = grade("06.refactor", written_another_way(style=style))
     assert result.passed, result.message
+    assert result.figures["routes_overridden"] == 5  # /users, /users/{2,12}, /users/{2,12}/posts
 
 
 @pytest.mark.parametrize(
     ("answer", "says"),
     [
-        (tangled_answer, "get_db overridden to a test database, a request raised OperationalError"),
+        (tangled_answer, "GET routes did not answer from the test database"),
+        (lambda: written_another_way("half-refactor"), "database that holds other data (8 users, 2 posts each), "
+                                                        "2 of 5 GET routes did not answer from the test database. "
+                                                        "GET /users/2/posts answered 200"),
+        (lambda: written_another_way("engine-direct"), "GET /users/2/posts answered 200"),
+        (lambda: written_another_way("calls-get-db"), "GET /users/2/posts answered 200"),
+        (lambda: written_another_way("cached-session"), "used the same Session object as the earlier GET /users"),
+        (lambda: written_another_way("unclosed"), "still held its transaction"),
         (lambda: written_another_way("no-404"), "answered differently from the tangled app: GET /users/8: status 200"),
         (lambda: written_another_way("always-ok"), "/health answered 200 with the database unreachable"),
         (lambda: written_another_way("leaky"), "/health's 503 body shows"),
@@ -191,7 +238,7 @@ def test_answer_written_another_way_passes() -> None:
         (lambda: written_another_way("connects-at-startup"), "with its database unreachable your app did not even start"),
         (lambda: written_another_way("no-timeout"), "with the database stalling 2 s per query, /health answered 200 after 2."),
     ],
-    ids=["tangled", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout"],
+    ids=["tangled", "half-refactor", "engine-direct", "calls-get-db", "cached-session", "unclosed", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout"],
 )
 def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, says: str) -> None:
     """Each flaw fails, and the message names the request and what came back."""

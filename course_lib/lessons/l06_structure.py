@@ -7,9 +7,12 @@ import ast
 import asyncio
 import logging
 import os
+import re
+import secrets
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,54 +195,43 @@ def _parts(answer: Any, checking: Checking) -> tuple[Callable[..., Any], Callabl
     expects="{'create_app': create_app, 'get_db': get_db}: create_app(database_url) returns a FastAPI app "
             "whose routes get their Session from the yield dependency get_db",
     hints=(
-        "Three seams: routes take `session: Session = Depends(get_db)`; get_db takes `request: Request` and "
-        "yields a session from `request.app.state.session_factory` (made in the lifespan); /health pings the "
-        "database in a thread with a deadline: `await asyncio.wait_for(asyncio.to_thread(ping), 0.5)`.",
-        "get_db: `with request.app.state.session_factory() as s: yield s`. Lifespan: `engine = "
-        "create_engine(url, connect_args={'check_same_thread': False})`, `app.state.session_factory = "
-        "sessionmaker(engine)`, yield, `engine.dispose()`. /health: `try: await asyncio.wait_for("
-        "asyncio.to_thread(ping, engine), 0.5)` → 200 `{'status': 'ok'}`; `except Exception:` → "
-        "`JSONResponse({'status': 'unavailable'}, status_code=503)`, without the error text.",
+        "Look at where each handler of the tangled app gets its database from: the grader replaces get_db "
+        "with a session on another database and breaks your app's own one, then calls every route. A route "
+        "that opens a session itself (or through a shared engine) is still tied to the real database. "
+        "/health is the one route that should look at the app's own database, with a deadline.",
+        "The tools: a `yield` dependency that takes `request: Request` and opens a session from a factory the "
+        "lifespan keeps on `request.app.state` (a new one per request, closed after it); routes declare "
+        "`Annotated[Session, Depends(get_db)]`; readiness runs `SELECT 1` in a thread "
+        "(`asyncio.to_thread`) inside `asyncio.wait_for(..., timeout)` and answers `JSONResponse(..., "
+        "status_code=503)` when that fails.",
+        "Shape: `def get_db(request: Request): with request.app.state.… () as session: yield session`. "
+        "Lifespan: `engine = create_engine(database_url, …)`; `app.state.… = sessionmaker(…)`; `yield`; "
+        "`engine.dispose()`. /health: `try: await asyncio.wait_for(asyncio.to_thread(…), …)` / "
+        "`except Exception: return JSONResponse({…}, status_code=…)` (no error text in the body).",
     ),
-    timeout=90,
+    timeout=120,
 )
 async def check_refactor(answer: Any, checking: Checking) -> str:
-    """Same answers as the tangled app on two databases, get_db overridable, /health 200/503 and bounded."""
+    """Same answers as the tangled app; a new session per request; every route answers from an overridden
+    get_db while the app's own database holds other data or is unreachable; /health 200/503, bounded."""
     factory, get_db = _parts(answer, checking)
     for users, posts in ((7, 2), (45, 3)):
         with make_demo_db(users=users, posts_per_user=posts, seed=users) as db:
             paths = probe_paths(users)
             before = await answers(make_tangled_app(db.url), paths)
-            after = await answers(checking.build_app(factory, db.url), paths)
+            with _SessionTracker() as tracker:
+                after = await _tracked_answers(checking.build_app(factory, db.url), paths, tracker)
             diffs = same_answers(before, after)
             checking.expect(not diffs, f"on a database of {users} users, {len(diffs)} of {len(paths)} requests "
                                        "answered differently from the tangled app: " + "; ".join(diffs[:3]))
+            tracker.verdict(checking)
     checking.record("identical_requests", 2 * len(paths))
 
-    down = unreachable_url("grader")
-    with make_demo_db(users=9, posts_per_user=1, seed=3) as test_db:
-        app = checking.build_app(factory, down)
-        app.dependency_overrides[get_db] = test_db.dependency()
-        expected = (await answers(make_tangled_app(test_db.url), ["/users/9", "/users?limit=3"]))
-        started = False
-        try:
-            async with app_client(app) as client:
-                started = True
-                got = [Probe(p, r.status_code, r.json() if r.status_code in (200, 404) else None)
-                       for p in ("/users/9", "/users?limit=3") for r in [await client.get(p)]]
-        except Exception as error:
-            if not started:
-                checking.fail(f"with its database unreachable your app did not even start: "
-                              f"{type(error).__name__}: {str(error)[:160]}. Startup must not connect: make the "
-                              "engine in the lifespan (creating it does not connect) and let /health report it.")
-            checking.fail(f"with the app's database unreachable and get_db overridden to a test database, "
-                          f"a request raised {type(error).__name__}: {str(error)[:160]}. Do all routes get "
-                          "their session from get_db?")
-        checking.expect(not same_answers(expected, got),
-                        "with get_db overridden to a test database, the routes did not answer from it: "
-                        + "; ".join(same_answers(expected, got)[:2]))
+    routes = await _check_every_route_uses_get_db(factory, get_db, checking)
+    checking.record("routes_overridden", routes)
     checking.record("override_used", "yes")
 
+    down = unreachable_url("grader")
     with make_demo_db(users=3, posts_per_user=1) as db:
         status, healthy_s = await time_health(checking.build_app(factory, db.url))
         checking.expect(status == 200, f"/health answered {status} with the database up; expected 200")
@@ -264,8 +256,163 @@ async def check_refactor(answer: Any, checking: Checking) -> str:
                         f"with the database stalling {HANG_S:g} s per query, /health answered {status} after "
                         f"{hung_s:.2f} s; expected 503 in under half that ({HANG_S / 2:g} s). Give the check a "
                         "deadline (asyncio.wait_for around a thread) of at most 0.5 s.")
-    return (f"identical answers, get_db overridable, /health 200 / 503, hung database detected in "
-            f"{hung_s:.2f} s instead of {HANG_S:g} s")
+    return (f"identical answers, a new session per request, all {routes} data routes answer from an overridden "
+            f"get_db, /health 200 / 503, hung database detected in {hung_s:.2f} s instead of {HANG_S:g} s")
+
+
+class _SessionTracker:
+    """Which SQLAlchemy Session objects begin a transaction or execute during each request (any Session)."""
+
+    def __init__(self) -> None:
+        self.current: list[tuple[int, weakref.ref[Session]]] = []
+        self.owner: dict[int, str] = {}  # session hash_key → the first request that used it
+        self.shared = ""
+        self.unclosed = ""
+
+    def _began(self, session: Session, *_: Any) -> None:
+        self.current.append((session.hash_key, weakref.ref(session)))
+
+    def _executed(self, state: Any) -> None:
+        self._began(state.session)
+
+    def __enter__(self) -> _SessionTracker:
+        event.listen(Session, "after_begin", self._began)
+        event.listen(Session, "do_orm_execute", self._executed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(Session, "after_begin", self._began)
+        event.remove(Session, "do_orm_execute", self._executed)
+
+    def start(self) -> None:
+        """A request is about to be sent."""
+        self.current = []
+
+    def finished(self, request: str) -> None:
+        """The request's answer arrived (and the app's dependency teardown ran): judge its sessions."""
+        for key, ref in self.current:
+            earlier = self.owner.setdefault(key, request)
+            if earlier != request and not self.shared:
+                self.shared = (f"{request} used the same Session object as the earlier {earlier}: get_db must "
+                                "open a new session for every request and close it afterwards. A session kept "
+                                "across requests shares one transaction and identity map between users, and "
+                                "sync routes run concurrently in the thread pool, where a Session is not safe.")
+            session = ref()
+            if session is not None and session.in_transaction() and not self.unclosed:
+                self.unclosed = (f"after {request} was answered, the Session it used still held its transaction "
+                                "(and a pooled connection): get_db must close the session when the request "
+                                "ends (`with factory() as session: yield session`, or try/finally close()).")
+
+    def verdict(self, checking: Checking) -> None:
+        """Fail with what was seen: a session shared between requests first, then one left open."""
+        checking.expect(not self.shared, self.shared)
+        checking.expect(not self.unclosed, self.unclosed)
+
+
+async def _tracked_answers(app: Any, paths: list[str], tracker: _SessionTracker) -> list[Probe]:
+    """Like `answers`, with the sessions each request used recorded by `tracker`."""
+    found = []
+    async with app_client(app) as client:
+        for path in paths:
+            tracker.start()
+            response = await client.get(path)
+            await asyncio.sleep(0)  # let a dependency's teardown scheduled after the response run
+            tracker.finished(f"GET {path}")
+            body = response.json() if response.status_code in (200, 404) else None
+            found.append(Probe(path, response.status_code, body))
+    return found
+
+
+def _short(body: Any, size: int = 70) -> str:
+    """A body cut to `size` characters for a message."""
+    text = str(body)
+    return text if len(text) <= size else text[:size] + "…"
+
+
+def _walk_routes(routes: Any) -> Iterator[Any]:
+    """Every route, including those of included routers (FastAPI ≥ 0.16x keeps them as lazy branches)."""
+    for route in routes:
+        expand = getattr(route, "effective_route_contexts", None)
+        if callable(expand):
+            yield from expand()
+        else:
+            yield route
+
+
+def _get_paths(app: Any, ids: tuple[int, ...]) -> list[str]:
+    """Every GET route of `app` outside /health and the docs, path parameters filled with each of `ids`."""
+    skip = {getattr(app, name, None) for name in ("openapi_url", "docs_url", "redoc_url",
+                                                  "swagger_ui_oauth2_redirect_url")}
+    paths: list[str] = []
+    for route in _walk_routes(getattr(app, "routes", [])):
+        path, methods = getattr(route, "path", None), getattr(route, "methods", None) or set()
+        if not isinstance(path, str) or "GET" not in methods or path in skip or path.startswith("/health"):
+            continue
+        params = list(getattr(route, "param_convertors", {}) or {})
+        if not params:
+            paths.append(path or "/")
+            continue
+        for value in ids:
+            filled = path
+            for name in params:
+                filled = re.sub(r"\{" + re.escape(name) + r"(:[^}]*)?\}", str(value), filled)
+            paths.append(filled)
+    return list(dict.fromkeys(paths))
+
+
+async def _quiet_answers(app: Any, paths: list[str]) -> list[Probe]:
+    """Each path's status and JSON (or text) body; an endpoint that raises gives 500, as under a server."""
+    found = []
+    async with app_client(app, raise_app_exceptions=False) as client:
+        for path in paths:
+            response = await client.get(path)
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text[:300]
+            found.append(Probe(path, response.status_code, body))
+    return found
+
+
+async def _check_every_route_uses_get_db(factory: Callable[..., Any], get_db: Any, checking: Checking) -> int:
+    """Override get_db with another database; with the app's own holding other data, then unreachable, every
+    GET route (as listed by the app itself) must answer exactly as the app built on the override's database."""
+    salt = secrets.randbelow(1000)
+    with make_demo_db(users=12, posts_per_user=3, seed=100 + salt) as test_db, \
+            make_demo_db(users=8, posts_per_user=2, seed=2000 + salt) as own_db:
+        reference_app = checking.build_app(factory, test_db.url)
+        paths = _get_paths(reference_app, (2, 12))
+        checking.expect(bool(paths), "your app has no GET routes outside /health: where are /users, "
+                                     "/users/{user_id} and /users/{user_id}/posts?")
+        expected = await _quiet_answers(reference_app, paths)
+        for own, what in ((own_db.url, "holds other data (8 users, 2 posts each)"),
+                          (unreachable_url("grader"), "is unreachable")):
+            app = checking.build_app(factory, own)
+            app.dependency_overrides[get_db] = test_db.dependency()
+            started = False
+            try:
+                async with app_client(app, raise_app_exceptions=False):
+                    started = True
+                got = await _quiet_answers(app, paths)
+            except Exception as error:
+                if not started:
+                    checking.fail(f"with its database unreachable your app did not even start: "
+                                  f"{type(error).__name__}: {str(error)[:160]}. Startup must not connect: make "
+                                  "the engine in the lifespan (creating it does not connect) and let /health "
+                                  "report it.")
+                raise
+            wrong = [(e, g) for e, g in zip(expected, got, strict=True) if (e.status, e.body) != (g.status, g.body)]
+            if wrong:
+                e, g = wrong[0]
+                checking.fail(
+                    f"with get_db overridden by a session on a test database (12 users, 3 posts each) and your "
+                    f"app's own database that {what}, {len(wrong)} of {len(paths)} GET routes did not answer "
+                    f"from the test database ({', '.join(w.path for _, w in wrong)}). GET {g.path} answered "
+                    f"{g.status} {_short(g.body)}; from the test database it answers {e.status} {_short(e.body)}. "
+                    "Such a route still reaches the database on its own (a session opened in the handler, an "
+                    "engine of its own, or get_db called directly): take the session only as a parameter, "
+                    "`session: Annotated[Session, Depends(get_db)]`.")
+    return len(paths)
 
 
 # ---------------------------------------------------------------- benchmark
