@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
+from sqlite3 import connect as sqlite_connect
 from typing import Any
 
 import pytest
-from fastapi import Depends, FastAPI
-from sqlalchemy import select
+from fastapi import Depends, FastAPI, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import TypeAdapter
+from sqlalchemy import create_engine, func, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, contains_eager, joinedload, raiseload, selectinload, subqueryload
+from sqlalchemy.orm import Session, contains_eager, joinedload, raiseload, selectinload, sessionmaker, subqueryload
 
 from course_lib.client import app_client
-from course_lib.db import Comment, DemoDB, Post, User, dialect, make_demo_db
+from course_lib.db import Comment, DemoDB, Post, User, dialect, make_demo_db, thread_safe_connect_args
 from course_lib.grading import grade
 from course_lib.lessons.l02_n_plus_one import (
     STRATEGIES,
@@ -204,6 +208,97 @@ def test_n_plus_one_costs_real_round_trips_on_a_server_without_simulated_latency
     assert ratio >= 1.3, ratio
 
 
+# --- answers that reach the database on their own connection ----------------------------------------------
+
+def _own_engine_app(options: Callable[[], tuple[Any, ...]], nested: bool = False,
+                    unique: bool = False) -> Callable[[DemoDB], FastAPI]:
+    """An app that ignores db.dependency(): its own engine and sessionmaker on the demo database's URL."""
+    from course_lib.lessons.l02_n_plus_one import UserWithPosts, UserWithPostsAndComments
+
+    path = "/users/with-comments" if nested else "/users"
+    model = list[UserWithPostsAndComments] if nested else list[UserWithPosts]
+
+    def make_app(db: DemoDB) -> FastAPI:
+        engine = create_engine(db.url, connect_args=thread_safe_connect_args(db.url))
+        own_session = sessionmaker(engine)
+        app = FastAPI()
+
+        @app.get(path, response_model=model)
+        def listing() -> Any:
+            with own_session() as session:
+                result = session.scalars(select(User).options(*options()).order_by(User.id))
+                users = (result.unique() if unique else result).all()
+                return TypeAdapter(model).dump_python(TypeAdapter(model).validate_python(users, from_attributes=True),
+                                                      mode="json")
+
+        return app
+
+    return make_app
+
+
+def _raw_connect(db: DemoDB) -> Any:
+    """A DB-API connection of the answer's own on the demo database: sqlite3, or psycopg on a server."""
+    url = db.engine.url
+    if url.get_backend_name() == "sqlite":
+        return sqlite3.connect(url.database or "", check_same_thread=False)
+    import psycopg
+
+    return psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                           dbname=url.database)
+
+
+def _rows(conn: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a raw connection (sqlite3 `?` placeholders, psycopg `%s`)."""
+    if not isinstance(conn, sqlite3.Connection):
+        sql = sql.replace("?", "%s")
+    return list(conn.execute(sql, params).fetchall())
+
+
+def _raw_app(per_user: bool, nested: bool = False, connect: Callable[[DemoDB], Any] = _raw_connect,
+             ) -> Callable[[DemoDB], FastAPI]:
+    """An app on its own raw DB-API connection: one query per user (N+1) or one per level (right)."""
+
+    def make_app(db: DemoDB) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/users/with-comments" if nested else "/users")
+        def listing() -> Any:
+            conn = connect(db)
+            try:
+                users = _rows(conn, "SELECT id, name FROM users ORDER BY id")
+                if per_user:
+                    posts = {u: _rows(conn, "SELECT id, title, likes FROM posts WHERE user_id = ? ORDER BY id", u)
+                             for u, _ in users}
+                else:
+                    posts = {u: [] for u, _ in users}
+                    for user_id, *post in _rows(conn, "SELECT user_id, id, title, likes FROM posts ORDER BY id"):
+                        posts[user_id].append(tuple(post))
+                out = []
+                for user_id, name in users:
+                    listed = [{"id": i, "title": t, "likes": k} for i, t, k in posts[user_id]]
+                    out.append({"id": user_id, "name": name, "posts": listed})
+                if nested:
+                    comments: dict[int, list[dict[str, Any]]] = {}
+                    for post_id, cid, author in _rows(conn, "SELECT post_id, id, author_name FROM comments "
+                                                            "ORDER BY id"):
+                        comments.setdefault(post_id, []).append({"id": cid, "author_name": author})
+                    for user in out:
+                        for post in user["posts"]:
+                            post["comments"] = comments.get(post["id"], [])
+                return out
+            finally:
+                conn.close()
+
+        return app
+
+    return make_app
+
+
+def _held_connect(db: DemoDB) -> Any:
+    """sqlite3's connect through a reference taken at import (`from sqlite3 import connect`)."""
+    return sqlite_connect(db.engine.url.database or "", check_same_thread=False)
+
+
 # --- 02.fix-n-plus-one -------------------------------------------------------------------------------------
 
 def _selectin(session: Session) -> Any:
@@ -219,6 +314,8 @@ FIX_RIGHT: dict[str, Callable[[DemoDB], FastAPI]] = {
     "explicit outer join + contains_eager": _model_app(lambda s: s.scalars(
         select(User).outerjoin(User.posts).options(contains_eager(User.posts))
         .order_by(User.id, Post.id)).unique().all()),
+    "its own engine and sessionmaker, selectinload": _own_engine_app(lambda: (selectinload(User.posts),)),
+    "its own raw DB-API connection, two queries": _raw_app(per_user=False),
 }
 
 
@@ -230,7 +327,40 @@ def _two_queries_by_hand(session: Session) -> list[dict[str, Any]]:
     return [{"id": u.id, "name": u.name, "posts": posts[u.id]} for u in users]
 
 
+def _one_core_join(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(select(User.id, User.name, Post.id.label("post_id"), Post.title, Post.likes)
+                           .outerjoin(Post, Post.user_id == User.id).order_by(User.id, Post.id))
+    users: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        user = users.setdefault(row.id, {"id": row.id, "name": row.name, "posts": []})
+        if row.post_id is not None:
+            user["posts"].append({"id": row.post_id, "title": row.title, "likes": row.likes})
+    return list(users.values())
+
+
 FIX_RIGHT["two Core queries, dicts by hand"] = _model_app(_two_queries_by_hand)
+FIX_RIGHT["one JOIN written in Core, grouped by hand"] = _model_app(_one_core_join)
+
+
+def _async_app(db: DemoDB) -> FastAPI:
+    """`async def` endpoint running the session work in the thread pool."""
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI()
+
+    @app.get("/users")
+    async def listing() -> Any:
+        def work() -> Any:
+            with db.session() as session:
+                return USERS_ADAPTER.dump_python(USERS_ADAPTER.validate_python(_selectin(session),
+                                                                               from_attributes=True), mode="json")
+
+        return await run_in_threadpool(work)
+
+    return app
+
+
+FIX_RIGHT["async def + run_in_threadpool"] = _async_app
 
 
 @pytest.mark.parametrize("name", list(FIX_RIGHT))
@@ -240,13 +370,78 @@ def test_fix_accepts_any_correct_strategy(name: str) -> None:
 
 def test_fix_rejects_lazy_starter() -> None:
     _fails("02.fix-n-plus-one", _model_app(lambda s: s.scalars(select(User).order_by(User.id)).all()),
-           "ran 4 queries", "expected at most 2")
+           "ran 4 queries", "expected at most 2", "the statement run most often (3×)")
+
+
+def test_fix_sees_an_n_plus_one_on_the_answers_own_engine() -> None:
+    _fails("02.fix-n-plus-one", _own_engine_app(lambda: ()), "first GET /users ran 4 queries",
+           "counted at the driver", "N+1")
+
+
+def test_fix_sees_an_n_plus_one_on_a_raw_connection() -> None:
+    _fails("02.fix-n-plus-one", _raw_app(per_user=True), "ran 4 queries", "WHERE user_id")
+
+
+@pytest.mark.skipif(dialect() != "sqlite", reason="sqlite3's connect, held before grading")
+def test_fix_sees_sqlite3_connect_imported_before_grading() -> None:
+    _fails("02.fix-n-plus-one", _raw_app(per_user=True, connect=_held_connect), "ran 4 queries")
+    _passes("02.fix-n-plus-one", _raw_app(per_user=False, connect=_held_connect))
 
 
 def test_fix_rejects_answer_tuned_to_one_size() -> None:
     tuned = _model_app(lambda s: s.scalars(
         select(User).options(selectinload(User.posts)).order_by(User.id).limit(40)).all())
     _fails("02.fix-n-plus-one", tuned, "with 123 users", "it lists 40 users, expected 123")
+
+    def eager_while_small(db: DemoDB) -> FastAPI:  # loads eagerly only at the grader's first size
+        small = db.counts["users"] <= 3
+        return _model_app(lambda s: s.scalars(select(User).options(*([selectinload(User.posts)] if small else []))
+                                              .order_by(User.id)).all())(db)
+
+    _fails("02.fix-n-plus-one", eager_while_small, "with 40 users × 3 posts", "ran 41 queries")
+
+
+def _cached_app(refresh: Callable[[Session], Any] | None = None) -> Callable[[DemoDB], FastAPI]:
+    """Wrong: the payload is computed once and kept in the process; `refresh` may run a cheap check each time."""
+
+    def make_app(db: DemoDB) -> FastAPI:
+        app = FastAPI()
+        cache: dict[Any, Any] = {}
+
+        @app.get("/users")
+        def listing() -> Any:
+            with db.session() as session:
+                key = refresh(session) if refresh else "all"
+                if key not in cache:
+                    users = session.scalars(select(User).options(joinedload(User.posts)).order_by(User.id)).unique()
+                    cache[key] = USERS_ADAPTER.dump_python(
+                        USERS_ADAPTER.validate_python(users.all(), from_attributes=True), mode="json")
+                return cache[key]
+
+        return app
+
+    return make_app
+
+
+def test_fix_rejects_a_cache_across_requests() -> None:
+    _fails("02.fix-n-plus-one", _cached_app(), "second GET /users after the grader changed rows",
+           "different payload", "no copy or cache")
+    # a cache re-validated by counting rows: one query per request, still stale after rows change
+    _fails("02.fix-n-plus-one", _cached_app(lambda s: s.scalar(select(func.count()).select_from(Post))),
+           "after the grader changed rows", "different payload")
+
+
+def test_fix_rejects_an_answer_that_reads_nothing_per_request() -> None:
+    def preloaded(db: DemoDB) -> FastAPI:  # everything read at start-up: 0 queries per request
+        with db.session() as session:
+            frozen = USERS_ADAPTER.dump_python(USERS_ADAPTER.validate_python(_selectin(session),
+                                                                             from_attributes=True), mode="json")
+        app = FastAPI()
+        app.get("/users")(lambda: frozen)
+        return app
+
+    _fails("02.fix-n-plus-one", preloaded, "the first GET /users ran no statement", "came from memory",
+           "zero queries is not what is asked")
 
 
 def test_fix_rejects_joinedload_without_unique() -> None:
@@ -265,7 +460,7 @@ def test_fix_rejects_different_payload() -> None:
 def test_fix_rejects_hard_coded_payload() -> None:
     with make_demo_db(users=3, posts_per_user=2, seed=3) as db:
         frozen = expected_payload(db)
-    _fails("02.fix-n-plus-one", _model_app(lambda s: frozen), "it lists 3 users, expected 40")
+    _fails("02.fix-n-plus-one", _model_app(lambda s: frozen), "ran no statement")
 
 
 def test_fix_odd_answers_get_clear_messages() -> None:
@@ -284,6 +479,13 @@ def test_fix_odd_answers_get_clear_messages() -> None:
     _fails("02.fix-n-plus-one", not_done, "not answered yet")
     _fails("02.fix-n-plus-one", lambda db: FastAPI(), "answered 404")
 
+    def not_json(db: DemoDB) -> FastAPI:
+        app = FastAPI()
+        app.get("/users", response_class=PlainTextResponse)(lambda: "users")
+        return app
+
+    _fails("02.fix-n-plus-one", not_json, "not JSON")
+
 
 # --- 02.nested ---------------------------------------------------------------------------------------------
 
@@ -297,10 +499,16 @@ NESTED_RIGHT: dict[str, Callable[[DemoDB], FastAPI]] = {
     "selectin then joined": _model_app(lambda s: s.scalars(
         select(User).options(selectinload(User.posts).joinedload(Post.comments)).order_by(User.id)).unique().all(),
         nested=True),
+    "chained subqueryload": _model_app(lambda s: s.scalars(
+        select(User).options(subqueryload(User.posts).subqueryload(Post.comments)).order_by(User.id)).all(),
+        nested=True),
     "explicit joins + contains_eager": _model_app(lambda s: s.scalars(
         select(User).outerjoin(User.posts).outerjoin(Post.comments)
         .options(contains_eager(User.posts).contains_eager(Post.comments))
         .order_by(User.id, Post.id, Comment.id)).unique().all(), nested=True),
+    "its own engine, chained selectinload": _own_engine_app(
+        lambda: (selectinload(User.posts).selectinload(Post.comments),), nested=True),
+    "its own raw DB-API connection, three queries": _raw_app(per_user=False, nested=True),
 }
 
 
@@ -312,12 +520,20 @@ def test_nested_accepts_any_correct_strategy(name: str) -> None:
 def test_nested_rejects_fix_of_first_level_only() -> None:
     half = _model_app(lambda s: s.scalars(
         select(User).options(selectinload(User.posts)).order_by(User.id)).all(), nested=True)
-    _fails("02.nested", half, "ran 8 queries", "expected at most 3", "3 users × 2 posts × 2 comments")
+    _fails("02.nested", half, "ran 8 queries", "expected at most 3", "3 users × 2 posts × 2 comments",
+           "the statement run most often (6×)")
+    _fails("02.nested", _own_engine_app(lambda: (joinedload(User.posts),), nested=True, unique=True),
+           "ran 7 queries", "counted at the driver")
 
 
 def test_nested_rejects_lazy() -> None:
     _fails("02.nested", _model_app(lambda s: s.scalars(select(User).order_by(User.id)).all(), nested=True),
            "ran 10 queries")
+    _fails("02.nested", _own_engine_app(lambda: (), nested=True), "ran 10 queries")
+
+
+def test_nested_sees_a_raw_n_plus_one() -> None:
+    _fails("02.nested", _raw_app(per_user=True, nested=True), "ran 5 queries", "WHERE user_id")
 
 
 def test_nested_rejects_wrong_path_and_payload() -> None:
@@ -326,34 +542,87 @@ def test_nested_rejects_wrong_path_and_payload() -> None:
     _fails("02.nested", _posts_only_at_nested_path(_selectin), "different payload")
 
 
+def test_nested_rejects_a_cache_across_requests() -> None:
+    def make_app(db: DemoDB) -> FastAPI:
+        app = NESTED_RIGHT["chained selectinload (reference)"](db)
+        memo: list[Any] = []
+
+        @app.middleware("http")
+        async def remember(request: Any, call_next: Any) -> Any:
+            if not memo:
+                response = await call_next(request)
+                memo.append(b"".join([chunk async for chunk in response.body_iterator]))
+            return Response(memo[0], media_type="application/json")
+
+        return app
+
+    _fails("02.nested", make_app, "second GET /users/with-comments after the grader changed rows",
+           "different payload")
+
+
 # --- 02.raise-on-lazy --------------------------------------------------------------------------------------
 
-def _strict_ref(session: Session) -> list[User]:
-    return list(session.scalars(select(User).options(selectinload(User.posts), raiseload("*"))
-                                .order_by(User.id)).all())
+def _strict_ref(session: Session) -> list[Post]:
+    return list(session.scalars(select(Post).options(joinedload(Post.author), selectinload(Post.comments),
+                                                     raiseload("*")).order_by(Post.id)).all())
 
 
 @pytest.mark.parametrize("answer", [
     _strict_ref,
-    lambda s: s.scalars(select(User).options(joinedload(User.posts), raiseload("*")).order_by(User.id)).unique().all(),
-    lambda s: s.scalars(select(User).options(selectinload(User.posts).raiseload("*")).order_by(User.id)).all(),
-], ids=["selectin+raiseload(*)", "joined+raiseload(*)", "raiseload below posts"])
+    lambda s: s.scalars(select(Post).options(selectinload(Post.author), selectinload(Post.comments),
+                                             raiseload("*", sql_only=True)).order_by(Post.id)).all(),
+    lambda s: s.scalars(select(Post).options(joinedload(Post.author), joinedload(Post.comments), raiseload("*"))
+                        .order_by(Post.id)).unique().all(),
+    lambda s: s.scalars(select(Post).options(joinedload(Post.author).raiseload("*"),
+                                             selectinload(Post.comments).raiseload("*")).order_by(Post.id)).all(),
+    lambda s: s.scalars(select(Post).options(joinedload(Post.author).raiseload(User.posts),
+                                             subqueryload(Post.comments)).order_by(Post.id)).all(),
+], ids=["joined+selectin+raiseload(*)", "raiseload sql_only", "joined both + unique", "raiseload below each",
+        "raiseload on the one relationship left"])
 def test_raise_on_lazy_accepts(answer: Callable[[Session], Any]) -> None:
     _passes("02.raise-on-lazy", answer)
 
 
 def test_raise_on_lazy_rejects_eager_without_raise() -> None:
-    _fails("02.raise-on-lazy", _selectin, "reading post.comments (not loaded) ran 1 query without error")
+    _fails("02.raise-on-lazy", lambda s: s.scalars(select(Post).options(
+        joinedload(Post.author), selectinload(Post.comments)).order_by(Post.id)).all(),
+        "reading post.author.posts (never loaded) sent 1 query and returned the posts", "raiseload")
+
+
+def test_raise_on_lazy_rejects_raise_under_one_branch_only() -> None:
+    _fails("02.raise-on-lazy", lambda s: s.scalars(select(Post).options(
+        joinedload(Post.author), selectinload(Post.comments).raiseload("*")).order_by(Post.id)).all(),
+        "post.author.posts (never loaded) sent 1 query")
 
 
 def test_raise_on_lazy_rejects_raise_without_eager() -> None:
-    _fails("02.raise-on-lazy", lambda s: s.scalars(select(User).options(raiseload("*")).order_by(User.id)).all(),
-           "reading user.posts raised InvalidRequestError")
+    _fails("02.raise-on-lazy", lambda s: s.scalars(select(Post).options(raiseload("*")).order_by(Post.id)).all(),
+           "reading post.author and post.comments raised InvalidRequestError")
+    _fails("02.raise-on-lazy", lambda s: s.scalars(select(Post).options(
+        joinedload(Post.author), raiseload("*")).order_by(Post.id)).all(), "raised InvalidRequestError",
+        "'Post.comments' is not available")
 
 
-def test_raise_on_lazy_rejects_lazy_and_odd_answers() -> None:
-    _fails("02.raise-on-lazy", lambda s: s.scalars(select(User).order_by(User.id)).all(),
-           "reading every user's posts ran 5 more queries (expected 0)")
+def test_raise_on_lazy_rejects_half_eager_and_lazy() -> None:
+    _fails("02.raise-on-lazy", lambda s: s.scalars(select(Post).order_by(Post.id)).all(),
+           "reading every post's author and comments sent 20 more queries (expected 0)")
+    _fails("02.raise-on-lazy", lambda s: s.scalars(select(Post).options(selectinload(Post.comments))
+                                                   .order_by(Post.id)).all(),
+           "sent 5 more queries", "the statement run most often (5×)")
+
+
+def test_raise_on_lazy_rejects_the_lesson_cell_copied() -> None:
+    lesson_cell = lambda s: s.scalars(select(User).options(selectinload(User.posts), raiseload("*"))  # noqa: E731
+                                      .order_by(User.id)).all()
+    _fails("02.raise-on-lazy", lesson_cell, "expected all 15 Post objects")
+
+
+def test_raise_on_lazy_odd_answers() -> None:
     _fails("02.raise-on-lazy", lambda s: 42, "returned int")
-    _fails("02.raise-on-lazy", lambda s: [], "expected all 5 User objects")
+    _fails("02.raise-on-lazy", lambda s: [], "expected all 15 Post objects")
     _fails("02.raise-on-lazy", 3, "function")
+
+    def boom(session: Session) -> Any:
+        raise ValueError("nope")
+
+    _fails("02.raise-on-lazy", boom, "ValueError", "nope")

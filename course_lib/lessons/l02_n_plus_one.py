@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlalchemy import ForeignKey, Select, String, select
+from sqlalchemy import ForeignKey, Select, String, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -23,9 +26,9 @@ from sqlalchemy.orm import (
 
 from ..bench import BenchRow
 from ..client import app_client
-from ..db import DemoDB, Post, User, dialect, make_demo_db
+from ..db import Comment, DemoDB, Post, User, dialect, make_demo_db
 from ..grading import Checking, exercise
-from ..queries import count_queries
+from ..queries import StatementLog, count_queries, observe_statements
 from ..timing import compare, measure_sync
 
 LESSON = "02_n_plus_one"
@@ -266,18 +269,24 @@ def strategy_bars(db: DemoDB, latency_ms: float, n: int = 3) -> Any:
 
 
 # --- graders -----------------------------------------------------------------------------------------------
+# Every statement is observed at the driver (`observe_statements`): the DemoDB's sessions, an engine or a raw
+# sqlite3/psycopg connection the answer opens itself. Each size is served twice, with the data changed in between,
+# so that a cache in memory or a copy taken at start-up fails, and a request that reads nothing is never "few".
 
-async def _get(checking: Checking, app: Any, path: str, db: DemoDB) -> tuple[Any, int]:
-    """GET `path` from the learner's app; return (JSON body, queries run); fail clearly on errors."""
-    async with app_client(app) as client:
-        try:
-            with count_queries(db.engine) as log:
-                response = await client.get(path)
-        except Exception as error:  # the learner's endpoint raised (ASGITransport re-raises app errors)
-            checking.fail(f"GET {path} raised {type(error).__name__}: {str(error).splitlines()[0][:300]}")
+async def _get(checking: Checking, client: Any, path: str, log: StatementLog) -> tuple[Any, list[str]]:
+    """GET `path`; return (JSON body, statements that reached the database meanwhile); fail clearly on errors."""
+    mark = log.mark()
+    try:
+        response = await client.get(path)
+    except Exception as error:  # the learner's endpoint raised (ASGITransport re-raises app errors)
+        checking.fail(f"GET {path} raised {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}")
     checking.expect(response.status_code == 200,
                     f"GET {path} answered {response.status_code}, expected 200. Body: {response.text[:200]}")
-    return response.json(), log.count
+    try:
+        body = response.json()
+    except ValueError:
+        checking.fail(f"GET {path} answered 200 but not JSON: {response.text[:200]!r}")
+    return body, log.since(mark)
 
 
 def _first_difference(got: Any, expected: list[dict[str, Any]]) -> str:
@@ -292,26 +301,60 @@ def _first_difference(got: Any, expected: list[dict[str, Any]]) -> str:
     return "it differs"
 
 
+def _most_repeated(statements: Sequence[str]) -> str:
+    """The statement shape run most often (literals folded), e.g. '(40×): SELECT posts … WHERE ? = …'."""
+    shapes = Counter(re.sub(r"'[^']*'|\b\d+\b|%\(\w+\)s|\?", "?", " ".join(sql.split())) for sql in statements)
+    shape, times = shapes.most_common(1)[0]
+    return f"the statement run most often ({times}×): {shape[:150]}" + ("…" if len(shape) > 150 else "")
+
+
+def _change_data(db: DemoDB, nested: bool) -> None:
+    """Between two requests, change rows but no count: retitle even posts, move the last post to user 1, and
+    (nested) rename the odd comments' authors; a cache validated by counting rows stays stale."""
+    with db.engine.begin() as conn:
+        conn.execute(update(Post).where(Post.id % 2 == 0).values(title=Post.title + " (edited)"))
+        last = conn.scalar(select(func.max(Post.id)))
+        if last is not None:
+            conn.execute(update(Post).where(Post.id == last).values(user_id=1))
+        if nested:
+            conn.execute(update(Comment).where(Comment.id % 2 == 1).values(author_name="Edited"))
+
+
 async def _check_listing(make_app: Any, checking: Checking, *, path: str, nested: bool,
                          sizes: Sequence[tuple[int, int, int]], budget: int, levels: str) -> str:
-    """Shared checker: several database sizes, identical payload, at most `budget` queries on each."""
+    """Shared checker: several sizes, each served twice around a data change; identical payload, 1..budget queries."""
     most = 0
     for users, posts, comments in sizes:
-        with make_demo_db(users=users, posts_per_user=posts, comments_per_post=comments, seed=users) as db:
+        with make_demo_db(users=users, posts_per_user=posts, comments_per_post=comments, seed=users) as db, \
+                observe_statements(db) as log:
             app = checking.build_app(make_app, db)
-            body, queries = await _get(checking, app, path, db)
-            expected = expected_payload(db, nested)
             size = f"{users} users × {posts} posts" + (f" × {comments} comments" if nested else "")
-            checking.expect(body == expected,
-                            f"with {size}, GET {path} returned a different payload: "
-                            f"{_first_difference(body, expected)}. Keep the response model and order by id.")
-            checking.expect(queries <= budget,
-                            f"with {size}, GET {path} ran {queries} queries; expected at most {budget} "
-                            f"({levels}) whatever the number of users.")
-            checking.record(f"queries@{users}", queries)
-            most = max(most, queries)
+            async with app_client(app) as client:
+                for request in ("first", "second"):
+                    when = "" if request == "first" else " after the grader changed rows (titles, a post's author)"
+                    expected = expected_payload(db, nested)
+                    body, statements = await _get(checking, client, path, log)
+                    checking.expect(body == expected,
+                                    f"with {size}, the {request} GET {path}{when} returned a different payload: "
+                                    f"{_first_difference(body, expected)}. Read the database on every request "
+                                    "(no copy or cache), keep the response model and order by id.")
+                    checking.expect(statements != [],
+                                    f"with {size}, the {request} GET {path} ran no statement on the database: the "
+                                    "grader watches every connection to it (the DemoDB's sessions, any engine or "
+                                    "sqlite3/psycopg connection you open), so the answer came from memory. Load "
+                                    "the users and posts on each request; zero queries is not what is asked.")
+                    checking.expect(len(statements) <= budget,
+                                    f"with {size}, the {request} GET {path}{when} ran {len(statements)} queries "
+                                    f"(counted at the driver, whichever connection sent them); expected at most "
+                                    f"{budget} ({levels}) whatever the size. A count that grows with the data is the "
+                                    f"N+1: {_most_repeated(statements)}")
+                    checking.record(f"queries@{users}" + ("" if request == "first" else "+"), len(statements))
+                    most = max(most, len(statements))
+                    if request == "first":
+                        _change_data(db, nested)
     checking.record("max_queries", most)
-    return f"identical payload and ≤ {budget} queries on {len(sizes)} database sizes"
+    return (f"identical payload in 1–{budget} queries (observed at the driver) on {len(sizes)} database sizes, "
+            "fresh after a change")
 
 
 # Sizes vary users and children so that an answer tuned to one size (or a LIMIT) fails; ≤ 400 users keeps
@@ -326,15 +369,19 @@ NESTED_SIZES = ((3, 2, 2), (26, 3, 1), (61, 1, 3))
     lesson=LESSON,
     expects="a function make_app(db) returning a FastAPI app whose GET /users lists users with their posts",
     hints=(
-        "Count first: the starter runs 1 query for the users and 1 more per user when the response model "
-        "reads `user.posts`. Tell the SELECT to load the posts up front with a loader option.",
-        "`select(User).options(selectinload(User.posts)).order_by(User.id)` runs 2 queries for any number "
-        "of users. With `joinedload(User.posts)` you need `session.scalars(...).unique().all()`.",
+        "Measure before changing anything: wrap one request in `with count_queries(db.engine) as log:` on a "
+        "database of 3 users, then of 30. The count grows with the users (1 + N), because the response model "
+        "reads `user.posts` once per user and each read is a query.",
+        "A loader option on the SELECT loads every user's posts up front, in 1 or 2 queries whatever N: "
+        "`selectinload` (2 queries) or `joinedload` (1 query; a joined collection needs `.unique()`), both "
+        "from `sqlalchemy.orm`.",
+        "Shape: `statement = select(User).options(____(User.____)).order_by(User.id)`, and keep returning "
+        "`session.scalars(statement).all()` (with `.unique()` before `.all()` if you chose the joined load).",
     ),
     timeout=90,
 )
 async def check_fix_n_plus_one(make_app: Any, checking: Checking) -> str:
-    """GET /users on several sizes: same JSON as the reference, ≤ 2 queries each time."""
+    """GET /users on several sizes, twice around a data change: same JSON as the reference, 1–2 queries each time."""
     return await _check_listing(make_app, checking, path="/users", nested=False, sizes=FIX_SIZES, budget=2,
                                 levels="one for the users, one for all their posts")
 
@@ -346,81 +393,103 @@ async def check_fix_n_plus_one(make_app: Any, checking: Checking) -> str:
     expects="a function make_app(db) returning a FastAPI app whose GET /users/with-comments lists users, "
             "their posts and each post's comments",
     hints=(
-        "There are two relationships to load here, `User.posts` and `Post.comments`. Loading only the first "
-        "still runs one query per post for its comments.",
-        "Chain the loader: `selectinload(User.posts).selectinload(Post.comments)` (3 queries), or "
-        "`joinedload(User.posts).joinedload(Post.comments)` with `.unique()` (1 query).",
+        "Count level by level: load only `User.posts` eagerly and the count is still 2 + one per post, because "
+        "the response model reads `post.comments` for every post. Every relationship it reads needs a loader.",
+        "Loader options chain along a path, one link per relationship: `loader(A.b).loader(B.c)`. Any of "
+        "`selectinload`, `joinedload` (with `.unique()`) or `subqueryload` works at each level.",
+        "Shape: `select(User).options(selectinload(User.posts).____(Post.____)).order_by(User.id)`: one query "
+        "per level, 3 whatever the size.",
     ),
     timeout=90,
 )
 async def check_nested(make_app: Any, checking: Checking) -> str:
-    """GET /users/with-comments on several sizes: same JSON as the reference, ≤ 3 queries each time."""
+    """GET /users/with-comments on several sizes, twice around a data change: same JSON, 1–3 queries each time."""
     return await _check_listing(make_app, checking, path="/users/with-comments", nested=True,
                                 sizes=NESTED_SIZES, budget=3, levels="one per level: users, posts, comments")
 
 
-def _raised_lazy(error: BaseException) -> bool:
-    """True if `error` is SQLAlchemy refusing a lazy load (lazy='raise' / raiseload)."""
-    return isinstance(error, sa_exc.InvalidRequestError) and "lazy='raise'" in str(error)
+def _raised_lazy(error: BaseException | None) -> bool:
+    """True if `error` is SQLAlchemy refusing a lazy load (lazy='raise', raiseload, or their sql_only variant)."""
+    return isinstance(error, sa_exc.InvalidRequestError) and "lazy='raise" in str(error)
+
+
+def _touch(log: StatementLog, read: Callable[[], Any]) -> tuple[BaseException | None, list[str]]:
+    """Run `read`; return what it raised (or None) and the statements it sent."""
+    mark = log.mark()
+    try:
+        read()
+        raised: BaseException | None = None
+    except Exception as error:  # we want SQLAlchemy's lazy='raise' error, or nothing without SQL
+        raised = error
+    return raised, log.since(mark)
 
 
 @exercise(
     "02.raise-on-lazy",
-    title="Make an accidental lazy load fail loudly",
+    title="A post feed where a forgotten load fails loudly",
     lesson=LESSON,
-    expects="a function strict_users(session) returning all users (by id) with posts loaded and every "
-            "other relationship set to raise instead of lazy-loading",
+    expects="a function strict_posts(session) returning every Post (ordered by id) with its author and its "
+            "comments loaded, where reading any relationship that was not loaded raises instead of querying",
     hints=(
-        "Two loader options in one `.options(...)`: one loads `User.posts` eagerly, the other makes every "
-        "relationship not mentioned raise instead of running SQL.",
-        "`select(User).options(selectinload(User.posts), raiseload('*')).order_by(User.id)`, then "
-        "`session.scalars(...).all()`.",
+        "Measure what a caller does after your function returns: reading `post.author` and `post.comments` "
+        "must send 0 queries (`count_queries`), while `post.author.posts`, which nobody loaded, must raise "
+        "instead of sending one. Two relationships to load, the rest to forbid.",
+        "Loader options, all in one `.options(...)`: one eager loader per relationship you need (`joinedload` "
+        "suits the many-to-one `Post.author`, `selectinload` the collection `Post.comments`) and `raiseload` "
+        "with a wildcard for every other one (`sql_only=True` is fine too).",
+        "Shape: `select(Post).options(____(Post.author), ____(Post.comments), raiseload(____)).order_by(____)`; "
+        "a joined load of a collection needs `.unique()` before `.all()`.",
     ),
     timeout=60,
 )
-def check_raise_on_lazy(strict_users: Any, checking: Checking) -> str:
-    """Posts read with no extra query; reading post.comments or post.author raises instead of querying."""
-    checking.require_callable(strict_users)
-    for users, posts in ((5, 3), (33, 2)):
-        with make_demo_db(users=users, posts_per_user=posts, comments_per_post=1, seed=users) as db, \
-                db.session() as session:
-            with count_queries(db.engine) as loading:
-                loaded = checking.call(strict_users, session)
+def check_raise_on_lazy(strict_posts: Any, checking: Checking) -> str:
+    """Author and comments read with no query; author.posts raises without SQL; comment.post sends no SQL."""
+    checking.require_callable(strict_posts)
+    for users, posts, comments in ((5, 3, 2), (33, 2, 1)):
+        size = f"{users} users × {posts} posts × {comments} comments"
+        with make_demo_db(users=users, posts_per_user=posts, comments_per_post=comments, seed=users) as db, \
+                observe_statements(db) as log, db.session() as session:
+            mark = log.mark()
+            loaded = checking.call(strict_posts, session)
+            loading = log.since(mark)
             try:
                 loaded = list(loaded)
             except TypeError:
-                checking.fail(f"strict_users returned {type(loaded).__name__}, expected a list of User objects")
-            checking.expect(all(isinstance(u, User) for u in loaded) and [u.id for u in loaded] ==
-                            list(range(1, users + 1)),
-                            f"with {users} users, strict_users returned {str(loaded)[:120]}; expected all "
-                            f"{users} User objects ordered by id")
-            with count_queries(db.engine) as reading:
-                try:
-                    seen = sum(len(u.posts) for u in loaded)
-                except sa_exc.InvalidRequestError as error:
-                    checking.fail(f"reading user.posts raised {type(error).__name__}: {error}. Posts must be "
-                                  "loaded eagerly; only the *other* relationships should raise.")
-            checking.expect(reading.count == 0,
-                            f"after strict_users returned, reading every user's posts ran {reading.count} more "
-                            "queries (expected 0): load User.posts eagerly inside strict_users")
-            checking.expect(seen == users * posts,
-                            f"the users returned hold {seen} posts in all, expected {users * posts}")
-            checking.record(f"queries@{users}", loading.count)
-            checking.expect(loading.count <= 2, f"strict_users ran {loading.count} queries for {users} users; "
-                                                "expected at most 2")
-            for what, touch in (("post.comments", lambda p: p.comments), ("post.author", lambda p: p.author)):
-                with count_queries(db.engine) as touching:
-                    try:
-                        touch(loaded[0].posts[0])
-                        raised: BaseException | None = None
-                    except Exception as error:  # we want SQLAlchemy's lazy='raise' error here
-                        raised = error
-                checking.expect(raised is not None and _raised_lazy(raised),
-                                f"reading {what} (not loaded) ran {touching.count} query"
-                                f"{'' if touching.count == 1 else 'ies'} "
-                                + (f"and raised {type(raised).__name__}: {raised}" if raised else "without error")
-                                + "; expected it to raise InvalidRequestError (lazy='raise')")
-    return "posts loaded in ≤ 2 queries; other relationships raise instead of lazy-loading"
+                checking.fail(f"strict_posts returned {type(loaded).__name__}, expected a list of Post objects")
+            checking.expect(all(isinstance(p, Post) for p in loaded) and [p.id for p in loaded] ==
+                            list(range(1, users * posts + 1)),
+                            f"with {size}, strict_posts returned {str(loaded)[:120]}; expected all "
+                            f"{users * posts} Post objects ordered by id")
+            checking.expect(1 <= len(loading) <= 3,
+                            f"with {size}, strict_posts sent {len(loading)} queries; expected 1 to 3 (posts, "
+                            "authors, comments) whatever the size"
+                            + (f". {_most_repeated(loading)}" if loading else ""))
+            raised, reading = _touch(log, lambda: sum(len(p.author.name) + len(p.comments) for p in loaded))
+            if raised is not None:
+                checking.fail(f"reading post.author and post.comments raised {type(raised).__name__}: "
+                              f"{str(raised)[:200]}. Those two are the ones to load eagerly; only the others raise.")
+            checking.expect(reading == [],
+                            f"with {size}, after strict_posts returned, reading every post's author and comments "
+                            f"sent {len(reading)} more queries (expected 0): both must be loaded inside strict_posts. "
+                            + (_most_repeated(reading) if reading else ""))
+            seen = sum(len(p.comments) for p in loaded)
+            checking.expect(seen == users * posts * comments,
+                            f"the posts returned hold {seen} comments in all, expected {users * posts * comments}")
+            checking.record(f"queries@{users}", len(loading))
+            raised, sent = _touch(log, lambda: loaded[0].author.posts)
+            checking.expect(sent == [] and _raised_lazy(raised),
+                            f"reading post.author.posts (never loaded) sent {len(sent)} "
+                            f"quer{'y' if len(sent) == 1 else 'ies'} and "
+                            + (f"raised {type(raised).__name__}: {str(raised)[:160]}" if raised else
+                               "returned the posts") + "; expected it to refuse with SQLAlchemy's "
+                            "InvalidRequestError (raiseload, lazy='raise' or 'raise_on_sql') and no query")
+            if comments:
+                raised, sent = _touch(log, lambda: loaded[0].comments[0].post)
+                checking.expect(sent == [] and (raised is None or _raised_lazy(raised)),
+                                f"reading comment.post sent {len(sent)} queries"
+                                + (f" and raised {type(raised).__name__}: {str(raised)[:160]}" if raised else "")
+                                + "; expected no query: it raises (raiseload) or comes from the session unasked")
+    return "author and comments loaded in ≤ 3 queries; an unloaded relationship raises instead of querying"
 
 
 # --- benchmark ---------------------------------------------------------------------------------------------
