@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import html
 import importlib
@@ -10,6 +11,9 @@ import inspect
 import json
 import os
 import pkgutil
+import re
+import sys
+import sysconfig
 import threading
 import traceback
 from collections.abc import Callable
@@ -150,29 +154,79 @@ _NOT_DONE = ("not answered yet: your code still raises NotImplementedError. Repl
 
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
-    """True if `error`, or an exception it was raised from or during, is a `kind`."""
+    """True if `error`, an exception it was raised from or during, or a member of an ExceptionGroup, is a `kind`."""
     seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
         if isinstance(current, kind):
             return True
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        if isinstance(current, BaseExceptionGroup):
+            todo += list(current.exceptions)
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
     return False
 
 
-def _learner_frames(error: BaseException) -> list[traceback.FrameSummary]:
-    """Traceback frames from code typed in a notebook or console (not from installed modules)."""
+_CELL_FILE = re.compile(r"ipykernel_\d+|^<(?!frozen)")  # a notebook cell (/tmp/ipykernel_<pid>/…), <stdin>, <string>
+_LIBRARY_DIRS = tuple(sorted({os.path.realpath(p) + os.sep for k, p in sysconfig.get_paths().items()
+                              if k in ("stdlib", "platstdlib", "purelib", "platlib")}
+                             | {str(Path(__file__).resolve().parent) + os.sep}))
+
+
+def _is_learner_file(filename: str) -> bool:
+    """True for code a learner wrote: a notebook cell, a console line, or a file outside Python, its packages and
+    this course's toolkit (an answer kept in a module of its own)."""
+    if _CELL_FILE.search(filename):
+        return True
+    if filename.startswith("<"):
+        return False
+    return not os.path.realpath(filename).startswith(_LIBRARY_DIRS)
+
+
+def _learner_frames(error: BaseException, checker_file: str = "") -> list[traceback.FrameSummary]:
+    """Traceback frames from code the learner wrote (a notebook cell, a console, their own module)."""
     frames = traceback.extract_tb(error.__traceback__)
-    return [f for f in frames if "ipykernel" in f.filename or f.filename.startswith("<")]
+    return [f for f in frames if _is_learner_file(f.filename) and f.filename != checker_file]
 
 
-def _explain_exception(error: BaseException) -> str:
-    learner = _learner_frames(error)
+def _learner_error(error: BaseException, checker_file: str = "") -> tuple[BaseException, traceback.FrameSummary] | None:
+    """The exception raised in the learner's code, and its innermost learner frame, wherever it hides.
+
+    It may be `error` itself, or inside it: the cause or context of a wrapper (a lifespan error), a member of an
+    ExceptionGroup (a TaskGroup, anyio), an exception raised in a worker thread (`asyncio.to_thread`,
+    `run_in_threadpool`, a `def` endpoint) and re-raised by the awaiting coroutine."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    found: tuple[BaseException, traceback.FrameSummary] | None = None
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, BaseExceptionGroup):
+            todo[:0] = list(current.exceptions)  # the members raised the real errors
+        else:
+            frames = _learner_frames(current, checker_file)
+            if frames and found is None:
+                found = (current, frames[-1])
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return found
+
+
+def _explain_exception(error: BaseException, checker_file: str = "") -> str:
+    found = _learner_error(error, checker_file)
+    if found is None:
+        return f"your code raised {type(error).__name__}: {error}"
+    raised, frame = found
     where = ""
-    if learner and learner[-1].line:
-        where = f" (in your cell, line {learner[-1].lineno}: `{learner[-1].line.strip()}`)"
-    return f"your code raised {type(error).__name__}: {error}{where}"
+    if frame.line:
+        place = (f"in your cell, line {frame.lineno}" if _CELL_FILE.search(frame.filename)
+                 else f"in your code, {Path(frame.filename).name} line {frame.lineno}")
+        where = f" ({place}: `{frame.line.strip()}`)"
+    return f"your code raised {type(raised).__name__}: {raised}{where}"
 
 
 def exercise(
@@ -219,17 +273,91 @@ def _lookup(exercise_id: Any) -> Exercise | None:
     return _REGISTRY.get(exercise_id) if isinstance(exercise_id, str) else None
 
 
+class _TimeLimit(BaseException):
+    """Raised inside a check that overran its time limit (and inside the learner code it runs), to stop it."""
+
+
+_STOP_GRACE_S = 1.0  # after the time limit: let a cancelled check clean up (stop its servers), then force it
+_ABANDONED: list[tuple[str, threading.Thread]] = []  # checks that could not be stopped (stuck in a blocking call)
+
+
+def _raise_in_thread(thread: threading.Thread) -> None:
+    """Ask `thread` to raise _TimeLimit at its next Python instruction (not inside a blocking C call)."""
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_TimeLimit))
+
+
+def _runs_learner_code(thread: threading.Thread) -> bool:
+    """True if `thread` is executing code the learner wrote right now (e.g. a `def` endpoint looping forever)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if _is_learner_file(frame.f_code.co_filename):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _stop_check(thread: threading.Thread, runner: dict[str, Any], started_with: set[threading.Thread]) -> bool:
+    """Stop a check past its time limit: cancel its event loop's task, then raise in its threads; True if stopped."""
+    loop, task = runner.get("loop"), runner.get("task")
+    if loop is not None and task is not None and not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(task.cancel)  # awaits end, `finally`/`with` blocks run: servers stop
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+        thread.join(_STOP_GRACE_S)
+    for _ in range(2):  # the loop itself is blocked (a busy loop, a blocking call in `async def`), or it swallowed
+        if not thread.is_alive():
+            break
+        _raise_in_thread(thread)
+        for helper in threading.enumerate():  # worker threads it started that run the learner's code
+            if helper not in started_with and helper is not thread and _runs_learner_code(helper):
+                _raise_in_thread(helper)
+        thread.join(_STOP_GRACE_S)
+    for helper in threading.enumerate():
+        if helper not in started_with and helper is not thread and _runs_learner_code(helper):
+            _raise_in_thread(helper)  # one more chance for a helper still busy in the learner's code
+    return not thread.is_alive()
+
+
+def _restore(cwd: str, environ: dict[str, str]) -> None:
+    """Put back the working folder and environment a check (or the learner's code) changed and left changed."""
+    try:
+        if os.getcwd() != cwd:
+            os.chdir(cwd)
+    except OSError:  # the folder the check moved into was deleted, or ours was
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+    if dict(os.environ) != environ:
+        for key in [k for k in os.environ if k not in environ]:
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 def _run_with_time_limit(ex: Exercise, answer: Any, timeout: float) -> tuple[str, str, dict[str, Figure]]:
-    """Run the checker in its own thread and event loop; returns (outcome, message, figures)."""
+    """Run the checker in its own thread and event loop; returns (outcome, message, figures).
+
+    Past its time limit a check is stopped (its task cancelled, then an exception raised in its threads) and, in
+    every case, the working folder and environment are restored to what they were before it started."""
     checking = Checking(ex)
     outcome: list[tuple[str, str]] = []
+    runner: dict[str, Any] = {}
+    cwd, environ = os.getcwd(), dict(os.environ)
+    started_with = set(threading.enumerate())
+    checker_file = getattr(getattr(ex.checker, "__code__", None), "co_filename", "")
 
     def target() -> None:
         try:
             value = ex.checker(answer, checking)
             if inspect.isawaitable(value):
-                value = asyncio.run(_awaited(value))
+                value = asyncio.run(_awaited(value, runner))
             outcome.append(("pass", value if isinstance(value, str) else "works as asked"))
+        except _TimeLimit:
+            pass
         except Fail as failure:
             outcome.append(("fail", str(failure)))
         except LearnerCodeError as error:
@@ -237,26 +365,46 @@ def _run_with_time_limit(ex: Exercise, answer: Any, timeout: float) -> tuple[str
         except Exception as error:  # learner code raised through the app, or broke the checker unforeseen
             if _caused_by(error, NotImplementedError):  # a stub, maybe wrapped (e.g. by a lifespan error)
                 outcome.append(("fail", _NOT_DONE))
-            elif _learner_frames(error):
-                outcome.append(("fail", _explain_exception(error)))
+            elif _learner_error(error, checker_file) is not None:  # the checker's own frames are not the learner's
+                outcome.append(("fail", _explain_exception(error, checker_file)))
             else:
                 outcome.append(("fail", f"the checker could not use your answer: {type(error).__name__}: "
                                         f"{error}. It expects {ex.expects}."))
-        except BaseException as error:  # sys.exit() or KeyboardInterrupt raised by the answer
-            outcome.append(("fail", f"your code stopped the checker with {type(error).__name__}"))
+        except BaseException as error:  # sys.exit() or KeyboardInterrupt raised by the answer, or a cancellation
+            if not _caused_by(error, _TimeLimit) and not runner.get("timed_out"):
+                outcome.append(("fail", f"your code stopped the checker with {type(error).__name__}"))
 
+    earlier = [name for name, stuck in _ABANDONED if stuck.is_alive()]
     thread = threading.Thread(target=target, name=f"grade-{ex.id}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        return ("fail", f"grading did not finish within {timeout:g} s: does your code loop forever, sleep, or wait "
-                        "for something that never comes? (It keeps running in the background until the kernel "
-                        "restarts.)", checking.figures)
+    try:
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            runner["timed_out"] = True
+            stopped = _stop_check(thread, runner, started_with)
+            message = (f"grading did not finish within {timeout:g} s: does your code loop forever, sleep, or wait "
+                       "for something that never comes? ")
+            if stopped:
+                message += "The check was stopped."
+            else:
+                _ABANDONED.append((ex.id, thread))
+                message += ("It could not be stopped (it is stuck in a blocking call) and keeps running in the "
+                            "background: restart the kernel (Kernel → Restart) before checking again.")
+            if earlier:
+                message += (f" An earlier check that could not be stopped ({', '.join(earlier)}) is still running "
+                            "and may hold what this one needs: restart the kernel.")
+            return "fail", message, checking.figures
+    finally:
+        _restore(cwd, environ)
+    if not outcome:  # the answer swallowed the checker's own stop, or ended the thread some other way
+        return "fail", "the check ended without a verdict: does your code catch BaseException?", checking.figures
     kind, message = outcome[0]
     return kind, message, checking.figures
 
 
-async def _awaited(awaitable: Any) -> Any:
+async def _awaited(awaitable: Any, runner: dict[str, Any] | None = None) -> Any:
+    if runner is not None:  # lets the time limit cancel the check from outside
+        runner["loop"], runner["task"] = asyncio.get_running_loop(), asyncio.current_task()
     return await awaitable
 
 

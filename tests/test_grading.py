@@ -243,3 +243,202 @@ def test_two_processes_saving_at_once_lose_nothing(tmp_path):
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     saved = json.loads((tmp_path / "progress.json").read_text())
     assert len(saved) == 240, f"{240 - len(saved)} of 240 concurrent updates were lost"
+
+
+# ---------- errors raised in worker threads are the learner's (issue 12 §2) ----------
+
+@pytest.fixture
+def synthetic():
+    """Register throwaway exercises (id 99.*) for one test, and remove them afterwards."""
+    from course_lib import grading
+    from course_lib.grading import exercise
+
+    made: list[str] = []
+
+    def register(exercise_id, checker, timeout=60.0):
+        made.append(exercise_id)
+        exercise(exercise_id, title="synthetic", lesson="99_synthetic", expects="anything",
+                 hints=("look", "tool"), timeout=timeout)(checker)
+        return exercise_id
+
+    yield register
+    for exercise_id in made:
+        grading._REGISTRY.pop(exercise_id, None)
+
+
+_CELL = '''
+import asyncio
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+
+def lookup(item_id):
+    return {"id": item_id, "ratio": 1 / 0}
+
+
+def make_to_thread():
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int):
+        return await asyncio.to_thread(lookup, item_id)
+
+    return app
+
+
+def make_threadpool():
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int):
+        return await run_in_threadpool(lambda: {"price": {}["price"]})
+
+    return app
+
+
+def make_task_group():
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int):
+        async with asyncio.TaskGroup() as group:
+            group.create_task(asyncio.to_thread(lookup, item_id))
+        return {}
+
+    return app
+'''
+
+
+def _as_cell(source: str, filename: str) -> dict[str, Any]:
+    """Run `source` as if typed in a notebook cell (ipykernel names cells /tmp/ipykernel_<pid>/<hash>.py)."""
+    import linecache
+
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+async def _get_item(make_app, checking):
+    from course_lib.client import app_client
+
+    async with app_client(checking.build_app(make_app)) as client:
+        await client.get("/items/3")
+    return "ok"
+
+
+@pytest.mark.parametrize(("factory", "raised", "line"), [
+    ("make_to_thread", "ZeroDivisionError: division by zero", 'return {"id": item_id, "ratio": 1 / 0}'),
+    ("make_threadpool", "KeyError: 'price'", 'return await run_in_threadpool(lambda: {"price": {}["price"]})'),
+    ("make_task_group", "ZeroDivisionError: division by zero", 'return {"id": item_id, "ratio": 1 / 0}'),
+])
+def test_an_error_raised_in_a_worker_thread_is_the_learners(synthetic, factory, raised, line):
+    """`asyncio.to_thread`, `run_in_threadpool`, a TaskGroup: the message names the exception and the cell's line."""
+    namespace = _as_cell(_CELL, "/tmp/ipykernel_4242/1234567.py")
+    result = grade(synthetic("99.thread-error", _get_item), namespace[factory], record=False)
+    assert not result.passed
+    assert result.message.startswith(f"your code raised {raised}"), result.message
+    assert f"in your cell, line" in result.message and line in result.message, result.message
+    assert "could not use your answer" not in result.message
+
+
+def test_an_error_in_the_learners_own_module_names_the_file(synthetic, tmp_path, monkeypatch):
+    """An answer kept in a .py file of the learner's (not a notebook) is still the learner's code."""
+    (tmp_path / "my_answers.py").write_text(_CELL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("my_answers")
+    result = grade(synthetic("99.thread-error-file", _get_item), module.make_to_thread, record=False)
+    assert "your code raised ZeroDivisionError" in result.message, result.message
+    assert "my_answers.py line" in result.message, result.message
+
+
+def test_a_checker_bug_is_still_told_apart(synthetic):
+    """An error in the course's own code (no learner frame anywhere) is not blamed on the learner."""
+    from course_lib.lessons.l01_workers import slow_lookup
+
+    def checker(answer, checking):
+        return slow_lookup("not an id", "two")  # the course's helper called wrongly: the checker's fault
+
+    result = grade(synthetic("99.checker-bug", checker), object(), record=False)
+    assert "the checker could not use your answer" in result.message, result.message
+
+
+# ---------- a check past its time limit is stopped and leaves the kernel as it was (issue 14) ----------
+
+def test_a_busy_loop_is_stopped_and_cwd_env_and_lock_are_restored(synthetic, tmp_path):
+    """A checker that (like lesson 07's) takes a lock, moves into its own folder and sets variables, then runs an
+    answer that loops forever: after the time limit the check stops, the lock is free, cwd and env are back."""
+    import os
+    import threading
+
+    lock = threading.RLock()
+
+    def checker(answer, checking):
+        with lock:
+            os.chdir(tmp_path)
+            os.environ["LAB_SYNTHETIC"] = "grader"
+            answer()  # never returns
+        return "ok"
+
+    spins = {"n": 0}
+    namespace = _as_cell("def loops_forever(spins):\n    while True:\n        spins['n'] += 1\n",
+                         "/tmp/ipykernel_4242/7654321.py")
+    cwd = os.getcwd()
+    os.environ.pop("LAB_SYNTHETIC", None)
+    started = time.monotonic()
+    result = grade(synthetic("99.busy", checker), lambda: namespace["loops_forever"](spins), timeout=1, record=False)
+    took = time.monotonic() - started
+    assert not result.passed and "did not finish within 1 s" in result.message
+    assert "The check was stopped." in result.message, result.message
+    assert took < 5, took
+    assert os.getcwd() == cwd and "LAB_SYNTHETIC" not in os.environ
+    assert lock.acquire(timeout=1), "the timed-out check still holds its lock"
+    lock.release()
+    before = spins["n"]
+    time.sleep(0.3)
+    assert spins["n"] == before, "the answer's loop still runs after the check was stopped"
+
+
+def test_a_busy_def_endpoint_in_a_worker_thread_is_stopped_too(synthetic):
+    """The loop runs in FastAPI's thread pool (a `def` endpoint): that thread is stopped as well."""
+    from course_lib.client import app_client
+
+    namespace = _as_cell('''
+from fastapi import FastAPI
+spins = {"n": 0}
+
+def make_app():
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    def read_item(item_id: int):
+        while True:
+            spins["n"] += 1
+
+    return app
+''', "/tmp/ipykernel_4242/1111111.py")
+    result = grade(synthetic("99.busy-def", _get_item), namespace["make_app"], timeout=1, record=False)
+    assert "did not finish within 1 s" in result.message and "The check was stopped." in result.message, result.message
+    before = namespace["spins"]["n"]
+    time.sleep(0.3)
+    assert namespace["spins"]["n"] == before, "the endpoint's loop still burns a core"
+
+
+def test_a_timed_out_check_restores_cwd_and_env_even_when_stuck(synthetic, tmp_path):
+    """Stuck in a blocking call it cannot be stopped: the message says to restart, cwd and env are restored anyway."""
+    import os
+
+    def checker(answer, checking):
+        os.chdir(tmp_path)
+        os.environ["LAB_SYNTHETIC_STUCK"] = "1"
+        time.sleep(3)  # a C call: an exception raised in this thread waits until it returns
+        return "ok"
+
+    cwd = os.getcwd()
+    result = grade(synthetic("99.stuck", checker), object(), timeout=0.5, record=False)
+    assert "did not finish within 0.5 s" in result.message
+    assert "restart the kernel" in result.message, result.message
+    assert os.getcwd() == cwd and "LAB_SYNTHETIC_STUCK" not in os.environ
+    time.sleep(3)  # let it end before other tests run
