@@ -1,8 +1,8 @@
 """The bookshop as a module-level `app` for a real server: configured by environment variables.
 
 BOOKSHOP_DB_URL    the database URL: a SQLite file or a PostgreSQL database (a copy per server, so one app's indexes never help another)
-BOOKSHOP_APP_FILE  a Python file defining `make_app(database_url) -> FastAPI` (the learner's fixed app), or
-BOOKSHOP_FIXES     comma-separated fix names for `bookshop.app.make_app` (empty: the original)
+BOOKSHOP_APP_FILE  a Python file defining `make_app(database_url) -> FastAPI` (and optionally the deploy step
+                   `migrate(database_url)`, run first); unset: the bookshop as shipped
 BOOKSHOP_DB_LATENCY_MS  simulated network round trip added to every SQL statement (default 0)
 """
 
@@ -21,8 +21,7 @@ def build() -> FastAPI:
     url = os.environ["BOOKSHOP_DB_URL"]
     if os.environ.get("BOOKSHOP_APP_FILE"):
         return load_factory(os.environ["BOOKSHOP_APP_FILE"])(url)
-    fixes = [f for f in os.environ.get("BOOKSHOP_FIXES", "").split(",") if f]
-    return make_app(url, fixes)
+    return make_app(url)
 
 
 app = build()
