@@ -1,23 +1,60 @@
-"""`python -m course_lib bench`: every lesson's headline effect and the toolkit's own costs, measured now."""
+"""`python -m course_lib bench`: every lesson's headline effect and the toolkit's own costs, measured now.
+
+Each row is a teaching claim (a goal the lesson states, held at a named level: "SQL", "endpoint" in-process, "server"
+over real HTTP), a toolkit row (the course's own tools) or an informational figure. Every row is measured in several
+rounds and shows their median and spread. Only claims decide the exit code: a claim fails when most rounds miss its
+goal, or when its median is above the physical limit the row names (e.g. a speed-up above min(workers, cores) is a
+measuring error, flagged "suspect", never a finding). Log lines, warnings and stray stderr output while measuring
+are captured; errors among them become a row's note under the table.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import io
+import logging
+import math
+import os
 import pkgutil
+import re
+import statistics
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 
 from .text_table import text_table
 
-__all__ = ["BenchRow", "run_bench", "toolkit_bench"]
+__all__ = ["BenchRow", "run_bench", "toolkit_bench", "merge_rounds", "exit_code", "quiet", "LEVELS"]
+
+LEVELS = ("SQL", "endpoint", "server", "toolkit")
+"""Where a row was measured: the SQL alone, an endpoint called in-process, a real server over HTTP, the toolkit."""
+
+ROUNDS = 3
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 @dataclass
 class BenchRow:
-    """One measured effect: what, the figure, its unit, the goal it is held to, and whether it met it."""
+    """One measured effect: what, the figure, its unit, the goal it is held to, and whether it met it.
+
+    Optional: `level` (where it was measured, one of LEVELS), `kind` ("claim", "toolkit" or "info"; by default a row
+    with a verdict is a claim, a "toolkit" lesson's row is a toolkit row), `limit` (a physical ceiling: a value above
+    it is suspect), `rounds`/`round_met` (each round's value and verdict; `value` is their median) and `note`.
+    """
 
     lesson: str
     effect: str
@@ -25,15 +62,227 @@ class BenchRow:
     unit: str
     goal: str = ""
     met: bool | None = None
+    level: str = ""
+    kind: str = ""
+    limit: float | None = None
+    rounds: list[float] = field(default_factory=list)
+    round_met: list[bool] = field(default_factory=list)
+    note: str = ""
 
     def cells(self) -> tuple[str, ...]:
-        """The row as table cells."""
-        value = f"{self.value:,.0f}" if abs(self.value) >= 100 else f"{self.value:.3g}"
+        """The row as table cells: lesson, effect, measured value, verdict and goal."""
+        value = _number(self.value)
         verdict = {True: "✓", False: "✗", None: ""}[self.met]
         return (self.lesson, self.effect, f"{value} {self.unit}".strip(), f"{verdict} {self.goal}".strip())
 
+    @property
+    def role(self) -> str:
+        """"claim", "toolkit" or "info": only claims decide the exit code."""
+        if self.kind:
+            return self.kind
+        if self.lesson == "toolkit":
+            return "toolkit"
+        return "claim" if self.met is not None else "info"
 
-def _counter_overhead() -> BenchRow:
+    @property
+    def shown_level(self) -> str:
+        """The level the row names, or one read from its wording when the lesson did not say."""
+        return self.level or _guess_level(self)
+
+    @property
+    def suspect(self) -> bool:
+        """True when the value is above the physical limit the row names (a measuring error, not a finding)."""
+        return self.limit is not None and not math.isnan(self.value) and self.value > self.limit * (1 + 1e-9)
+
+    @property
+    def robust(self) -> bool:
+        """True when every round gave the same verdict (or there was one round)."""
+        return len(set(self.round_met)) <= 1
+
+    @property
+    def failed(self) -> bool:
+        """A claim that missed its goal (in most rounds) or whose figure is suspect."""
+        return self.role == "claim" and (self.met is False or self.suspect)
+
+    def measured_cell(self) -> str:
+        """The value with its unit; a suspect value is shown in parentheses, never as a finding."""
+        text = f"{_number(self.value)} {self.unit}".strip()
+        return f"({text}) suspect" if self.suspect else text
+
+    def spread_cell(self) -> str:
+        """The rounds' range, e.g. "1.6–1.8 ×3", or "" for a single round."""
+        if len(self.rounds) < 2:
+            return ""
+        return f"{_number(min(self.rounds))}–{_number(max(self.rounds))} ×{len(self.rounds)}"
+
+    def goal_cell(self) -> str:
+        """Verdict and goal, with what the verdict means for the exit code."""
+        if self.suspect:
+            above = sum(r > self.limit for r in self.rounds) if self.rounds else 1  # type: ignore[operator]
+            text = (f"? suspect: above the limit {_number(self.limit or 0)} {self.unit}".rstrip()
+                    + (f" in {above} of {len(self.rounds)} rounds" if self.rounds else ""))
+            return text + (f" (goal {self.goal})" if self.goal else "")
+        if self.met is None:
+            return self.goal
+        text = f"{'✓' if self.met else '✗'} {self.goal}".strip()
+        if not self.robust:
+            text += f" (fragile: {sum(self.round_met)}/{len(self.round_met)} rounds met)"
+        if self.role != "claim":
+            text += f" ({self.role}, not graded)"
+        return text
+
+
+_SQL_WORDS = re.compile(r"\bSQL\b|\braw \w|\bORM\b|\bquer(y|ies)\b|\bSELECT\b|\binsert\b|\bindex", re.I)
+_ENDPOINT_WORDS = re.compile(r"\bGET\b|(^|\s)/\w|\bendpoint\b|\bin-process\b|\bmiddleware\b|\bASGI\b|\basync def\b",
+                             re.I)
+_SERVER_WORDS = re.compile(r"\buvicorn\b|\bgunicorn\b|\bthroughput\b|\bload\b", re.I)
+
+
+def _guess_level(row: BenchRow) -> str:
+    """A row's level read from its lesson, unit and wording (lessons may name it with `level=`)."""
+    if row.lesson == "toolkit":
+        return "toolkit"
+    if row.unit == "queries":
+        return "SQL"
+    if row.unit == "req/s" or _SERVER_WORDS.search(row.effect):
+        return "server"
+    if _ENDPOINT_WORDS.search(row.effect):
+        return "endpoint"
+    if _SQL_WORDS.search(row.effect):
+        return "SQL"
+    return ""
+
+
+# ---------------------------------------------------------------- rounds and the exit code
+
+
+def _shape(effect: str) -> str:
+    """An effect's wording without its numbers: the same row of another round may quote other figures."""
+    return re.sub(r"[\d.,]+", "#", effect)
+
+
+def merge_rounds(rounds: Sequence[Sequence[BenchRow]]) -> list[BenchRow]:
+    """One row per effect: the round whose value is the median, holding every round's value and verdict."""
+    rounds = [list(r) for r in rounds if r]
+    if not rounds:
+        return []
+    if len({len(r) for r in rounds}) == 1:
+        groups = [list(g) for g in zip(*rounds, strict=True)]
+    else:
+        by_shape: dict[tuple[str, str], list[BenchRow]] = {}
+        for one in rounds:
+            for row in one:
+                by_shape.setdefault((row.lesson, _shape(row.effect)), []).append(row)
+        groups = list(by_shape.values())
+    merged = []
+    for group in groups:
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        measured = [row for row in group if not math.isnan(row.value)]
+        middle = statistics.median_low([row.value for row in measured]) if measured else math.nan
+        representative = next((row for row in measured if row.value == middle), group[0])
+        verdicts = [row.met for row in group if row.met is not None]
+        met = representative.met if not verdicts else sum(verdicts) * 2 > len(verdicts)
+        merged.append(replace(representative, met=met, rounds=[row.value for row in group], round_met=verdicts))
+    return merged
+
+
+def exit_code(rows: Sequence[BenchRow], strict: bool = False) -> int:
+    """1 if a claim failed (missed its goal in most rounds, or is suspect); with `strict`, also a fragile claim."""
+    return 1 if any(r.failed or (strict and r.role == "claim" and not r.robust) for r in rows) else 0
+
+
+# ---------------------------------------------------------------- capturing what measuring prints
+
+_BENIGN_STDERR = re.compile(r"without encryption|^\s*$")
+
+
+@dataclass
+class Captured:
+    """What a section printed or logged while it was measured."""
+
+    records: list[logging.LogRecord] = field(default_factory=list)
+    warnings: list[warnings.WarningMessage] = field(default_factory=list)
+    stderr: str = ""
+    stdout: str = ""
+
+    def errors(self) -> list[str]:
+        """ERROR log records and stderr lines that are not known noise, one line each."""
+        found = [f"{r.name}: {r.getMessage()}".splitlines()[0] for r in self.records if r.levelno >= logging.ERROR]
+        found += [line for line in self.stderr.splitlines() if not _BENIGN_STDERR.search(line)]
+        return found
+
+    def quieted(self) -> list[str]:
+        """Warnings (logged or raised) kept out of the table, one line each."""
+        lines = [r.getMessage().splitlines()[0] for r in self.records if r.levelno < logging.ERROR]
+        lines += [f"{w.category.__name__}: {w.message}".splitlines()[0] for w in self.warnings]
+        lines += [line for line in self.stderr.splitlines() if line.strip() and _BENIGN_STDERR.search(line)]
+        return lines + [line for line in self.stdout.splitlines() if line.strip()]
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, captured: Captured) -> None:
+        super().__init__(logging.WARNING)
+        self.captured = captured
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.captured.records.append(record)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[Captured]:
+    """Capture log records (WARNING and up), Python warnings, what Python prints, and everything written to file
+    descriptor 2 (so child processes' stderr too) while the block runs."""
+    captured = Captured()
+    handler = _ListHandler(captured)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    sink = tempfile.TemporaryFile()
+    os.dup2(sink.fileno(), 2)
+    printed, printed_err = io.StringIO(), io.StringIO()
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed), \
+                contextlib.redirect_stderr(printed_err):
+            warnings.simplefilter("default")
+            try:
+                yield captured
+            finally:
+                captured.warnings = list(caught)
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        root.removeHandler(handler)
+        sink.seek(0)
+        captured.stderr = printed_err.getvalue() + sink.read().decode(errors="replace")
+        captured.stdout = printed.getvalue()
+        sink.close()
+
+
+def _section(lesson: str, measure: Callable[[], list[BenchRow]], quieted: list[str]) -> list[BenchRow]:
+    """Run one bench section quietly: an exception becomes a failing row, captured errors the first row's note."""
+    with quiet() as captured:
+        try:
+            rows = list(measure())
+        except Exception as error:  # noqa: BLE001 - a bench section must never hide the table
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            rows = [BenchRow(lesson, f"bench failed: {type(error).__name__}: {error}"[:200], float("nan"), "",
+                             "runs", False, kind="claim",
+                             note=f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno}")]
+    quieted += captured.quieted()
+    errors = captured.errors()
+    if errors:
+        if not rows:
+            rows = [BenchRow(lesson, "bench printed errors", float("nan"), "", kind="info")]
+        extra = f" (+{len(errors) - 2} more lines)" if len(errors) > 2 else ""
+        rows[0] = replace(rows[0], note="; ".join(filter(None, [rows[0].note, *errors[:2]])) + extra)
+    return rows
+
+
+def _counter_overhead() -> list[BenchRow]:
     from .db import User, make_demo_db
     from .queries import count_queries
     from .timing import compare_sync
@@ -47,67 +296,109 @@ def _counter_overhead() -> BenchRow:
             with count_queries(db.engine):
                 bare()
 
-        result = compare_sync({"counted": counted, "bare": bare}, n=30, warmup=3)
+        result = compare_sync({"counted": counted, "bare": bare}, n=60, warmup=3)
     overhead = (result.ratio - 1) * 100
-    return BenchRow("toolkit", "count_queries overhead vs bare SQLAlchemy", overhead, "%", "≤ 5 %", overhead <= 5)
+    return [BenchRow("toolkit", "count_queries overhead vs bare SQLAlchemy (100 queries)", overhead, "%", "≤ 5 %",
+                     overhead <= 5, level="SQL")]
 
 
-async def _in_process_latency() -> BenchRow:
+def _in_process_latency() -> list[BenchRow]:
     from .client import app_client
     from .lessons.l00_welcome import hello_app
     from .timing import measure
 
-    async with app_client(hello_app) as client:
-        timing = await measure(lambda: client.get("/"), n=300, warmup=20)
-    return BenchRow("toolkit", "in-process request (app_client), median", timing.median_ms * 1000, "µs")
+    async def run() -> float:
+        async with app_client(hello_app) as client:
+            timing = await measure(lambda: client.get("/"), n=300, warmup=20)
+        return timing.median_ms * 1000
+
+    return [BenchRow("toolkit", "in-process request (app_client), median", asyncio.run(run()), "µs", level="endpoint")]
 
 
-async def _load_ceiling() -> list[BenchRow]:
-    from .load import load_test
+def _load_ceiling() -> list[BenchRow]:
+    from .load import SIGNIFICANT_SHARE, load_test
     from .servers import serve
 
+    async def run(url: str, keep_alive: bool):  # type: ignore[no-untyped-def]
+        return await load_test(url, concurrency=50, requests=20_000, seconds=2, progress=False, keep_alive=keep_alive)
+
+    rows = []
     with serve("course_lib.lessons.l00_welcome:hello_app") as server:
-        result = await load_test(server.url + "/", concurrency=50, requests=20_000, seconds=3, progress=False)
-    return [
-        BenchRow("toolkit", "load generator ceiling (trivial endpoint, 1 uvicorn worker)", result.throughput, "req/s"),
-        BenchRow("toolkit", "load generator's own CPU at that rate", result.generator_cpu_share * 100, "% of a core"),
-    ]
+        for keep_alive in (True, False):
+            result = asyncio.run(run(server.url + "/", keep_alive))
+            mode = "keep-alive" if keep_alive else "Connection: close"
+            rows += [
+                BenchRow("toolkit", f"load generator ceiling, {mode} (trivial endpoint, 1 uvicorn worker)",
+                         result.throughput, "req/s", level="server"),
+                BenchRow("toolkit", f"load generator's own CPU per request, {mode}", result.cpu_per_request_us, "µs",
+                         level="server"),
+                BenchRow("toolkit", f"load generator's share of one core, {mode} (> {SIGNIFICANT_SHARE:.0%}: "
+                                    "significant)", result.generator_cpu_share * 100, "%", level="server"),
+            ]
+    return rows
+
+
+TOOLKIT_SECTIONS: list[Callable[[], list[BenchRow]]] = [_counter_overhead, _in_process_latency, _load_ceiling]
+"""The toolkit's own costs: query-counter overhead, in-process request latency, load-generator ceiling and CPU."""
 
 
 def toolkit_bench() -> list[BenchRow]:
-    """The toolkit's own costs: query-counter overhead, in-process request latency, load-generator ceiling."""
-    rows = [_counter_overhead(), asyncio.run(_in_process_latency())]
-    rows += asyncio.run(_load_ceiling())
-    return rows
+    """The toolkit's own costs, measured once."""
+    return [row for measure in TOOLKIT_SECTIONS for row in measure()]
 
 
-def lesson_benches(only: str | None = None) -> list[BenchRow]:
-    """Rows from each lesson module's `bench()` function, in lesson order."""
+def _lesson_sections(only: str | None = None) -> list[tuple[str, Callable[[], list[BenchRow]]]]:
+    """(lesson number, its `bench` function) of each lesson module that has one, in lesson order."""
     from . import lessons
 
-    rows: list[BenchRow] = []
+    sections: list[tuple[str, Callable[[], list[BenchRow]]]] = []
     for info in sorted(pkgutil.iter_modules(lessons.__path__), key=lambda m: m.name):
         if only and only not in info.name:
             continue
-        module = importlib.import_module(f"{lessons.__name__}.{info.name}")
+        number = re.sub(r"^l(\d+)_.*", r"\1", info.name)
+        try:
+            with quiet():
+                module = importlib.import_module(f"{lessons.__name__}.{info.name}")
+        except Exception as error:  # noqa: BLE001 - reported as a failing row by _section
+            def broken(error: Exception = error) -> list[BenchRow]:
+                raise error
+            sections.append((number, broken))
+            continue
         bench = getattr(module, "bench", None)
         if bench is not None:
-            rows += bench()
-    return rows
+            sections.append((number, bench))
+    return sections
+
+
+def lesson_benches(only: str | None = None, rounds: int = 1) -> list[BenchRow]:
+    """Rows from each lesson module's `bench()` function, in lesson order, merged over `rounds` rounds."""
+    quieted: list[str] = []
+    sections = _lesson_sections(only)
+    runs: list[list[list[BenchRow]]] = [[] for _ in sections]
+    for _ in range(max(1, rounds)):
+        for i, (lesson, measure) in enumerate(sections):
+            runs[i].append(_section(lesson, measure, quieted))
+    return [row for section in runs for row in merge_rounds(section)]
 
 
 def notebook_times(only: str | None = None) -> list[BenchRow]:
-    """Wall time of each lesson and solutions notebook, run end to end in a fresh kernel."""
+    """Wall time of each lesson and solutions notebook, run end to end in a fresh kernel (kernel chatter captured)."""
     from .notebooks import ROOT, execute_notebook
 
-    rows = []
+    rows: list[BenchRow] = []
+    quieted: list[str] = []
     for folder in ("notebooks", "solutions"):
         for path in sorted((ROOT / folder).glob("*.ipynb")):
             if only and only not in path.stem:
                 continue
-            start = time.perf_counter()
-            execute_notebook(path)
-            rows.append(BenchRow(path.stem[:2], f"{folder}/{path.name} wall time", time.perf_counter() - start, "s"))
+
+            def run(path=path, folder=folder) -> list[BenchRow]:  # type: ignore[no-untyped-def]
+                start = time.perf_counter()
+                execute_notebook(path)
+                return [BenchRow(path.stem[:2], f"{folder}/{path.name} wall time", time.perf_counter() - start, "s",
+                                 kind="info")]
+
+            rows += _section(path.stem[:2], run, quieted)
     return rows
 
 
@@ -148,15 +439,78 @@ def side_by_side(only: str | None = None) -> list[tuple[str, str, str, str, str]
     return table
 
 
-def run_bench(notebooks: bool = False, only: str | None = None, postgres_column: bool = False) -> int:
-    """Measure, then print one table; returns 1 if any row missed its goal."""
+class _Progress:
+    """One self-erasing status line on an interactive terminal's stderr; nothing otherwise."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+
+    def __call__(self, text: str) -> None:
+        if self.live:
+            sys.stderr.write(f"\r\033[Kbench: {text} …")
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.live:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _footer(rows: Sequence[BenchRow], quieted: Sequence[str], strict: bool) -> list[str]:
+    """Notes, what was quieted, and how the claims decided the exit code."""
+    lines = [f"[{i}] {row.lesson} {row.effect[:60]}: {row.note}" for i, row in
+             enumerate((r for r in rows if r.note), start=1)]
+    if quieted:
+        common = ", ".join(f"{text[:70]!r} ×{n}" for text, n in Counter(quieted).most_common(2))
+        lines.append(f"quieted while measuring: {len(quieted)} warning line(s), e.g. {common}")
+    claims = [r for r in rows if r.role == "claim"]
+    fragile = sum(1 for r in claims if not r.robust and not r.failed)
+    lines.append(
+        f"claims: {sum(1 for r in claims if not r.failed)} of {len(claims)} met"
+        + (f" ({fragile} fragile: rounds disagreed{', failing under --strict' if not strict else ''})" if fragile else "")
+        + f", {sum(1 for r in claims if r.met is False)} missed, {sum(1 for r in claims if r.suspect)} suspect. "
+        "Toolkit and info rows never decide the exit code.")
+    return lines
+
+
+def bench_table(rows: Sequence[BenchRow]) -> str:
+    """The table: lesson, level, effect, median, the rounds' range, verdict and goal (notes numbered)."""
+    cells = []
+    note = 0
+    for row in rows:
+        goal = row.goal_cell()
+        if row.note:
+            note += 1
+            goal = f"{goal} [{note}]".strip()
+        cells.append((row.lesson, row.shown_level, row.effect, row.measured_cell(), row.spread_cell(), goal))
+    return text_table(("lesson", "level", "effect", "measured", "rounds", "goal"), cells, wrap_last=34)
+
+
+def run_bench(notebooks: bool = False, only: str | None = None, postgres_column: bool = False,
+              rounds: int = ROUNDS, strict: bool = False) -> int:
+    """Measure every section in `rounds` interleaved rounds, print one table; 1 if a claim failed (see exit_code)."""
     if postgres_column:
-        rows = side_by_side(only)
-        print(text_table(("lesson", "effect", "SQLite", "PostgreSQL", "goal"), rows, wrap_last=30))
-        return 1 if any("✗" in row[-1] for row in rows) else 0
-    rows = [] if only else toolkit_bench()
-    rows += lesson_benches(only)
+        table = side_by_side(only)
+        print(text_table(("lesson", "effect", "SQLite", "PostgreSQL", "goal"), table, wrap_last=30))
+        return 1 if any("✗" in row[-1] for row in table) else 0
+    progress = _Progress()
+    sections: list[tuple[str, Callable[[], list[BenchRow]]]] = []
+    if not only or only == "toolkit":
+        sections += [("toolkit", measure) for measure in TOOLKIT_SECTIONS]
+    if only != "toolkit":
+        sections += _lesson_sections(only)
+    quieted: list[str] = []
+    runs: list[list[list[BenchRow]]] = [[] for _ in sections]
+    rounds = max(1, rounds)
+    for round_ in range(rounds):
+        for i, (lesson, measure) in enumerate(sections):
+            progress(f"round {round_ + 1}/{rounds}, {lesson}")
+            runs[i].append(_section(lesson, measure, quieted))
+    rows = [row for section in runs for row in merge_rounds(section)]
     if notebooks:
+        progress("notebooks")
         rows += notebook_times(only)
-    print(text_table(("lesson", "effect", "measured", "goal"), [r.cells() for r in rows], wrap_last=30))
-    return 1 if any(r.met is False for r in rows) else 0
+    progress.clear()
+    print(bench_table(rows))
+    print("\n".join(_footer(rows, quieted, strict)))
+    return exit_code(rows, strict)
