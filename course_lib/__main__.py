@@ -152,7 +152,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure each lesson's headline effect on this machine and print the table."""
     from .bench import run_bench
 
-    return run_bench(notebooks=args.notebooks, only=args.only, postgres_column=args.postgres_column)
+    return run_bench(notebooks=args.notebooks, only=args.only, postgres_column=args.postgres_column,
+                     rounds=args.rounds, strict=args.strict)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -192,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(run=cmd_audit)
     p = sub.add_parser("bench", help=cmd_bench.__doc__)
     p.add_argument("--notebooks", action="store_true", help="also time every lesson notebook end to end")
-    p.add_argument("--only", default=None, help="only lessons whose name contains this")
+    p.add_argument("--only", default=None, help="only lessons whose name contains this ('toolkit': only the toolkit)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per row; each row shows their median (default 3)")
+    p.add_argument("--strict", action="store_true", help="also fail on a claim whose rounds disagreed (fragile)")
     p.add_argument("--postgres-column", action="store_true",
                    help="with DATABASE_URL: the data lessons (02, 04, 05) on SQLite and PostgreSQL side by side")
     p.set_defaults(run=cmd_bench)
