@@ -170,7 +170,8 @@ def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-_CELL_FILE = re.compile(r"ipykernel_\d+|^<(?!frozen)")  # a notebook cell (/tmp/ipykernel_<pid>/…), <stdin>, <string>
+# a notebook cell (/tmp/ipykernel_<pid>/<hash>.py), a console line; not "<string>" (code libraries generate)
+_CELL_FILE = re.compile(r"ipykernel_\d+|^<(stdin|console|ipython-input-)")
 _LIBRARY_DIRS = tuple(sorted({os.path.realpath(p) + os.sep for k, p in sysconfig.get_paths().items()
                               if k in ("stdlib", "platstdlib", "purelib", "platlib")}
                              | {str(Path(__file__).resolve().parent) + os.sep}))
