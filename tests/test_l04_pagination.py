@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import sqlite3
 import time
 from datetime import datetime
 from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Query
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -216,7 +218,7 @@ def test_gzip_shrinks_the_export_and_leaves_small_responses_alone():
 def test_keyset_reference_passes():
     result = grade("04.keyset", make_keyset_app)
     assert result.passed, result.message
-    assert result.figures["deep_vs_first"] <= 2.5
+    assert result.figures["last_page_vs_small_table"] <= 3 and result.figures["first_page_vs_small_table"] <= 3
 
 
 def make_opaque_keyset_app(db: Any) -> FastAPI:
@@ -245,6 +247,87 @@ def make_opaque_keyset_app(db: Any) -> FastAPI:
 def test_keyset_right_answer_written_differently_passes():
     result = grade("04.keyset", make_opaque_keyset_app)
     assert result.passed, result.message
+
+
+def make_text_sql_keyset_app(db: Any) -> FastAPI:
+    """Right, written another way: Core `text()` on `db.engine`, a plain string cursor, limit + 1 rows."""
+    app = FastAPI()
+    page_sql = text("SELECT id, title FROM items WHERE id < :before ORDER BY id DESC LIMIT :n")
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None) -> dict[str, Any]:
+        if cursor is not None and not cursor.isdigit():
+            raise HTTPException(400, "bad cursor")
+        before = int(cursor) if cursor is not None else 2**62
+        with db.engine.connect() as conn:
+            rows = conn.execute(page_sql, {"before": before, "n": limit + 1}).all()
+        page = rows[:limit]
+        return {"items": [{"id": r.id, "title": r.title} for r in page],
+                "next_cursor": str(page[-1].id) if len(rows) > limit else None}
+
+    return app
+
+
+def make_composite_keyset_app(db: Any, *, expanded: bool = False) -> FastAPI:
+    """Right, written another way: ordered by (created_at, id) with a base64 JSON cursor, compared as a tuple or
+    OR-expanded (behind a seekable `created_at <=`), and the index that ordering needs created on the learner's own database (never on Item.__table__)."""
+    with db.engine.begin() as conn:
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_items_created_id ON items (created_at, id)"))
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.created_at.desc(), Item.id.desc()).limit(limit)
+        if cursor is not None:
+            try:
+                stamp, last = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+                when = datetime.fromisoformat(stamp)
+            except ValueError as error:
+                raise HTTPException(400, "bad cursor") from error
+            if expanded:  # the leading `created_at <= when` lets the index seek; a bare OR would scan from the top
+                stmt = stmt.where(Item.created_at <= when,
+                                  or_(Item.created_at < when, and_(Item.created_at == when, Item.id < last)))
+            else:
+                stmt = stmt.where(tuple_(Item.created_at, Item.id) < tuple_(when, last))
+        rows = session.scalars(stmt).all()
+        token = (base64.urlsafe_b64encode(json.dumps([rows[-1].created_at.isoformat(), rows[-1].id]).encode())
+                 .decode() if len(rows) == limit else None)
+        return {"items": [ItemOut.model_validate(r).model_dump(mode="json") for r in rows], "next_cursor": token}
+
+    return app
+
+
+def make_raw_sqlite_keyset_app(db: Any) -> FastAPI:
+    """Right on SQLite, written another way: its own sqlite3 connection to db.path (the grader still sees it)."""
+    app = FastAPI()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20,
+              cursor: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+        with contextlib.closing(sqlite3.connect(db.path)) as conn:
+            rows = conn.execute("SELECT id, title FROM items WHERE id < ? ORDER BY id DESC LIMIT ?",
+                                (cursor or 2**62, limit)).fetchall()
+        return {"items": [{"id": i, "title": t} for i, t in rows],
+                "next_cursor": rows[-1][0] if len(rows) == limit else None}
+
+    return app
+
+
+RIGHT_KEYSETS = [make_text_sql_keyset_app, make_composite_keyset_app,
+                 lambda db: make_composite_keyset_app(db, expanded=True)]
+RIGHT_IDS = ["core-text-plain-cursor", "tuple-comparison-base64", "or-expanded-base64"]
+if dialect() == "sqlite":
+    RIGHT_KEYSETS.append(make_raw_sqlite_keyset_app)
+    RIGHT_IDS.append("raw-sqlite3")
+
+
+@pytest.mark.parametrize("answer", RIGHT_KEYSETS, ids=RIGHT_IDS)
+def test_keyset_right_answers_written_other_ways_pass(answer: Any):
+    result = grade("04.keyset", answer)
+    assert result.passed, result.message
+    assert result.figures["last_page_vs_small_table"] <= 3
 
 
 # ---------- 04.keyset: wrong answers ----------
@@ -357,6 +440,126 @@ def make_keyset_variant_app(db: Any, *, default_limit: int | None = 20, parse_cu
     return app
 
 
+def _snapshot_cursor(top: int, skip: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"top": top, "skip": skip}).encode()).decode()
+
+
+def make_snapshot_offset_app(db: Any, *, how: str = "offset") -> FastAPI:
+    """Wrong: OFFSET in disguise. The opaque cursor holds the newest id at the first page (so inserts do not shift
+    it) and a row number; every page reads and drops the rows before it: OFFSET, ROW_NUMBER(), or a Python scan."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        if cursor is None:
+            top, skip = session.scalar(select(func.max(Item.id))) or 0, 0
+        else:
+            try:
+                state = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+                top, skip = int(state["top"]), int(state["skip"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise HTTPException(400, "bad cursor") from error
+        if how == "offset":
+            rows = [(r.id, r.title) for r in session.scalars(
+                select(Item).where(Item.id <= top).order_by(Item.id.desc()).offset(skip).limit(limit))]
+        elif how == "row_number":
+            rows = [tuple(r) for r in session.execute(text(
+                "SELECT id, title FROM (SELECT id, title, ROW_NUMBER() OVER (ORDER BY id DESC) AS n FROM items "
+                "WHERE id <= :top) AS numbered WHERE n > :skip AND n <= :stop ORDER BY n"),
+                {"top": top, "skip": skip, "stop": skip + limit})]
+        else:  # "scan": stream rows newest first and throw away the first `skip` in Python
+            rows = []
+            stream = session.execute(select(Item.id, Item.title).where(Item.id <= top).order_by(Item.id.desc())
+                                     .execution_options(yield_per=500))
+            for position, row in enumerate(stream):
+                if position >= skip + limit:
+                    break
+                if position >= skip:
+                    rows.append(tuple(row))
+        return {"items": [{"id": i, "title": t} for i, t in rows],
+                "next_cursor": _snapshot_cursor(top, skip + limit) if len(rows) == limit else None}
+
+    return app
+
+
+def make_raw_offset_app(db: Any, *, legacy: bool = False) -> FastAPI:
+    """Wrong (SQLite): its own sqlite3 connection, the id cursor turned into OFFSET (or `LIMIT skip, count`)."""
+    app = FastAPI()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20,
+              cursor: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+        with contextlib.closing(sqlite3.connect(db.path)) as conn:
+            skip = 0 if cursor is None else conn.execute("SELECT count(*) FROM items WHERE id >= ?",
+                                                         (cursor,)).fetchone()[0]
+            sql = ("SELECT id, title FROM items ORDER BY id DESC LIMIT ?, ?" if legacy else
+                   "SELECT id, title FROM items ORDER BY id DESC LIMIT ? OFFSET ?")
+            rows = conn.execute(sql, (skip, limit) if legacy else (limit, skip)).fetchall()
+        return {"items": [{"id": i, "title": t} for i, t in rows],
+                "next_cursor": rows[-1][0] if len(rows) == limit else None}
+
+    return app
+
+
+def make_below_cursor_slice_app(db: Any) -> FastAPI:
+    """Wrong: keyset WHERE, but no LIMIT in SQL: every row below the cursor is fetched, then sliced in Python."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Annotated[int | None, Query(ge=1)] = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item.id, Item.title).order_by(Item.id.desc())
+        if cursor is not None:
+            stmt = stmt.where(Item.id < cursor)
+        rows = session.execute(stmt).all()[:limit]
+        return {"items": [{"id": i, "title": t} for i, t in rows],
+                "next_cursor": rows[-1][0] if len(rows) == limit else None}
+
+    return app
+
+
+def make_memory_snapshot_app(db: Any) -> FastAPI:
+    """Wrong: reads the whole table once when the app is built and pages through that copy (no SQL per page)."""
+    with db.session() as session:
+        rows = [(r.id, r.title) for r in session.scalars(select(Item).order_by(Item.id.desc()))]
+    app = FastAPI()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20,
+              cursor: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+        page = [r for r in rows if cursor is None or r[0] < cursor][:limit]
+        return {"items": [{"id": i, "title": t} for i, t in page],
+                "next_cursor": page[-1][0] if len(page) == limit else None}
+
+    return app
+
+
+DISGUISES: list[tuple[Any, str]] = [
+    (make_snapshot_offset_app, "statement(s) with OFFSET"),
+    (lambda db: make_snapshot_offset_app(db, how="row_number"), "30,000-row table"),  # numbers every row
+    (lambda db: make_snapshot_offset_app(db, how="scan"), "rows deep"),
+    (make_below_cursor_slice_app, "30,000-row table"),
+    (make_memory_snapshot_app, "not a copy taken when the app started"),
+]
+DISGUISE_IDS = ["snapshot-offset", "snapshot-row-number", "snapshot-python-scan", "below-cursor-no-limit",
+                "memory-snapshot"]
+if dialect() == "sqlite":
+    DISGUISES += [(make_raw_offset_app, "statement(s) with OFFSET"),
+                  (lambda db: make_raw_offset_app(db, legacy=True), "statement(s) with OFFSET")]
+    DISGUISE_IDS += ["raw-sqlite3-offset", "raw-sqlite3-limit-skip-count"]
+
+
+@pytest.mark.parametrize("answer, measured", DISGUISES, ids=DISGUISE_IDS)
+def test_keyset_offset_in_disguise_fails_and_says_why(answer: Any, measured: str):
+    result = grade("04.keyset", answer)
+    assert not result.passed
+    assert measured in result.message, result.message
+    assert result.hint
+
+
 @pytest.mark.parametrize("answer, measured", [
     (lambda db: make_keyset_variant_app(db, default_limit=None), "without limit gave 250 items"),
     (lambda db: make_keyset_variant_app(db, parse_cursor=True), "a malformed cursor is the client's mistake"),
@@ -376,7 +579,7 @@ def test_keyset_variant_itself_passes_the_walks():
     (make_offset_cursor_app, "came twice"),
     (make_uncapped_app, "GET /items?limit=101 answered 200, expected 422"),
     (make_load_all_app, "30,000-row table"),
-    (make_count_then_offset_app, "300,000 rows deep"),
+    (make_count_then_offset_app, "statement(s) with OFFSET"),
     (make_oldest_first_app, "not newest first"),
     (lambda db: make_feed_app(db, tiebreaker=False), "never came"),
 ], ids=["offset-cursor", "uncapped", "load-all", "count-then-offset", "oldest-first", "non-unique-cursor"])
