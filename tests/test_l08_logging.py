@@ -7,12 +7,16 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
+import nbformat
 import pytest
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from course_lib.grading import grade
+from course_lib.grading import grade, hint
 from course_lib.lessons.l08_logging import (
     AccessLogMiddleware, LogCapture, add_article_log, make_demo_app, middleware_overhead, per_route, quiet_client,
 )
@@ -22,32 +26,268 @@ EXERCISE = "08.access-log"
 
 # ---------------------------------------------------------------- answers
 
+ROOT = Path(__file__).resolve().parent.parent
+SENSITIVE = ("token", "key", "secret", "password", "auth", "sig")
+_SHARED: dict[str, Any] = {}  # module-global per-request state: what a wrong answer keeps
+
+
+def solution_answer() -> Any:
+    """The answer shipped in solutions/08_logging.ipynb: its cells up to the check, run here."""
+    nb = nbformat.read(ROOT / "solutions" / "08_logging.ipynb", as_version=4)
+    namespace: dict[str, Any] = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if cell.source.startswith("check("):
+            break
+        exec(compile(cell.source, "<solution-cell>", "exec"), namespace)  # noqa: S102
+    return namespace["AccessLog"]
+
+
+def redacted(query_string: bytes, secret_names: tuple[str, ...] | None = None) -> str:
+    """The query with the values of secret parameters replaced by ***."""
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    hide = (lambda k: k in secret_names) if secret_names is not None else (lambda k: any(w in k.lower() for w in SENSITIVE))
+    return urlencode([(k, "***" if hide(k) else v) for k, v in pairs], safe="*")
+
+
+class Reference:
+    """A right answer, with hooks the wrong answers below override one at a time."""
+
+    def __init__(self, app: Any, logger: logging.Logger) -> None:
+        self.app = app
+        self.logger = logger
+
+    def query(self, scope: Any) -> str:
+        return redacted(scope.get("query_string", b""))
+
+    def request_id(self, scope: Any) -> str:
+        return dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+
+    def fields(self, scope: Any) -> dict[str, Any]:
+        return {"method": scope["method"], "path": scope["path"], "query": self.query(scope)}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid, state = self.request_id(scope), {"status": 500, "bytes": 0, "start": time.perf_counter()}
+
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            elif message["type"] == "http.response.body":
+                state["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            level = logging.ERROR if state["status"] >= 500 else logging.INFO
+            self.logger.log(level, "request", extra={
+                **self.fields(scope), "status": state["status"], "request_id": rid, "bytes": state["bytes"],
+                "duration_ms": (time.perf_counter() - state["start"]) * 1000})
+
+
 def closure_style(app: Any, logger: logging.Logger) -> Any:
-    """Right, written another way: a factory returning an ASGI function, ids from the header list."""
+    """Right, written another way: a factory returning an ASGI function, a child logger, ids from the header list."""
+    log = logger.getChild("http")
 
     async def middleware(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
         given = [v.decode() for k, v in scope["headers"] if k.lower() == b"x-request-id"]
         rid = given[0] if given else str(uuid.uuid4())
-        box = {"status": 500}
+        box = {"status": 500, "sent": 0}
         t0 = time.perf_counter_ns()
 
         async def wrapped(message: Any) -> None:
             if message["type"] == "http.response.start":
                 box["status"] = message["status"]
                 message["headers"] = list(message.get("headers", [])) + [(b"X-Request-ID", rid.encode())]
+            if message["type"] == "http.response.body":
+                box["sent"] += len(message.get("body") or b"")
             await send(message)
 
         try:
             await app(scope, receive, wrapped)
         finally:
             level = logging.ERROR if box["status"] >= 500 else logging.INFO
-            logger.log(level, "access", extra={"method": scope["method"], "path": scope["path"],
-                                               "status": box["status"], "request_id": rid,
-                                               "duration_ms": (time.perf_counter_ns() - t0) / 1e6})
+            log.log(level, "access", extra={"method": scope["method"], "path": scope["path"],
+                                            "query": redacted(scope["query_string"]), "status": box["status"],
+                                            "request_id": rid, "bytes": box["sent"],
+                                            "duration_ms": (time.perf_counter_ns() - t0) / 1e6})
 
     return middleware
+
+
+@dataclass
+class _Exchange:
+    """One request's state, in an object of its own."""
+
+    request_id: str
+    start: float = field(default_factory=time.perf_counter)
+    status: int = 500
+    sent: int = 0
+
+
+class ExchangeObject(Reference):
+    """Right, written another way: per-request state in a small object created per call, logged with a dict."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        ex = _Exchange(self.request_id(scope))
+
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                ex.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", ex.request_id.encode())]}
+            elif message["type"] == "http.response.body":
+                ex.sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        except BaseException:
+            ex.status = 500
+            self.logger.exception("failed", extra={**self.fields(scope), "status": 500, "bytes": ex.sent,
+                                                   "request_id": ex.request_id,
+                                                   "duration_ms": (time.perf_counter() - ex.start) * 1e3})
+            raise
+        self.logger.info("ok", extra={**self.fields(scope), "status": ex.status, "bytes": ex.sent,
+                                      "request_id": ex.request_id, "duration_ms": (time.perf_counter() - ex.start) * 1e3})
+
+
+class StateOnSelf(Reference):
+    """Wrong: keeps the request's id, status, start and byte count on `self` (shared by every request)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.rid, self.status, self.sent, self.start = self.request_id(scope), 500, 0, time.perf_counter()
+
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", self.rid.encode())]
+            elif message["type"] == "http.response.body":
+                self.sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            self.logger.info("request", extra={**self.fields(scope), "status": self.status, "bytes": self.sent,
+                                               "request_id": self.rid,
+                                               "duration_ms": (time.perf_counter() - self.start) * 1000})
+
+
+class StateInGlobals(Reference):
+    """Wrong: the same, with the id in a module-level dict (a "current request" global)."""
+
+    def request_id(self, scope: Any) -> str:
+        _SHARED["rid"] = super().request_id(scope)
+        return _SHARED["rid"]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.request_id(scope)
+        state = {"status": 500, "bytes": 0, "start": time.perf_counter()}
+
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", _SHARED["rid"].encode())]
+            elif message["type"] == "http.response.body":
+                state["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            self.logger.info("request", extra={**self.fields(scope), "status": state["status"],
+                                               "bytes": state["bytes"], "request_id": _SHARED["rid"],
+                                               "duration_ms": (time.perf_counter() - state["start"]) * 1000})
+
+
+class LogsOtherHeaders(Reference):
+    """Wrong: skips Authorization and Cookie, but logs every other header (API keys, proxy credentials)."""
+
+    def fields(self, scope: Any) -> dict[str, Any]:
+        kept = {k.decode(): v.decode() for k, v in scope["headers"] if k not in (b"authorization", b"cookie")}
+        return {**super().fields(scope), "headers": kept}
+
+
+class LogsRawQuery(Reference):
+    """Wrong: logs the query string as received, tokens included."""
+
+    def query(self, scope: Any) -> str:
+        return scope["query_string"].decode()
+
+
+class RedactsFixedNames(Reference):
+    """Wrong: redacts only parameters named exactly `token` and `api_key`."""
+
+    def query(self, scope: Any) -> str:
+        return redacted(scope["query_string"], ("token", "api_key"))
+
+
+class DropsQuery(Reference):
+    """Wrong: never leaks, because it never logs the query at all."""
+
+    def query(self, scope: Any) -> str:
+        return ""
+
+
+class LogsBodyAtDebug(Reference):
+    """Wrong: logs the request body at DEBUG (a password in a POST)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def spy() -> Any:
+            message = await receive()
+            if message.get("body"):
+                self.logger.debug("body", extra={"body": message["body"].decode()})
+            return message
+
+        await super().__call__(scope, spy, send)
+
+
+class LogsScopeElsewhere(Reference):
+    """Wrong: debug-logs the whole scope to another logger (its headers carry the secrets)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            logging.getLogger("myapp.debug").warning("scope %s", scope)
+        await super().__call__(scope, receive, send)
+
+
+class TimeToFirstByte(Reference):
+    """Wrong: stops the clock and logs at `http.response.start`, before a streamed body is sent."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid, start, done = self.request_id(scope), time.perf_counter(), []
+
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                length = int(dict(message["headers"]).get(b"content-length", b"0"))
+                self.logger.info("request", extra={**self.fields(scope), "status": message["status"], "bytes": length,
+                                                   "request_id": rid, "duration_ms": (time.perf_counter() - start) * 1000})
+                done.append(1)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        except Exception:
+            if not done:
+                self.logger.error("request", extra={**self.fields(scope), "status": 500, "bytes": 0,
+                                                    "request_id": rid, "duration_ms": 0.0})
+            raise
 
 
 class HttpStyle(BaseHTTPMiddleware):
@@ -60,25 +300,27 @@ class HttpStyle(BaseHTTPMiddleware):
     async def dispatch(self, request: Any, call_next: Any) -> Any:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         t0 = time.perf_counter()
-        fields = {"method": request.method, "path": request.url.path, "request_id": rid}
+        fields = {"method": request.method, "path": request.url.path, "request_id": rid,
+                  "query": redacted(request.url.query.encode())}
         try:
             response = await call_next(request)
         except Exception:
-            self.logger.error("failed", extra={**fields, "status": 500, "duration_ms": (time.perf_counter() - t0) * 1000})
+            self.logger.error("failed", extra={**fields, "status": 500, "bytes": 0,
+                                               "duration_ms": (time.perf_counter() - t0) * 1000})
             raise
         response.headers["x-request-id"] = rid
-        self.logger.info("ok", extra={**fields, "status": response.status_code,
-                                      "duration_ms": (time.perf_counter() - t0) * 1000})
+        inner = response.body_iterator
+
+        async def counted() -> Any:
+            sent = 0
+            async for chunk in inner:
+                sent += len(chunk)
+                yield chunk
+            self.logger.info("ok", extra={**fields, "status": response.status_code, "bytes": sent,
+                                          "duration_ms": (time.perf_counter() - t0) * 1000})
+
+        response.body_iterator = counted()
         return response
-
-
-class LogsHeaders(AccessLogMiddleware):
-    """Wrong: also logs every request header, Authorization and cookies included."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            self.logger.debug("headers", extra={"headers": {k.decode(): v.decode() for k, v in scope["headers"]}})
-        await super().__call__(scope, receive, send)
 
 
 class ArticleStyle:
@@ -100,51 +342,96 @@ class ArticleStyle:
             self.logger.info(json.dumps({"method": scope["method"], "path": scope["path"], "status": status["code"]}))
 
 
-class NoLogOnError(AccessLogMiddleware):
+class NoLogOnError(Reference):
     """Wrong: forgets the exception path, so the failed request leaves no line."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), {}
+        start, status, rid = time.perf_counter(), {"sent": 0}, self.request_id(scope)
 
         async def spy(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", b"fixed-id-123")]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            elif message["type"] == "http.response.body":
+                status["sent"] += len(message.get("body", b""))
             await send(message)
 
         await self.app(scope, receive, spy)
-        self._log(scope, status["code"], start, "fixed-id-123")
+        self.logger.info("request", extra={**self.fields(scope), "status": status["code"], "bytes": status["sent"],
+                                           "request_id": rid, "duration_ms": (time.perf_counter() - start) * 1000})
 
 
-class IgnoresClientId(AccessLogMiddleware):
+class IgnoresClientId(Reference):
     """Wrong: always generates its own id, even when the client sent X-Request-ID."""
 
+    def request_id(self, scope: Any) -> str:
+        return uuid.uuid4().hex
+
+
+class RejectsArguments:
+    """Wrong: its __init__ takes no logger."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]}
+        await self.app(scope, receive, send)
+
+
+class SwallowsLifespan(Reference):
+    """Wrong: returns on a non-http scope instead of passing it on."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await super().__call__(scope, receive, send)
+
+
+class CrashesOnLifespan(Reference):
+    """Wrong: reads the method of every scope, the lifespan one too."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope["method"].upper()
         await super().__call__(scope, receive, send)
 
 
 # ---------------------------------------------------------------- grader
 
-@pytest.mark.parametrize("answer", [AccessLogMiddleware, closure_style], ids=["reference", "closure-style"])
+@pytest.mark.parametrize("answer", [solution_answer, lambda: Reference, lambda: closure_style, lambda: ExchangeObject],
+                         ids=["solution", "class-with-hooks", "closure-style", "per-request-object"])
 def test_right_answers_pass(answer: Any) -> None:
-    result = grade(EXERCISE, answer)
+    result = grade(EXERCISE, answer())
     assert result.passed, result.message
-    assert result.figures["log_lines"] == 7
-    assert result.figures["slow_duration_ms"] >= 25
+    assert result.figures["log_lines"] == 9 and result.figures["concurrent_requests"] == 30
+    assert result.figures["slow_duration_ms"] >= 25 and result.figures["secrets_checked"] == 7
 
 
 @pytest.mark.parametrize(("answer", "measured"), [
+    (AccessLogMiddleware, "a log line lacks `query`"),
+    (StateOnSelf, "with 30 requests in flight at once"),
+    (StateInGlobals, "with 30 requests in flight at once"),
+    (LogsOtherHeaders, "header appears in what your middleware logged"),
+    (LogsRawQuery, "query parameter appears in what your middleware logged"),
+    (RedactsFixedNames, "query parameter appears in what your middleware logged"),
+    (DropsQuery, "keep the parameters that are not secrets"),
+    (LogsBodyAtDebug, "request body appears in what your middleware logged"),
+    (LogsScopeElsewhere, "appears in what your middleware logged (searched: every line, and every field of every "
+                         "log record, from any logger)"),
+    (TimeToFirstByte, "GET /stream sends its body in 4 chunks"),
     (HttpStyle, "µs per request"),
-    (LogsHeaders, "Authorization header's value appears"),
     (ArticleStyle, "none with `path` or `status` as a top-level JSON key"),
     (NoLogOnError, "including the one that raised"),
     (IgnoresClientId, "Reuse the client's id"),
-], ids=["base-http-middleware", "logs-headers", "article-style", "no-log-on-error", "ignores-client-id"])
+    (RejectsArguments, "`YourMiddleware(app, logger=logger)`, raised TypeError"),
+    (SwallowsLifespan, "did not pass it to the app"),
+    (CrashesOnLifespan, "given a 'lifespan' scope (no method, path or headers), your middleware raised KeyError"),
+], ids=["lesson-class-as-printed", "state-on-self", "state-in-globals", "logs-other-headers", "logs-raw-query",
+        "redacts-fixed-names", "drops-query", "logs-body-at-debug", "logs-scope-elsewhere", "time-to-first-byte",
+        "base-http-middleware", "article-style", "no-log-on-error", "ignores-client-id", "rejects-arguments",
+        "swallows-lifespan", "crashes-on-lifespan"])
 def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str) -> None:
     result = grade(EXERCISE, answer)
     assert not result.passed
@@ -152,9 +439,23 @@ def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str
     assert result.hint
 
 
+def test_state_on_self_is_told_why() -> None:
+    """The concurrency failure names the cause (state shared between requests), not only the symptom."""
+    result = grade(EXERCISE, StateOnSelf)
+    assert "not on `self` or in module globals" in result.message, result.message
+
+
 def test_base_http_middleware_fails_on_the_measured_overhead() -> None:
     result = grade(EXERCISE, HttpStyle)
     assert result.figures["yours_vs_none"] > result.figures["reference_vs_none"], result.figures
+
+
+def test_hints_progress_and_never_give_the_answer() -> None:
+    """Three levels: what to look at, which tools, a shape with gaps (no complete middleware)."""
+    hints = [hint(EXERCISE, level) for level in (1, 2, 3)]
+    assert len(set(hints)) == 3
+    assert "30 requests in flight" in hints[0] and "parse_qsl" in hints[1] and "…" in hints[2]
+    assert all("nonlocal status, sent\n" not in h for h in hints)
 
 
 class StubMiddleware:
@@ -193,6 +494,7 @@ def hangs(app: Any, logger: logging.Logger) -> Any:
 @pytest.mark.parametrize(("odd", "said"), [
     (None, "None"), (42, "expected"), (StubMiddleware, "wrote nothing"),
     (NotImplementedMiddleware, "NotImplementedError"), (wrong_signature, "logger"),
+    (lambda app, logger: None, "is not an ASGI app"),
 ])
 def test_odd_answers_get_a_clear_message(odd: Any, said: str) -> None:
     result = grade(EXERCISE, odd)

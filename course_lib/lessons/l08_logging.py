@@ -12,8 +12,8 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TextIO
 
 import httpx
@@ -298,102 +298,393 @@ def bench() -> list[BenchRow]:
 # Exercise 08.access-log
 # --------------------------------------------------------------------------------------------------
 
-_REQUIRED = {"method": str, "path": str, "status": int, "duration_ms": (int, float), "request_id": str}
+_REQUIRED = {"method": str, "path": str, "query": str, "status": int, "duration_ms": (int, float),
+             "request_id": str, "bytes": int}
+SENSITIVE_WORDS = ("token", "key", "secret", "password", "auth", "sig")
+"""A query parameter whose name contains one of these (any case) is a secret: its value is never logged."""
+_SECRET_PARAMS = ("access_token", "apiKey", "client_secret", "password", "auth", "refresh_token", "signature",
+                  "sessionToken", "private_key", "AUTH_TOKEN", "x-api-key", "Secret")
+_SECRET_HEADERS = ("X-API-Key", "X-Auth-Token", "X-Upstream-Secret", "X-Access-Token", "Api-Key",
+                   "X-Service-Password")
+_LIBRARY_LOGGERS = ("httpx", "httpcore", "asyncio", "hpack")  # the grader's own client logs its URLs
+_BURST = 30
 
 
 def _type_name(kind: Any) -> str:
     return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
 
 
+def make_grading_app() -> FastAPI:
+    """The demo app plus routes the grader needs: unique slow jobs, a streamed body, a login that reads a body."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    app = make_demo_app()
+
+    @app.get("/jobs/{n}")
+    async def job(n: int, ms: float = 0, code: int = 200) -> Any:
+        await asyncio.sleep(min(ms, 500) / 1000)
+        return JSONResponse({"job": n, "slept_ms": ms}, status_code=code)
+
+    @app.get("/stream")
+    async def stream(chunks: int = 4, size: int = 1000, ms: float = 10) -> Any:
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(chunks):
+                await asyncio.sleep(min(ms, 200) / 1000)
+                yield bytes([65 + i % 26]) * size
+
+        return StreamingResponse(body(), media_type="application/octet-stream")
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        await request.body()
+        return Response(status_code=204)
+
+    return app
+
+
+class _RecordKeeper(logging.Handler):
+    """Keeps every LogRecord it sees (all fields, not only what a formatter prints)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(_LIBRARY_LOGGERS):
+            self.records.append(record)
+
+
+@contextmanager
+def _keep_all_records(logger: logging.Logger) -> Iterator[_RecordKeeper]:
+    """Keep every record written to `logger` or, from any other logger, reaching the root logger."""
+    keeper, root = _RecordKeeper(), logging.getLogger()
+    old_level = root.level
+    logger.addHandler(keeper)
+    root.addHandler(keeper)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield keeper
+    finally:
+        root.setLevel(old_level)
+        root.removeHandler(keeper)
+        logger.removeHandler(keeper)
+
+
+def _record_texts(record: logging.LogRecord) -> list[str]:
+    """Everything a record carries, as text: message, args, every attribute (extra included), the traceback."""
+    texts = []
+    try:
+        texts.append(record.getMessage())
+    except Exception:  # noqa: BLE001 - a learner's format string may not match its args
+        texts.append(str(record.msg))
+    for value in vars(record).values():
+        try:
+            texts.append(repr(value))
+        except Exception:  # noqa: BLE001
+            continue
+    if record.exc_info and record.exc_info[1] is not None:
+        texts.append(logging.Formatter().formatException(record.exc_info))
+    return texts
+
+
+def _overlaps(text: str, secret: str, size: int = 6) -> bool:
+    """True if `text` contains the secret or any `size`-character piece of it."""
+    return any(secret[i:i + size] in text for i in range(max(1, len(secret) - size + 1)))
+
+
+def _secret_plan() -> tuple[list[tuple[str, str, dict[str, str], Any]], dict[str, str], dict[str, str]]:
+    """The sequential requests, secrets in many places with names varied per run.
+
+    Returns (plan of (method, url, headers, json body), {where: secret}, {param: secret} of the query)."""
+    rng = secrets.SystemRandom()
+    new = lambda: secrets.token_hex(10)  # noqa: E731
+    where: dict[str, str] = {}
+    headers_a = {"authorization": "Bearer " + new(), "cookie": "session=" + new()}
+    where["Authorization header"] = headers_a["authorization"].split()[1]
+    where["Cookie header"] = headers_a["cookie"].split("=")[1]
+    custom, proxy = rng.choice(_SECRET_HEADERS), new()
+    headers_b = {custom: new(), "proxy-authorization": "Basic " + proxy}
+    where[f"{custom} header"] = headers_b[custom]
+    where["Proxy-Authorization header"] = proxy
+    names = rng.sample(_SECRET_PARAMS, 2)
+    query_secrets = {name: new() for name in names}
+    for name, value in query_secrets.items():
+        where[f"`{name}` query parameter"] = value
+    password = new()
+    where["request body"] = password
+    query = f"page=2&{names[0]}={query_secrets[names[0]]}&q=red+shoes&{names[1]}={query_secrets[names[1]]}"
+    client_id = "client-" + secrets.token_hex(6)
+    plan = [("GET", "/", {}, None), ("GET", "/items/7", {"x-request-id": client_id}, None),
+            ("GET", "/items/8?" + query, headers_a, None), ("GET", "/slow?ms=30", headers_b, None),
+            ("GET", "/stream?chunks=4&size=1500&ms=15", {}, None), ("GET", "/boom", {}, None),
+            ("GET", "/missing", {}, None), ("POST", "/items/9", {}, None),
+            ("POST", "/login", {}, {"user": "ann", "password": password})]
+    return plan, where, query_secrets
+
+
+async def _construct(answer: Any, logger: logging.Logger, checking: Checking) -> None:
+    """Build the middleware around a tiny app and hand it a lifespan scope: clear messages for what breaks."""
+    seen: list[str] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    try:
+        instance = answer(inner, logger=logger)
+    except NotImplementedError:
+        raise
+    except Exception as error:  # noqa: BLE001 - learner code
+        checking.fail(f"creating your middleware the way Starlette does, `YourMiddleware(app, logger=logger)`, "
+                      f"raised {type(error).__name__}: {error}. Accept the wrapped app as the first argument and "
+                      "the logger as the keyword argument `logger`.")
+    checking.expect(callable(instance), f"`YourMiddleware(app, logger=logger)` returned {instance!r:.80}, which "
+                    "is not an ASGI app: a factory must return its `async def middleware(scope, receive, send)`.")
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        return None
+
+    try:
+        await asyncio.wait_for(instance({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive,
+                                        send), 5)
+    except NotImplementedError:
+        raise
+    except Exception as error:  # noqa: BLE001 - learner code
+        cause = _root_cause(error)
+        if isinstance(cause, NotImplementedError):
+            raise NotImplementedError() from None
+        checking.fail(f"given a 'lifespan' scope (no method, path or headers), your middleware raised "
+                      f"{type(cause).__name__}: {cause}. Pass scopes that are not 'http' straight to the app.")
+    checking.expect(seen == ["lifespan"], "given a 'lifespan' scope, your middleware did not pass it to the app "
+                    "(the app never saw it): `await app(scope, receive, send)` for every scope that is not 'http'.")
+
+
+def _query_problem(record: dict[str, Any], query_secrets: dict[str, str]) -> str:
+    """What is wrong with the logged `query` of the request that carried secrets ('' if nothing)."""
+    from urllib.parse import parse_qsl
+
+    logged = record.get("query", "")
+    pairs = parse_qsl(logged, keep_blank_values=True) if isinstance(logged, str) else []
+    found = dict(pairs)
+    for name, value in (("page", "2"), ("q", "red shoes")):
+        if found.get(name) != value:
+            return (f"the request's query was `page=2&…&q=red+shoes&…`; your line's `query` is {logged!r:.160}, "
+                    f"in which `{name}` is {found.get(name)!r}, not {value!r}: keep the parameters that are not "
+                    "secrets as they are, so the log says what was asked.")
+    for name in query_secrets:
+        if name not in found or not found[name]:
+            return (f"the query parameter `{name}` (a secret: its name contains one of {SENSITIVE_WORDS}) is "
+                    f"missing from your line's `query` {logged!r:.160}: keep the name, replace only its value "
+                    "by `***`.")
+    return ""
+
+
 @exercise(
     "08.access-log",
-    title="A pure ASGI access-log middleware",
+    title="A pure ASGI access log that holds up under load and keeps secrets out",
     lesson=LESSON,
     expects="a middleware class (or factory) called as `Middleware(app, logger=logger)` that returns an ASGI app",
     hints=(
-        "A pure ASGI middleware stores `app` in `__init__` and defines `async def __call__(self, scope, receive, "
-        "send)`. Wrap `send` to see the `http.response.start` message (its `status`, and where to add the "
-        "`x-request-id` header); log once after `await self.app(...)` with `logger.info('request', extra={...})`.",
-        "Skip non-http scopes (`if scope['type'] != 'http': return await self.app(scope, receive, send)`). "
-        "Read the id from `scope['headers']` (`b'x-request-id'`), else `uuid.uuid4().hex`. Put the `await self.app` "
-        "in `try/except Exception:` and there log `status=500` with the id, then `raise`. Never log headers.",
+        "Look at what the grader varies: 30 requests in flight at once (do your id, status and start time belong "
+        "to one request, or to whichever came last?), secrets in headers, the query string and the body, and a "
+        "streamed response (when has it really finished, and how many bytes went out?).",
+        "Tools: everything per request lives in local variables of `__call__` (or of the function a factory "
+        "returns) and in a `send` wrapper defined inside it; `http.response.start` carries the status, each "
+        "`http.response.body` a chunk; `urllib.parse.parse_qsl(scope['query_string'].decode())` and `urlencode` "
+        "rebuild a query with secret values replaced; `logger.info('request', extra={...})` once, in a `finally` "
+        "or after an `except` that logs 500.",
+        "Shape: `async def __call__(self, scope, receive, send): if scope['type'] != 'http': …; request_id = …; "
+        "status, sent, start = 500, 0, time.perf_counter()`; `async def send_wrapper(message): nonlocal status, "
+        "sent; if message['type'] == 'http.response.start': …; elif message['type'] == 'http.response.body': "
+        "sent += …; await send(message)`; `try: await self.app(scope, receive, send_wrapper)` … log `method`, "
+        "`path`, `query` (secrets → `***`), `status`, `duration_ms`, `request_id`, `bytes`.",
     ),
-    timeout=90,
+    timeout=120,
 )
 async def check_access_log(answer: Any, checking: Checking) -> str:
-    """Capture the log lines over a set of requests, then time the middleware against none and the reference."""
+    """Requests one by one, then a concurrent burst: one correct line each, ids echoed, no secret anywhere; cost."""
     checking.require_callable(answer)
     capture = LogCapture(level=logging.DEBUG)  # a secret logged at DEBUG leaks the day someone turns DEBUG on
-    app = make_demo_app()
-    try:
+    with _keep_all_records(capture.logger) as keeper:
+        await _construct(answer, capture.logger, checking)
+        capture.clear()
+        keeper.records.clear()
+        app = make_grading_app()
         app.add_middleware(answer, logger=capture.logger)
-    except TypeError as error:
-        checking.fail(f"app.add_middleware(YourMiddleware, logger=logger) failed: {error}. "
-                      "Accept `app` as the first argument and `logger` as a keyword.")
-    token, cookie = "Bearer " + secrets.token_hex(12), "session=" + secrets.token_hex(12)
-    client_id = "client-" + secrets.token_hex(6)
-    plan = [("GET", "/", {}), ("GET", "/items/7", {"x-request-id": client_id}),
-            ("GET", "/items/8", {"authorization": token, "cookie": cookie}), ("GET", "/slow?ms=30", {}),
-            ("GET", "/boom", {}), ("GET", "/missing", {}), ("POST", "/items/9", {})]
-    responses = await _send_plan(app, plan, checking)
-    statuses = [r.status_code for r in responses]
-    checking.expect(statuses == [200, 200, 200, 200, 500, 404, 405],
-                    f"the app answered {statuses} to {[m + ' ' + u for m, u, _ in plan]}; expected "
-                    "[200, 200, 200, 200, 500, 404, 405]: your middleware changed the responses.")
+        plan, hidden, query_secrets = _secret_plan()
+        try:
+            async with quiet_client(app) as client:
+                responses = await _send_plan(client, plan, checking)
+                access = _access_records(capture, len(plan), checking, "including the one that raised (GET /boom)",
+                                         [f"{m} {u.split('?')[0]}" for m, u, _, _ in plan])
+                checking.record("log_lines", len(access))
+                _check_sequential(plan, responses, access, query_secrets, checking)
+                capture.clear()
+                burst = await _check_burst(client, capture, checking)
+        except (Fail, NotImplementedError):
+            raise
+        except Exception as error:  # noqa: BLE001 - start-up or shutdown through the learner's middleware
+            cause = _root_cause(error)
+            if isinstance(cause, NotImplementedError):
+                raise NotImplementedError() from None
+            checking.fail(f"the app could not start or stop through your middleware: {type(cause).__name__}: "
+                          f"{cause}")
+        _check_no_secrets(capture, keeper, hidden, checking)
+    overhead = await _overhead_ratio(answer, checking)
+    return (f"{len(plan)} requests one by one and {burst} at once → one JSON line each, ids echoed and matched, "
+            f"500 logged, query secrets redacted, nothing secret in any record; overhead ×{overhead:.2f} of no "
+            "middleware")
+
+
+def _access_records(capture: LogCapture, expected: int, checking: Checking, including: str,
+                    sent: list[str]) -> list[dict[str, Any]]:
+    """The captured lines parsed, the access lines among them, one per request with every field typed."""
     lines = capture.lines
-    checking.record("log_lines", len(lines))
     try:
         records = capture.records()
     except ValueError:
         checking.fail(f"a captured log line is not JSON: {lines[:2]}")
     access = [r for r in records if "path" in r or "status" in r]
-    checking.expect(bool(records), f"{len(plan)} requests, and your middleware wrote nothing to the logger it "
-                    "was given: call `self.logger.info('request', extra={...})` once per request.")
-    checking.expect(bool(access), f"{len(plan)} requests produced {len(records)} lines, none with `path` or "
+    checking.expect(bool(records), f"{expected} requests, and your middleware wrote nothing to the logger it "
+                    "was given: call `logger.info('request', extra={...})` once per request.")
+    checking.expect(bool(access), f"{expected} requests produced {len(records)} lines, none with `path` or "
                     f"`status` as a top-level JSON key. First line: {lines[0][:200]}. Pass the fields with "
                     "`logger.info('request', extra={...})`, not as a JSON string inside the message.")
-    checking.expect(len(access) == len(plan),
-                    f"{len(plan)} requests produced {len(access)} access-log lines (of {len(records)} lines): "
-                    f"expected exactly one per request, including the one that raised (GET /boom). "
-                    f"Logged: {[(r.get('method'), r.get('path'), r.get('status')) for r in access]}.")
+    checking.expect(len(access) == expected,
+                    f"{expected} requests ({', '.join(sent[:12])}) produced {len(access)} access-log lines (of "
+                    f"{len(records)} lines): expected exactly one per request, {including}. Logged: "
+                    f"{[(r.get('method'), r.get('path'), r.get('status')) for r in access][:12]}.")
     for record in access:
         for name, kind in _REQUIRED.items():
-            checking.expect(name in record, f"a log line lacks `{name}`: {json.dumps(record)[:200]}")
+            checking.expect(name in record, f"a log line lacks `{name}`: {json.dumps(record)[:220]}. Each line "
+                            f"has {', '.join(f'`{n}`' for n in _REQUIRED)} (this exercise asks for more than the "
+                            "lesson's middleware: the query with its secrets redacted, and the bytes sent).")
             checking.expect(isinstance(record[name], kind) and not isinstance(record[name], bool),
                             f"`{name}` is {record[name]!r} ({type(record[name]).__name__}); expected "
                             f"{_type_name(kind)}.")
-    by_order = {(m, u.split("?")[0]): rec for (m, u, _), rec in zip(plan, access, strict=True)}
+    return access
+
+
+def _check_sequential(plan: list[tuple[str, str, dict[str, str], Any]], responses: list[httpx.Response],
+                      access: list[dict[str, Any]], query_secrets: dict[str, str], checking: Checking) -> None:
+    """Requests sent one at a time: statuses, fields, ids, redacted query, bytes, durations."""
+    statuses = [r.status_code for r in responses]
+    want = [200, 200, 200, 200, 200, 500, 404, 405, 204]
+    checking.expect(statuses == want, f"the app answered {statuses} to {[m + ' ' + u.split('?')[0] for m, u, _, _ in plan]};"
+                    f" expected {want}: your middleware changed the responses.")
     seen = [(r["method"], r["path"], r["status"]) for r in access]
-    expected = [(m, u.split("?")[0], s) for (m, u, _), s in zip(plan, statuses, strict=True)]
+    expected = [(m, u.split("?")[0], s) for (m, u, _, _), s in zip(plan, statuses, strict=True)]
     checking.expect(seen == expected, f"logged (method, path, status) {seen}; the requests were {expected}.")
-    slow = by_order[("GET", "/slow")]["duration_ms"]
-    fast = by_order[("GET", "/")]["duration_ms"]
+    line = dict(zip([u.split("?")[0] for _, u, _, _ in plan], access, strict=False))
+    slow, fast, streamed = line["/slow"]["duration_ms"], line["/"]["duration_ms"], line["/stream"]["duration_ms"]
     checking.record("slow_duration_ms", float(slow))
     checking.expect(25 <= slow <= 5_000, f"/slow?ms=30 sleeps 30 ms but was logged with duration_ms={slow}: "
                     "measure with time.perf_counter() around the call, in milliseconds.")
     checking.expect(0 <= fast < slow, f"GET / logged duration_ms={fast}, not less than /slow's {slow}.")
-    ids = [r["request_id"] for r in access]
-    checking.expect(by_order[("GET", "/items/7")]["request_id"] == client_id,
+    checking.expect(streamed >= 50, f"GET /stream sends its body in 4 chunks, 15 ms apart (60 ms in all), but was "
+                    f"logged with duration_ms={streamed}: a streamed response is finished when its last "
+                    "`http.response.body` (more_body false) has been sent, not at `http.response.start`.")
+    for (method, url, _, _), response, record in zip(plan, responses, access, strict=True):
+        if response.status_code == 500:
+            continue  # the server's error page is sent outside the middleware
+        checking.expect(record["bytes"] == len(response.content),
+                        f"{method} {url.split('?')[0]} sent {len(response.content)} body bytes, logged as "
+                        f"bytes={record['bytes']}: add up the `body` of every `http.response.body` message (a "
+                        "streamed response sends several).")
+        checking.expect(response.headers.get("x-request-id") == record["request_id"],
+                        f"{method} {url} answered X-Request-ID={response.headers.get('x-request-id')!r}, but "
+                        f"the log line says {record['request_id']!r}: echo the id in the response headers.")
+        if "?" not in url:
+            checking.expect(record["query"] == "", f"{method} {url} has no query string, logged as "
+                            f"query={record['query']!r}; expected ''.")
+    client_id = plan[1][2]["x-request-id"]
+    checking.expect(line["/items/7"]["request_id"] == client_id,
                     f"the client sent X-Request-ID: {client_id}; your log line says "
-                    f"{by_order[('GET', '/items/7')]['request_id']!r}. Reuse the client's id when it sends one.")
-    generated = [i for (_, u, h), i in zip(plan, ids, strict=True) if "x-request-id" not in h]
+                    f"{line['/items/7']['request_id']!r}. Reuse the client's id when it sends one.")
+    generated = [r["request_id"] for (_, _, h, _), r in zip(plan, access, strict=True) if "x-request-id" not in h]
     checking.expect(all(len(i) >= 8 for i in generated) and len(set(generated)) == len(generated),
                     f"generated request ids {generated} are not unique (at least 8 characters each): use "
                     "uuid.uuid4().hex.")
-    for (method, url, _), response, rid in zip(plan, responses, ids, strict=True):
-        if response.status_code == 500:
-            continue  # the server's error page is sent outside the middleware
-        checking.expect(response.headers.get("x-request-id") == rid,
-                        f"{method} {url} answered X-Request-ID={response.headers.get('x-request-id')!r}, but "
-                        f"the log line says {rid!r}: echo the id in the response headers.")
-    everything = capture.stream.getvalue()
-    for secret_name, secret in (("Authorization", token.split()[1]), ("Cookie", cookie.split("=")[1])):
-        checking.expect(secret not in everything, f"the {secret_name} header's value appears in your log "
-                        "output: never log Authorization, cookies or other secrets.")
+    problem = _query_problem(line["/items/8"], query_secrets)
+    checking.expect(not problem, problem)
 
-    overhead = await _overhead_ratio(answer, checking)
-    return (f"{len(plan)} requests → {len(access)} JSON lines, ids echoed, 500 logged, no secrets; "
-            f"overhead ×{overhead:.2f} of no middleware")
+
+async def _check_burst(client: httpx.AsyncClient, capture: LogCapture, checking: Checking) -> int:
+    """30 requests in flight at once, each sleeping its own time: every line and header must be its own."""
+    rng = secrets.SystemRandom()
+    jobs = [(n, rng.randrange(5, 60), rng.choice((200, 200, 201, 202, 404, 409)),
+             f"burst-{n}-{secrets.token_hex(4)}" if n % 2 else None) for n in range(1, _BURST + 1)]
+
+    async def one(n: int, ms: int, code: int, rid: str | None) -> httpx.Response:
+        return await client.get(f"/jobs/{n}", params={"ms": ms, "code": code},
+                                headers={"x-request-id": rid} if rid else {})
+
+    try:
+        responses = await asyncio.gather(*(one(*job) for job in jobs))
+    except Exception as error:  # noqa: BLE001 - the middleware broke a request under concurrency
+        cause = _root_cause(error)
+        checking.fail(f"with {_BURST} requests in flight at once, one failed inside your middleware: "
+                      f"{type(cause).__name__}: {cause}")
+    access = _access_records(capture, _BURST, checking, f"also with {_BURST} requests in flight at once",
+                             [f"GET /jobs/{n}" for n, *_ in jobs])
+    by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in access:
+        by_id[record["request_id"]].append(record)
+    shared = {rid: len(recs) for rid, recs in by_id.items() if len(recs) > 1}
+    why = (" Per-request values (the id, the status, the start time, the byte count) must live in local "
+           "variables of the call, not on `self` or in module globals, which the next request overwrites while "
+           "this one is still waiting.")
+    checking.expect(not shared, f"with {_BURST} requests in flight at once (each sleeping 5–60 ms, so they "
+                    f"interleave), {sum(shared.values())} log lines share {len(shared)} request id(s), e.g. "
+                    f"{next(iter(shared), '')!r} on {next(iter(shared.values()), 0)} lines.{why}")
+    for (n, ms, code, rid), response in zip(jobs, responses, strict=True):
+        echoed = response.headers.get("x-request-id")
+        me = f"GET /jobs/{n} (status {code}, sleeping {ms} ms{', X-Request-ID ' + rid if rid else ''})"
+        checking.expect(rid is None or echoed == rid,
+                        f"with {_BURST} requests in flight at once, {me} was answered with X-Request-ID "
+                        f"{echoed!r}: another request's id.{why}")
+        record = by_id.get(echoed or "", [None])[0]
+        checking.expect(record is not None, f"with {_BURST} requests in flight at once, {me} was answered with "
+                        f"X-Request-ID {echoed!r}, but no log line has that id.{why}")
+        got = (record["path"], record["status"])
+        checking.expect(got == (f"/jobs/{n}", code) and response.status_code == code,
+                        f"with {_BURST} requests in flight at once, {me} answered {response.status_code} with "
+                        f"X-Request-ID {echoed!r}, but the log line with that id says path {got[0]!r}, status "
+                        f"{got[1]}: it describes another request.{why}")
+        checking.expect(record["duration_ms"] >= ms * 0.9,
+                        f"with {_BURST} requests in flight at once, {me} was logged with duration_ms="
+                        f"{record['duration_ms']:.1f}, less than its own sleep: its clock started with a later "
+                        f"request.{why}")
+        checking.expect(record["bytes"] == len(response.content),
+                        f"with {_BURST} requests in flight at once, {me} sent {len(response.content)} bytes, "
+                        f"logged as bytes={record['bytes']}.{why}")
+    checking.record("concurrent_requests", _BURST)
+    return _BURST
+
+
+def _check_no_secrets(capture: LogCapture, keeper: _RecordKeeper, hidden: dict[str, str],
+                      checking: Checking) -> None:
+    """No secret (nor a 6-character piece of one) in any output line or any field of any record, any logger."""
+    texts = [capture.stream.getvalue()] + [t for record in keeper.records for t in _record_texts(record)]
+    for where, secret in hidden.items():
+        leaked = next((t for t in texts if _overlaps(t, secret)), None)
+        checking.expect(leaked is None, f"the secret sent in the {where} appears in what your middleware logged "
+                        f"(searched: every line, and every field of every log record, from any logger): "
+                        f"…{_around(leaked or '', secret)}…. Log no header values, no body, and the query only "
+                        "with the value of each parameter whose name contains "
+                        f"{', '.join(SENSITIVE_WORDS)} replaced by `***`.")
+    checking.record("secrets_checked", len(hidden))
+
+
+def _around(text: str, secret: str, width: int = 50) -> str:
+    """The part of `text` around the first piece of `secret`, for a message."""
+    for i in range(max(1, len(secret) - 5)):
+        at = text.find(secret[i:i + 6])
+        if at >= 0:
+            return text[max(0, at - width):at + width]
+    return text[:2 * width]
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -402,29 +693,19 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-async def _send_plan(app: Any, plan: list[tuple[str, str, dict[str, str]]], checking: Checking) -> list[httpx.Response]:
-    """Send the planned requests in order; a middleware that breaks startup or a request fails clearly."""
+async def _send_plan(client: httpx.AsyncClient, plan: list[tuple[str, str, dict[str, str], Any]],
+                     checking: Checking) -> list[httpx.Response]:
+    """Send the planned requests in order; a middleware that breaks a request fails clearly."""
     responses: list[httpx.Response] = []
-    try:
-        async with quiet_client(app) as client:
-            for method, url, headers in plan:
-                try:
-                    responses.append(await client.request(method, url, headers=headers))
-                except Exception as error:  # noqa: BLE001 - the middleware broke the request
-                    cause = _root_cause(error)
-                    if isinstance(cause, NotImplementedError):
-                        raise cause from None
-                    checking.fail(f"{method} {url} failed inside your middleware: {type(cause).__name__}: {cause}")
-    except Fail:
-        raise
-    except NotImplementedError:
-        raise
-    except Exception as error:  # noqa: BLE001 - lifespan start-up through the learner's middleware
-        cause = _root_cause(error)
-        if isinstance(cause, NotImplementedError):
-            raise NotImplementedError() from None
-        checking.fail(f"the app could not start through your middleware ({type(cause).__name__}: {cause}). "
-                      "Pass scopes that are not 'http' (the 'lifespan' one) straight to the app.")
+    for method, url, headers, body in plan:
+        try:
+            responses.append(await client.request(method, url, headers=headers, json=body))
+        except Exception as error:  # noqa: BLE001 - the middleware broke the request
+            cause = _root_cause(error)
+            if isinstance(cause, NotImplementedError):
+                raise cause from None
+            checking.fail(f"{method} {url.split('?')[0]} failed inside your middleware: {type(cause).__name__}: "
+                          f"{cause}")
     return responses
 
 
