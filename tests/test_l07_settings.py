@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from pydantic import AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError, field_serializer, field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from course_lib.client import app_client
-from course_lib.grading import grade
+from course_lib.grading import grade, hint
 from course_lib.lessons.l07_settings import (
     Settings, cached_vs_uncached, env_folder, get_settings, legacy_config_warning, make_settings_app,
 )
@@ -117,13 +120,95 @@ class ChattyValidator(Reference):
         return value
 
 
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # pydantic warns when the class is defined: that is the point
+
+    class LegacyConfig(BaseSettings):
+        """Wrong: the article's inner `class Config` (deprecated in pydantic 2, gone in 3), though it works today."""
+
+        database_url: str
+        api_key: SecretStr
+        debug: bool = False
+        workers: int = Field(default=1, ge=1)
+        allowed_hosts: list[str] = ["localhost"]
+        cache: CacheSettings = CacheSettings()
+
+        class Config:
+            env_prefix = "SHOP_"
+            env_file = ".env"
+            env_nested_delimiter = "__"
+
+
+os.environ["SHOP_DATABASE_URL"] = "postgresql://from-the-kernel/shop"
+
+
+class ImportTimeEnv(Reference):
+    """Wrong: reads os.environ once, when the class is defined; later a missing variable goes unnoticed."""
+
+    database_url: str = os.environ["SHOP_DATABASE_URL"]
+
+
+del os.environ["SHOP_DATABASE_URL"]
+_ONE: dict[str, Any] = {}
+
+
+class Singleton(Reference):
+    """Wrong: keeps its first instance and hands it out again, whatever the environment says now."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if "it" not in _ONE:
+            _ONE["it"] = super().__new__(cls)
+        return _ONE["it"]
+
+    def __init__(self, **values: Any) -> None:
+        if not getattr(self, "_ready", False):
+            super().__init__(**values)
+            object.__setattr__(self, "_ready", True)
+
+
+class PythonDumpLeak(Reference):
+    """Wrong: a serializer that reveals the key in model_dump() (what `logger.info(settings.model_dump())` shows)."""
+
+    @field_serializer("api_key", when_used="unless-none")
+    def _reveal(self, value: SecretStr, info: Any) -> Any:
+        return "**********" if info.mode == "json" else value.get_secret_value()
+
+
+class EnvBeatsKeywords(Reference):
+    """Wrong: reorders the sources so the environment beats keyword arguments (a test cannot override)."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> Any:
+        return env_settings, init_settings, dotenv_settings, file_secret_settings
+
+
+class ConstrainedTypes(BaseSettings):
+    """Right, written another way: Annotated constraints, a dict-style nested default, an explicit source order."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", env_nested_delimiter="__")
+
+    database_url: Annotated[str, Field(min_length=1)]
+    api_key: SecretStr
+    debug: bool = False
+    workers: Annotated[int, Field(ge=1)] = 1
+    allowed_hosts: list[str] = Field(default=["localhost"])
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings.model_validate({}))
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> Any:
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+
 # ---------------------------------------------------------------- grader
 
-@pytest.mark.parametrize("answer", [Reference, OtherWay], ids=["reference", "other-way"])
+@pytest.mark.parametrize("answer", [Reference, OtherWay, ConstrainedTypes],
+                         ids=["reference", "other-way", "constrained-types"])
 def test_right_answers_pass(answer: type) -> None:
     result = grade(EXERCISE, answer)
     assert result.passed, result.message
-    assert result.figures["environments"] == 11
+    assert result.figures["environments"] == 12
 
 
 @pytest.mark.parametrize(("answer", "measured"), [
@@ -133,7 +218,13 @@ def test_right_answers_pass(answer: type) -> None:
     (DefaultedUrl, "SHOP_DATABASE_URL missing"),
     (NoNesting, "SHOP_CACHE__TTL_SECONDS=5"),
     (ChattyValidator, "contains the API key"),
-], ids=["leaky-secret", "no-dotenv", "no-validation", "defaulted-required", "no-nesting", "chatty-validator"])
+    (LegacyConfig, "configured with an inner `class Config`"),
+    (ImportTimeEnv, "a value read from os.environ when the class was defined"),
+    (Singleton, "returned the very object it returned under an earlier, different environment"),
+    (PythonDumpLeak, "appears in model_dump() of"),
+    (EnvBeatsKeywords, "keyword arguments must beat the environment"),
+], ids=["leaky-secret", "no-dotenv", "no-validation", "defaulted-required", "no-nesting", "chatty-validator",
+        "legacy-class-config", "import-time-environ", "singleton", "python-dump-leak", "env-beats-keywords"])
 def test_wrong_answers_fail_and_say_what_was_measured(answer: type, measured: str) -> None:
     result = grade(EXERCISE, answer)
     assert not result.passed
@@ -241,3 +332,10 @@ def test_missing_setting_fails_at_startup_in_process() -> None:
 def test_cached_settings_are_faster_than_rereading() -> None:
     result = asyncio.run(cached_vs_uncached(n=60))
     assert result.ratio > 1.2, repr(result)  # measured 5–7× here; a ratio, with a wide margin
+
+
+def test_hints_progress_and_never_give_the_answer() -> None:
+    """Three levels: read the failing case, the tools, a shape with gaps (never the finished class)."""
+    hints = [hint(EXERCISE, level) for level in (1, 2, 3)]
+    assert len(set(hints)) == 3
+    assert "env_prefix='SHOP_'" not in " ".join(hints) and "…" in hints[2]

@@ -204,9 +204,11 @@ def _expect_invalid(cls: type, checking: Checking, situation: str, field: str) -
     except Exception as error:  # noqa: BLE001 - learner code
         checking.fail(f"with {situation}, your Settings() raised {type(error).__name__}: {error}; "
                       "expected pydantic's ValidationError (let pydantic validate, do not parse by hand).")
+    hidden = (f" A default for `{field}` (or a value read from os.environ when the class was defined) hides "
+              "the missing variable." if "missing" in situation else "")
     checking.fail(f"with {situation}, your Settings() was created without error "
                   f"({_safe_repr(value)}); bad configuration must fail at startup with a ValidationError "
-                  f"about `{field}`.")
+                  f"about `{field}`.{hidden}")
     return ""
 
 
@@ -229,13 +231,17 @@ def _field(settings: Any, name: str, checking: Checking) -> Any:
     lesson=LESSON,
     expects="a class `ShopSettings` (a pydantic-settings BaseSettings subclass), not an instance",
     hints=(
-        "Put the configuration in `model_config = SettingsConfigDict(...)`: `env_prefix`, `env_file` and "
-        "`env_nested_delimiter`. Required fields have no default; the key is a `SecretStr`; `workers` is an "
-        "`int` that must be ≥ 1 (`Field(default=1, ge=1)`).",
-        "`model_config = SettingsConfigDict(env_prefix='SHOP_', env_file='.env', env_nested_delimiter='__')`; "
-        "`database_url: str`; `api_key: SecretStr`; `debug: bool = False`; `workers: int = Field(1, ge=1)`; "
-        "`allowed_hosts: list[str] = ['localhost']`; `cache: CacheSettings = CacheSettings()` where "
-        "`class CacheSettings(BaseModel): ttl_seconds: int = 60`.",
+        "Read the failing case: which environment (or .env, or keyword argument) did the grader set, and which "
+        "field came out wrong? Each row of the spec is one behaviour: where a value comes from, what beats what, "
+        "what must be refused, what must never be shown.",
+        "pydantic-settings does all of it from declarations: `model_config = SettingsConfigDict(...)` with "
+        "`env_prefix`, `env_file` and `env_nested_delimiter` (not an inner `class Config`); a field without a "
+        "default is required; `SecretStr` masks a value; `Field(ge=...)` or `PositiveInt` bounds a number; a "
+        "nested `BaseModel` field reads `PREFIX_FIELD__SUB` variables.",
+        "Shape: `class ShopSettings(BaseSettings): model_config = SettingsConfigDict(env_prefix=…, env_file=…, "
+        "env_nested_delimiter=…)`, then one line per field: `database_url: str`, `api_key: …`, `debug: bool = …`, "
+        "`workers: int = Field(…)`, `allowed_hosts: list[str] = …`, `cache: CacheSettings = …`. Read nothing from "
+        "os.environ yourself, and keep no instance between calls.",
     ),
     timeout=60,
 )
@@ -246,6 +252,11 @@ def check_settings_class(answer: Any, checking: Checking) -> str:
                       "the grader creates it under several environments.")
     checking.expect(isinstance(answer, type) and issubclass(answer, BaseSettings),
                     f"expected a class that subclasses pydantic_settings.BaseSettings, got {answer!r:.80}.")
+    legacy = [k.__name__ for k in answer.__mro__ if isinstance(vars(k).get("Config"), type)
+              and not k.__module__.startswith(("pydantic.", "pydantic_settings."))]
+    checking.expect(not legacy, f"{legacy[0] if legacy else ''} is configured with an inner `class Config`: "
+                    "pydantic 2 warns about it when the class is defined (PydanticDeprecatedSince20) and "
+                    "pydantic 3 removes it. Move its settings into `model_config = SettingsConfigDict(...)`.")
     secret = "sk-" + secrets.token_hex(8)
     valid = {k: v.format(secret=secret) for k, v in _VALID_ENV.items()}
     cases = 0
@@ -277,17 +288,23 @@ def check_settings_class(answer: Any, checking: Checking) -> str:
     with env_folder(valid):
         s = _build(answer, checking, "a valid environment")
         shown = {"repr": _safe_repr(s), "str": str(s), "model_dump_json()": s.model_dump_json(),
-                 "f-string": f"{s}"}
+                 "f-string": f"{s}", "model_dump()": str(s.model_dump()),
+                 "model_dump(mode='json')": str(s.model_dump(mode="json"))}
         leaks = [where for where, text in shown.items() if secret in text]
         checking.expect(not leaks, f"the secret api_key value appears in {', '.join(leaks)} of your settings: "
                         "a SecretStr field shows '**********' instead.")
         cases += 1
 
-    # 3. values from environment variables, with types converted
+    # 3. values from environment variables, with types converted (a new object for a new environment)
     env = {**valid, "SHOP_DEBUG": "true", "SHOP_WORKERS": "4",
            "SHOP_ALLOWED_HOSTS": '["shop.example", "api.shop.example"]', "SHOP_CACHE__TTL_SECONDS": "5"}
     with env_folder(env):
+        earlier = s
         s = _build(answer, checking, f"environment {sorted(env)}")
+        checking.expect(s is not earlier, "ShopSettings() returned the very object it returned under an earlier, "
+                        "different environment: the class keeps one instance and never reads the environment "
+                        "again. Let every ShopSettings() read its sources; cache in a `get_settings()` function "
+                        "(lru_cache) if you want one per process, where a test can clear it.")
         checking.expect(s.debug is True, f"SHOP_DEBUG=true gave debug={s.debug!r}; expected the bool True.")
         checking.expect(s.workers == 4 and isinstance(s.workers, int),
                         f"SHOP_WORKERS=4 gave workers={s.workers!r}; expected the int 4.")
@@ -319,7 +336,21 @@ def check_settings_class(answer: Any, checking: Checking) -> str:
                         f"(database_url={s.database_url!r}); environment variables must win over .env.")
         cases += 1
 
-    # 6. missing required values, wrong types: a ValidationError naming the field
+    # 6. keyword arguments beat the environment and .env; `_env_file=None` ignores .env (how tests override)
+    with env_folder({**valid, "SHOP_WORKERS": "8"}, dotenv):
+        try:
+            s = answer(workers=6, debug=False, _env_file=None)
+        except Exception as error:  # noqa: BLE001 - learner code
+            checking.fail(f"ShopSettings(workers=6, debug=False, _env_file=None), the way a test overrides values, "
+                          f"raised {type(error).__name__}: {str(error)[:200]}. Keep BaseSettings' own __init__.")
+        checking.expect(s.workers == 6 and s.debug is False and s.database_url == valid["SHOP_DATABASE_URL"],
+                        f"with SHOP_WORKERS=8 in the environment and SHOP_DEBUG=1 in .env, ShopSettings(workers=6, "
+                        f"debug=False, _env_file=None) gave workers={s.workers!r}, debug={s.debug!r}, database_url="
+                        f"{s.database_url!r}: keyword arguments must beat the environment (that is how a test "
+                        "overrides one value), and _env_file=None must skip the .env.")
+        cases += 1
+
+    # 7. missing required values, wrong types: a ValidationError naming the field
     with env_folder({"SHOP_API_KEY": secret}):
         _expect_invalid(answer, checking, "SHOP_DATABASE_URL missing", "database_url")
     with env_folder({"SHOP_DATABASE_URL": "sqlite://"}):
