@@ -331,11 +331,14 @@ UNBLOCK_RATIO = 4.0
     lesson=LESSON,
     expects="a function make_items_app() that returns a FastAPI app with GET /items/{item_id} answering slow_lookup(item_id)",
     hints=(
-        "`slow_lookup` is a blocking call: inside `async def` it stops the event loop, so 20 requests run one "
-        "after another. Either let FastAPI run the endpoint in its thread pool, or await a non-blocking version.",
-        "Three ways that pass: declare the endpoint with plain `def read_item(item_id: int):` (FastAPI runs it "
-        "in the thread pool); or keep `async def` and `return await asyncio.to_thread(slow_lookup, item_id)`; "
-        "or `return await slow_lookup_async(item_id)`.",
+        "Look at the wall time of the 20 concurrent requests: about 20 × 100 ms means they ran one after "
+        "another. Which call in your endpoint waits without letting the event loop serve anyone else?",
+        "Tools: FastAPI runs a plain `def` endpoint in its thread pool, so a blocking call there no longer stops "
+        "the loop; inside `async def`, `asyncio.to_thread(fn, *args)` or Starlette's `run_in_threadpool(fn, "
+        "*args)` run one blocking call in a thread; `slow_lookup_async` is a non-blocking version to `await`.",
+        "Shape (pick one): change how `read_item` is declared so that FastAPI runs it in its thread pool, with "
+        "the same body; or keep `async def read_item(item_id: int)` and `return await …(slow_lookup, item_id)` "
+        "with a thread-running helper in the gap.",
     ),
     timeout=60,
 )
@@ -394,13 +397,16 @@ TIMEOUT_BOUND_S = 4.0
     lesson=LESSON,
     expects="a function make_weather_app(upstream_url) that returns a FastAPI app with GET /weather relaying upstream_url",
     hints=(
-        "Two things: (1) create ONE `httpx.AsyncClient` when the app starts (a `lifespan` that keeps it in "
-        "`app.state`) instead of one per request; (2) give it a short `httpx.Timeout(...)` and turn "
-        "`httpx.TimeoutException` into `HTTPException(504, ...)`.",
-        "In make_weather_app: `@asynccontextmanager async def lifespan(app): async with httpx.AsyncClient("
-        "timeout=httpx.Timeout(1.0)) as client: app.state.client = client; yield`, then `FastAPI(lifespan=lifespan)`. "
-        "In the endpoint: `try: r = await request.app.state.client.get(upstream_url)` "
-        "`except httpx.TimeoutException: raise HTTPException(504, 'upstream timed out')`; `return r.json()`.",
+        "Two things are measured: how many TCP connections 8 requests open to the upstream (a new client per "
+        "request opens a new one each time), and how long GET /weather takes when the upstream hangs "
+        "(without a timeout, as long as the upstream).",
+        "Tools: one `httpx.AsyncClient` created when the app starts and closed when it stops (a `lifespan` "
+        "context manager that keeps it in `app.state`, or a client made in the factory); `httpx.Timeout(seconds)` "
+        "on that client; catch `httpx.TimeoutException` and answer `HTTPException(504, …)`.",
+        "Shape: `@asynccontextmanager async def lifespan(app): async with httpx.AsyncClient(timeout=…) as "
+        "client: app.state.client = client; yield` → `FastAPI(lifespan=lifespan)`; the endpoint takes "
+        "`request: Request`, and in a `try:` awaits `request.app.state.client.get(…)`; "
+        "`except …: raise …`; finally returns the upstream's JSON.",
     ),
     timeout=90,
 )
@@ -533,11 +539,13 @@ async def measure_config(server: str, workers: int, rounds: int = 2, seconds: fl
     lesson=LESSON,
     expects='a dict like {"server": "uvicorn" or "gunicorn", "workers": <a whole number>}',
     hints=(
-        "The endpoint is CPU-bound: a worker process can keep one core busy, no more. How many cores may this "
-        "process use? `usable_cores()` says. Workers beyond that buy no throughput and cost memory.",
-        'server_config = {"server": "uvicorn", "workers": usable_cores()}  (or "gunicorn"; '
-        "the 2 × cores + 1 rule is for gunicorn's *sync* workers that block on I/O, not for async workers "
-        "running CPU-bound code).",
+        "The endpoint is CPU-bound: a worker process can keep one core busy, no more. Count what this process "
+        "may use, and think about what a worker beyond that adds (throughput? memory?).",
+        "Tools: `usable_cores()` says how many cores this process may use (it respects CPU quotas, unlike "
+        "`os.cpu_count()`). The 2 × cores + 1 rule is for gunicorn's *sync* workers that block on I/O, not for "
+        "async workers running CPU-bound code.",
+        'Shape: `server_config = {"server": …, "workers": …}`: "uvicorn" or "gunicorn" (both pass), and a worker '
+        "count computed from the tool above, not a number typed in (the grader may run on another machine).",
     ),
     timeout=150,
 )
