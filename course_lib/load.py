@@ -1,7 +1,8 @@
 """A small, bounded HTTP load generator for servers on this machine (loopback only).
 
-Each client is a raw asyncio protocol (no HTTP library): the request bytes are built once, a response ends at its
-Content-Length, its last chunk or the server's close. `keep_alive=True` reuses each client's connection the way wrk
+Each client is a non-blocking socket driven by the event loop's reader/writer callbacks (no transport, no HTTP
+library): the request bytes are built once, a response ends at its Content-Length, its last chunk or the server's
+close. `keep_alive=True` reuses each client's connection the way wrk
 does; the default (`Connection: close`, a new connection per request) is what the lessons measured so far. The
 result reports the generator's own CPU per request, and `generator_significant` says when that CPU is a share of
 the machine a throughput figure should mention.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import time
 from collections import Counter
@@ -182,65 +184,127 @@ def parse_response(buffer: bytearray, eof: bool = False) -> tuple[int, int, bool
     return (status, len(buffer), False) if eof else None  # the body runs until the server closes
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: send a request, get a future of (status, reusable); one request at a time."""
+class _Dropped(ConnectionError):
+    """The connection ended before a full response; `received` says whether any of it had arrived."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bool]] | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.received = False
+    def __init__(self, received: bool) -> None:
+        super().__init__("the server closed the connection before a full response")
+        self.received = received
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self.received = True
-        self.buffer += data
-        self._settle(eof=False)
+class _Client:
+    """One simulated client: a non-blocking socket watched by the event loop (no transport, no HTTP library).
 
-    def eof_received(self) -> bool:
-        self._settle(eof=True)
-        return False
+    The socket stays registered for reading while it is open (no epoll change per request); `waiter` is the future
+    the client awaits, which the watchdog fails with TimeoutError when a request takes longer than the timeout.
+    """
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._settle(eof=True)
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("the server closed the connection before a full response"))
-        if not self.closed.done():
-            self.closed.set_result(None)
+    __slots__ = ("loop", "sock", "fd", "waiter", "started", "watching", "idle_wakes")
 
-    def _settle(self, eof: bool) -> None:
-        if self.waiter is None or self.waiter.done():
-            return
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.waiter: asyncio.Future[None] | None = None
+        self.started = 0.0
+        self.watching = False
+        self.idle_wakes = 0
+
+    async def connect(self, ip: str, port: int) -> None:
+        """Open a new connection to (ip, port)."""
+        self.close()
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self.sock, self.fd = sock, sock.fileno()
         try:
-            parsed = parse_response(self.buffer, eof)
-        except (ConnectionError, ValueError) as error:
-            self.waiter.set_exception(ConnectionError(str(error)))
-            return
-        if parsed is not None:
-            status, used, keep = parsed
-            del self.buffer[:used]
-            self.waiter.set_result((status, keep and not eof))
+            sock.connect((ip, port))
+        except BlockingIOError:
+            await self._writable()
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error)) from None
 
-    def send(self, request: bytes) -> asyncio.Future[tuple[int, bool]]:
-        """Write `request`; the future resolves with (status, the connection may be reused)."""
-        assert self.transport is not None
-        self.received = False
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return self.waiter
+    async def _writable(self) -> None:
+        self.waiter = self.loop.create_future()
+        self.loop.add_writer(self.fd, self._wake)
+        try:
+            await self.waiter
+        finally:
+            self.loop.remove_writer(self.fd)
 
-    @property
-    def is_open(self) -> bool:
-        """Not closed by either side."""
-        return not self.closed.done() and self.transport is not None and not self.transport.is_closing()
+    async def _readable(self) -> None:
+        self.waiter = self.loop.create_future()
+        if not self.watching:
+            self.loop.add_reader(self.fd, self._wake)
+            self.watching = True
+        await self.waiter
 
-    def abort(self) -> None:
-        """Drop the connection now."""
-        if self.transport is not None:
-            self.transport.abort()
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+            self.idle_wakes = 0
+        else:
+            self.idle_wakes += 1
+            if self.idle_wakes > 2 and self.watching:  # readable with nobody reading: stop watching until asked
+                self.loop.remove_reader(self.fd)
+                self.watching = False
+
+    def expire(self, now: float, timeout: float) -> None:
+        """Fail the pending wait when the current request started more than `timeout` seconds ago."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and now - self.started > timeout:
+            waiter.set_exception(TimeoutError(f"no response in {timeout:g} s"))
+
+    async def exchange(self, request: bytes) -> tuple[int, bool]:
+        """Send `request`, read one full response: (status, the server keeps the connection open)."""
+        sock = self.sock
+        assert sock is not None
+        view = memoryview(request)
+        while view:
+            try:
+                view = view[sock.send(view):]
+            except BlockingIOError:
+                await self._writable()
+        buffer = bytearray()
+        while True:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                await self._readable()
+                continue
+            except ConnectionResetError:
+                raise _Dropped(bool(buffer)) from None
+            if not data:
+                parsed = parse_response(buffer, eof=True)
+                if parsed is None:
+                    raise _Dropped(bool(buffer))
+                return parsed[0], False
+            buffer += data
+            parsed = parse_response(buffer)
+            if parsed is not None:
+                return parsed[0], parsed[2]
+
+    async def until_closed(self) -> None:
+        """Read until the server closes (so its side, not ours, keeps the TIME_WAIT)."""
+        assert self.sock is not None
+        while True:
+            try:
+                if not self.sock.recv(65536):
+                    return
+            except BlockingIOError:
+                await self._readable()
+            except ConnectionResetError:
+                return
+
+    def close(self) -> None:
+        """Close the connection, if any."""
+        if self.sock is not None:
+            if self.watching:
+                self.loop.remove_reader(self.fd)
+                self.watching = False
+            self.sock.close()
+            self.sock, self.fd = None, -1
 
 
 async def load_test(
@@ -270,52 +334,52 @@ async def load_test(
     cpu_started = time.process_time()
     clock = time.perf_counter
 
-    async def connect() -> _Connection:
-        _, connection = await loop.create_connection(_Connection, ip, port)
+    async def connect(one: _Client) -> None:
+        await one.connect(ip, port)
         result.connections += 1
-        return connection
 
-    async def client() -> None:
+    async def client(one: _Client) -> None:
         nonlocal remaining
-        connection: _Connection | None = None
         try:
             while remaining > 0 and clock() < deadline:
                 remaining -= 1
-                t0 = clock()
+                one.started = t0 = clock()
                 try:
-                    async with asyncio.timeout(timeout):
-                        reused = connection is not None and connection.is_open
-                        if not reused:
-                            connection = await connect()
-                        assert connection is not None
-                        try:
-                            status, reusable = await connection.send(request)
-                        except ConnectionError:
-                            if not reused or connection.received:
-                                raise
-                            connection = await connect()  # the server dropped an idle connection: retry once
-                            status, reusable = await connection.send(request)
-                        latency = clock() - t0
-                        if not (keep_alive and reusable):
-                            if keep_alive:
-                                connection.transport.close()  # type: ignore[union-attr]
-                            else:
-                                await connection.closed  # the server closes first: TIME_WAIT stays on its side
-                            connection = None
+                    reused = one.sock is not None
+                    if not reused:
+                        await connect(one)
+                    try:
+                        status, reusable = await one.exchange(request)
+                    except (_Dropped, BrokenPipeError) as error:
+                        if not reused or getattr(error, "received", False):
+                            raise
+                        await connect(one)  # the server dropped an idle connection: retry once on a new one
+                        status, reusable = await one.exchange(request)
+                    latency = clock() - t0
+                    if not (keep_alive and reusable):
+                        if not keep_alive:
+                            await one.until_closed()
+                        one.close()
                 except (OSError, TimeoutError, ConnectionError, ValueError):
                     result.errors += 1
-                    if connection is not None:
-                        connection.abort()
-                        connection = None
+                    one.close()
                     continue
                 result.latencies_s.append(latency)
                 result.statuses[status] += 1
         finally:
-            if connection is not None:
-                connection.abort()
+            one.close()
+
+    async def watchdog(clients: list[_Client]) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, timeout / 10))
+            now = clock()
+            for one in clients:
+                one.expire(now, timeout)
 
     bar = _progress_bar(seconds) if (progress if progress is not None else seconds > 2) else None
-    tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
+    clients = [_Client(loop) for _ in range(concurrency)]
+    tasks = [asyncio.create_task(client(one)) for one in clients]
+    guard = asyncio.create_task(watchdog(clients))
     try:
         if bar is None:
             await asyncio.gather(*tasks)
@@ -327,7 +391,7 @@ async def load_test(
                 await asyncio.wait([pending], timeout=0.2)
             await pending
     finally:
-        for task in tasks:
+        for task in (*tasks, guard):
             task.cancel()
         if bar is not None:
             bar.close()

@@ -75,6 +75,8 @@ class TinyServer:
         if self.framing == "chunked":
             chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:5], body[5:]))
             return b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+        if self.framing == "silent":
+            return b""
         if self.framing == "until-close":
             return b"HTTP/1.0 202 Accepted\r\n\r\n" + body
         return b"garbage, not HTTP\r\n\r\n"
@@ -135,6 +137,15 @@ def test_reads_chunked_and_close_delimited_bodies(framing, status, keep_alive):
 def test_a_response_that_is_not_http_is_an_error_not_a_crash():
     result = asyncio.run(_against(TinyServer("garbage"), concurrency=2, requests=10, timeout=5))
     assert result.errors == 10 and result.requests == 0
+
+
+def test_a_server_that_never_answers_times_out_as_errors():
+    import time
+
+    started = time.perf_counter()
+    result = asyncio.run(_against(TinyServer("silent"), concurrency=2, requests=4, timeout=0.3, keep_alive=True))
+    assert result.errors == 4 and result.requests == 0
+    assert time.perf_counter() - started < 5
 
 
 def test_reports_its_own_cpu_per_request(server):
