@@ -15,7 +15,7 @@ import pytest
 from fastapi import Depends, FastAPI, HTTPException, Query
 from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from course_lib.client import app_client
 from course_lib.db import dialect
@@ -29,6 +29,7 @@ from course_lib.lessons.l04_pagination import (
     depth_profile,
     encode_cursor,
     explain_page,
+    feed_index,
     make_article_app,
     make_catalog_app,
     make_feed_app,
@@ -619,14 +620,38 @@ def test_keyset_checker_gives_up_on_a_hanging_answer_within_its_limit():
 
 # ---------- 04.gzip ----------
 
+XZ = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-xz")
+
+
+def reference_gzip(app: FastAPI) -> FastAPI:
+    """The solution: the stated threshold, and the already-compressed archive's type left alone."""
+    app.add_middleware(GZipMiddleware, minimum_size=1_024, compresslevel=6, exclude_content_types=XZ)
+    return app
+
+
+def path_dispatch_gzip(app: FastAPI) -> Any:
+    """Right, written another way: a function-style ASGI middleware sends the archive around the compressor."""
+    compressed = GZipMiddleware(app, minimum_size=1_000, compresslevel=1)
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        target = app if scope["type"] == "http" and scope["path"] == "/items/archive" else compressed
+        await target(scope, receive, send)
+
+    return asgi
+
+
 def test_gzip_reference_passes():
-    result = grade("04.gzip", with_gzip)
+    result = grade("04.gzip", reference_gzip)
     assert result.passed, result.message
     assert result.figures["export_ratio"] >= 5
 
 
-def test_gzip_right_answer_written_differently_passes():
-    result = grade("04.gzip", lambda app: GZipMiddleware(app, minimum_size=4_000, compresslevel=1))
+@pytest.mark.parametrize("answer", [
+    lambda app: GZipMiddleware(app, minimum_size=1_050, compresslevel=9, exclude_content_types=XZ),
+    path_dispatch_gzip,
+], ids=["wrapped-instance", "function-style-dispatch"])
+def test_gzip_right_answers_written_differently_pass(answer: Any):
+    result = grade("04.gzip", answer)
     assert result.passed, result.message
 
 
@@ -637,16 +662,23 @@ def default_gzip(app: FastAPI) -> FastAPI:
 
 
 @pytest.mark.parametrize("answer, measured", [
-    (default_gzip, "GET /items?limit=8 (939 bytes"),
+    (default_gzip, "GET /items?limit=8 (939 bytes, under the rule's 1,024) was sent with Content-Encoding gzip"),
+    (with_gzip, "GET /items?limit=9 is 1,056 bytes of JSON, at least the 1,024 of the rule"),  # the lesson's cell
+    (lambda app: GZipMiddleware(app, minimum_size=1_024), "already compressed) was sent with Content-Encoding gzip"),
     (lambda app: app, "Content-Encoding identity"),
-    (lambda app: GZipMiddleware(app, minimum_size=2_000, compresslevel=0), "expected ≥ 5×"),
-    (lambda app: GZipMiddleware(app, minimum_size=50_000), "GET /items?limit=100 (11,752 bytes"),
+    (lambda app: GZipMiddleware(app, minimum_size=1_000, compresslevel=0, exclude_content_types=XZ), "expected ≥ 5×"),
+    (lambda app: GZipMiddleware(app, minimum_size=50_000, exclude_content_types=XZ),
+     "GET /items?limit=100 is 11,752 bytes of JSON"),
     (lambda app: app.add_middleware(GZipMiddleware, minimum_size=2_000), "add_middleware(...)` returns None"),
-], ids=["defaults", "no-gzip", "level-0", "threshold-too-high", "returns-none"])
+    (lambda app: GZipMiddleware, "returned the class GZipMiddleware itself, not an app"),
+    (lambda app: (lambda request: request), "did not serve requests as an ASGI app"),
+], ids=["defaults", "lesson-cell-copied", "archive-compressed", "no-gzip", "level-0", "threshold-too-high",
+        "returns-none", "returns-the-class", "returns-a-non-asgi-callable"])
 def test_gzip_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str):
     result = grade("04.gzip", answer)
     assert not result.passed
     assert measured in result.message, result.message
+    assert "Lifespan" not in result.message and "checker could not use" not in result.message
 
 
 def test_gzip_checker_survives_odd_answers():
@@ -656,3 +688,28 @@ def test_gzip_checker_survives_odd_answers():
     for answer, text in [(None, "None"), ("gzip", "expected a function"), (raises, "KeyError")]:
         result = grade("04.gzip", answer)
         assert not result.passed and text in result.message, result.message
+
+
+# ---------- reruns (issue 14) ----------
+
+def test_feed_index_cell_runs_twice_and_leaves_the_shared_table_alone():
+    """The lesson's index cell, twice in one process: no collision, Item.__table__ untouched, later tables bare."""
+    from sqlalchemy import inspect
+
+    for _ in range(2):
+        with make_items_db(200) as db:
+            with feed_index(db) as name:
+                assert [ix["name"] for ix in inspect(db.engine).get_indexes("items")] == [name]
+                assert "USING INDEX " + name in explain_feed(db) if dialect() == "sqlite" else True
+            assert inspect(db.engine).get_indexes("items") == []
+        assert Item.__table__.indexes == set()
+    with make_items_db(10) as later:
+        assert inspect(later.engine).get_indexes("items") == []  # the "before" timings see no stray index
+
+
+def explain_feed(db: Any) -> str:
+    """SQLite's plan for the first page of the (created_at, id) feed."""
+    with db.engine.connect() as conn:
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN SELECT * FROM items ORDER BY created_at DESC, id DESC "
+                                    "LIMIT 20").all()
+    return "; ".join(row[-1] for row in rows)

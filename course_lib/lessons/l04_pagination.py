@@ -8,6 +8,7 @@ import binascii
 import contextlib
 import gzip
 import json
+import lzma
 import re
 import sqlite3
 import statistics
@@ -18,9 +19,9 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import DateTime, String, event, func, insert, select, tuple_
+from sqlalchemy import DateTime, Index, MetaData, String, event, func, insert, select, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from starlette.middleware.gzip import GZipMiddleware
@@ -28,7 +29,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from ..bench import BenchRow
 from ..client import app_client
 from ..db import DemoDB, dialect, fresh_engine
-from ..grading import Checking, Fail, exercise
+from ..grading import Checking, Fail, LearnerCodeError, _learner_frames, exercise
 from ..timing import Comparison, compare, compare_sync
 
 LESSON = "04_pagination"
@@ -36,8 +37,8 @@ LESSON = "04_pagination"
 __all__ = [
     "Item", "ItemOut", "Page", "make_items_db", "add_items", "newest_ids",
     "make_unbounded_app", "make_article_app", "make_offset_app", "make_keyset_app", "make_feed_app",
-    "make_catalog_app", "encode_cursor", "decode_cursor", "walk_offset", "walk_cursor", "wire_bytes",
-    "depth_profile", "page_query_times", "with_gzip", "gzip_cost", "sort_method", "explain_page", "bench",
+    "make_catalog_app", "make_archive_app", "feed_index", "encode_cursor", "decode_cursor", "walk_offset", "walk_cursor", "wire_bytes",
+    "depth_profile", "page_query_times", "with_gzip", "watch_database", "DatabaseWatch", "gzip_cost", "sort_method", "explain_page", "bench",
 ]
 
 
@@ -307,6 +308,23 @@ def with_gzip(app: Any, minimum_size: int = 1400, compresslevel: int = 6) -> Any
     """The lesson's answer to "compress large responses": Starlette's GZipMiddleware with chosen settings."""
     app.add_middleware(GZipMiddleware, minimum_size=minimum_size, compresslevel=compresslevel)
     return app
+
+
+FEED_INDEX = "ix_items_created_id"
+
+
+@contextmanager
+def feed_index(db: DemoDB) -> Iterator[str]:
+    """CREATE INDEX ix_items_created_id ON items (created_at, id) in `db` for the block, then DROP it. The index is
+    built on a private copy of the table, so `Item.__table__` never carries it: a rerun does not collide with it,
+    and tables built later do not get it."""
+    table = Item.__table__.to_metadata(MetaData())
+    index = Index(FEED_INDEX, table.c.created_at, table.c.id)
+    index.create(db.engine)
+    try:
+        yield FEED_INDEX
+    finally:
+        index.drop(db.engine)
 
 
 # ---------- measuring helpers ----------
@@ -808,67 +826,126 @@ async def check_keyset(make_app: Any, checking: Checking) -> str:
 # ---------- exercise 04.gzip ----------
 
 GZIP_MIN_RATIO = 5.0
+GZIP_THRESHOLD = 1_024  # the exercise's stated requirement: a response of 1 KB or more is compressed, less is not
+ARCHIVE_TYPE = "application/x-xz"  # already compressed, and not in Starlette's default exclusions
+
+
+def make_archive_app(db: DemoDB) -> FastAPI:
+    """The gzip exercise's app: the catalogue's routes, plus GET /items/archive, the export already compressed
+    with xz (`application/x-xz`, which gzip cannot shrink)."""
+    app = make_catalog_app(db)
+    packed: list[bytes] = []
+
+    @app.get("/items/archive")
+    def archive() -> Response:
+        if not packed:  # built on first use, once per app
+            with db.session() as session:
+                rows = session.scalars(select(Item).order_by(Item.id)).all()
+            body = json.dumps([ItemOut.model_validate(r).model_dump(mode="json") for r in rows]).encode()
+            packed.append(lzma.compress(body, preset=1))
+        return Response(packed[0], media_type=ARCHIVE_TYPE)
+
+    return app
+
+
+def _app_problem(app: Any) -> str | None:
+    """Why `app` cannot be served, in words, or None if it looks like an ASGI app."""
+    if isinstance(app, type):
+        return (f"add_gzip returned the class {app.__name__} itself, not an app. A middleware class is a recipe: "
+                f"build it around the app (`{app.__name__}(app, ...)`) or register it with "
+                f"`app.add_middleware({app.__name__}, ...)`, then return the app.")
+    if app is None:
+        return ("add_gzip returned None, not an app. `app.add_middleware(...)` returns None: add the middleware, "
+                "then `return app`.")
+    if not callable(app):
+        return f"add_gzip returned {type(app).__name__} {str(app)[:60]!r}, not an ASGI app: return the app."
+    return None
 
 
 @exercise(
     "04.gzip",
-    title="Compress large responses, leave small ones alone",
+    title="Compress what pays, to a stated rule",
     lesson=LESSON,
     expects="a function add_gzip(app) that returns the app (or an ASGI app wrapping it) with gzip compression",
     hints=(
-        "Starlette ships the middleware: `from fastapi.middleware.gzip import GZipMiddleware`, then "
-        "`app.add_middleware(GZipMiddleware, minimum_size=..., compresslevel=...)` and `return app`. "
-        "The default minimum_size (500 bytes) also compresses responses that fit in one network packet.",
-        "Pick `minimum_size` above one packet (about 1,400 bytes) and below a page of 100 items (about 12 KB), "
-        "e.g. `minimum_size=1400`; the lesson measured what `compresslevel` 1, 6 and 9 cost and save. "
-        "`add_middleware` returns None: finish with `return app`.",
+        "Measure each endpoint with `wire_bytes(client, url)`: the bytes on the wire, the bytes decoded and the "
+        "Content-Encoding. Compare them with the rule: which responses are at least 1,024 bytes, and which one is "
+        "already compressed (look at its Content-Type) so gzip only makes it bigger?",
+        "Starlette's GZipMiddleware decides two things: a size threshold (`minimum_size`, bytes, compared with the "
+        "whole body) and the media types it leaves alone (`exclude_content_types`, whose default list is "
+        "`starlette.middleware.gzip.DEFAULT_EXCLUDED_CONTENT_TYPES`). Pick both from the rule, not from the lesson.",
+        "Shape (fill the gaps): `app.add_middleware(GZipMiddleware, minimum_size=..., compresslevel=..., "
+        "exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, ...))`, then `return app`.",
     ),
     timeout=90,
 )
 async def check_gzip(add_gzip: Any, checking: Checking) -> str:
-    """Large export shrinks ≥ 5×, a 100-item page is compressed, a ~1 KB page and /health are not; bodies intact."""
+    """JSON of 1 KB or more gzipped (the export ≥ 5×), smaller JSON and the xz archive sent as is, bodies intact,
+    and plain bodies for a client that does not accept gzip."""
     checking.require_callable(add_gzip, "a function add_gzip(app) that returns the app")
     with make_items_db(10_000) as db:
-        original = make_catalog_app(db)
-        app = checking.call(add_gzip, original)
-        checking.expect(app is not None and callable(app),
-                        f"add_gzip returned {app!r}, not an app. `app.add_middleware(...)` returns None: "
-                        "add the middleware, then `return app`.")
-        async with app_client(make_catalog_app(db)) as plain, app_client(app) as client:
-            for url in ("/items/export", "/items?limit=100", "/items?limit=8", "/health"):
-                reference = (await plain.get(url)).content
-                wire, size, encoding = await wire_bytes(client, url)
-                decoded = (await client.get(url)).content
-                checking.expect(decoded == reference,
-                                f"GET {url} with gzip came back as {size:,} bytes that differ from the app's own "
-                                f"{len(reference):,}: compression must not change the body.")
-                if url == "/items/export":
-                    ratio = size / wire
-                    checking.record("export_bytes", size)
-                    checking.record("export_wire_bytes", wire)
-                    checking.record("export_ratio", round(ratio, 1))
-                    checking.expect(encoding == "gzip",
-                                    f"GET {url} ({size:,} bytes) was sent with Content-Encoding {encoding}, "
-                                    "expected gzip (the client sent Accept-Encoding: gzip).")
-                    checking.expect(ratio >= GZIP_MIN_RATIO,
-                                    f"GET {url}: {size:,} bytes became {wire:,} on the wire, {ratio:.1f}×; expected "
-                                    f"≥ {GZIP_MIN_RATIO:g}×. Is the compression level 0?")
-                    identity, _, plain_encoding = await wire_bytes(client, url, gzip_ok=False)
-                    checking.expect(plain_encoding == "identity" and identity == len(reference),
-                                    f"a client that does not accept gzip got Content-Encoding {plain_encoding} "
-                                    f"({identity:,} bytes): only compress when the request's Accept-Encoding allows it.")
-                elif url == "/items?limit=100":
-                    checking.record("page100_bytes", size)
-                    checking.expect(encoding == "gzip",
-                                    f"GET {url} ({size:,} bytes, about 10 network packets) was not compressed; "
-                                    "minimum_size is too high for it.")
-                else:
-                    checking.record("small_bytes" if "limit" in url else "health_bytes", size)
-                    checking.expect(encoding == "identity",
-                                    f"GET {url} ({size:,} bytes, less than one network packet) was sent with "
-                                    f"Content-Encoding {encoding} as {wire:,} bytes: compressing it costs CPU on "
-                                    "both sides and saves no round trip. Raise minimum_size.")
-    return "large responses compressed, small ones untouched, bodies identical"
+        app = checking.call(add_gzip, make_archive_app(db))
+        problem = _app_problem(app)
+        if problem:
+            checking.fail(problem)
+        async with app_client(make_archive_app(db)) as plain:
+            references = {url: (await plain.get(url)).content for url in _GZIP_URLS}
+        try:
+            async with app_client(app) as client:
+                await _gzip_rules(checking, client, references)
+        except (Fail, LearnerCodeError):
+            raise
+        except Exception as error:  # the answer is not an ASGI app after all (asgi-lifespan, httpx or the app fail)
+            if _learner_frames(error):
+                raise
+            checking.fail(f"add_gzip returned {type(app).__name__} {getattr(app, '__name__', '')}, which did not "
+                          "serve requests as an ASGI app (one that takes scope, receive, send). Return the FastAPI app itself (after `app.add_middleware`) "
+                          "or a middleware instance wrapping it, e.g. `GZipMiddleware(app, ...)`.")
+    return (f"JSON of {GZIP_THRESHOLD:,} bytes or more compressed (export {checking.figures['export_ratio']}×), "
+            "smaller JSON and the xz archive untouched, bodies identical")
+
+
+_GZIP_URLS = ("/items/export", "/items?limit=100", "/items?limit=9", "/items?limit=8", "/health", "/items/archive")
+
+
+async def _gzip_rules(checking: Checking, client: httpx.AsyncClient, references: dict[str, bytes]) -> None:
+    """Each URL against the stated rule: ≥ GZIP_THRESHOLD bytes of JSON gzipped, less not, the archive never."""
+    for url in _GZIP_URLS:
+        reference = references[url]
+        wire, size, encoding = await wire_bytes(client, url)
+        decoded = (await client.get(url)).content
+        checking.expect(decoded == reference,
+                        f"GET {url} with gzip came back as {size:,} bytes that differ from the app's own "
+                        f"{len(reference):,}: compression must not change the body.")
+        key = url.strip("/").replace("items?limit=", "page").replace("items/", "")
+        checking.record(f"{key}_bytes", size)
+        if url == "/items/archive":
+            checking.expect(encoding == "identity",
+                            f"GET {url} ({size:,} bytes of {ARCHIVE_TYPE}, already compressed) was sent with "
+                            f"Content-Encoding {encoding} as {wire:,} bytes ({wire - size:+,} bytes): gzip cannot "
+                            "shrink compressed data, it only spends CPU on both ends. Leave that media type alone.")
+        elif size >= GZIP_THRESHOLD:
+            checking.expect(encoding == "gzip",
+                            f"GET {url} is {size:,} bytes of JSON, at least the {GZIP_THRESHOLD:,} of the rule, but "
+                            f"was sent with Content-Encoding {encoding} (the client sent Accept-Encoding: gzip): the "
+                            "threshold is too high, or this response is excluded.")
+            if url == "/items/export":
+                ratio = size / wire
+                checking.record("export_wire_bytes", wire)
+                checking.record("export_ratio", round(ratio, 1))
+                checking.expect(ratio >= GZIP_MIN_RATIO,
+                                f"GET {url}: {size:,} bytes became {wire:,} on the wire, {ratio:.1f}×; expected "
+                                f"≥ {GZIP_MIN_RATIO:g}×. Is the compression level 0?")
+                identity, _, plain_encoding = await wire_bytes(client, url, gzip_ok=False)
+                checking.expect(plain_encoding == "identity" and identity == len(reference),
+                                f"a client that does not accept gzip got Content-Encoding {plain_encoding} "
+                                f"({identity:,} bytes): only compress when the request's Accept-Encoding allows it.")
+        else:
+            checking.expect(encoding == "identity",
+                            f"GET {url} ({size:,} bytes, under the rule's {GZIP_THRESHOLD:,}) was sent with "
+                            f"Content-Encoding {encoding} as {wire:,} bytes: below the threshold the rule keeps it "
+                            "as is (it fits in one packet; compressing costs CPU on both sides and saves no round "
+                            "trip). The threshold is too low.")
 
 
 # ---------- benchmark ----------
