@@ -146,6 +146,20 @@ def written_another_way(flaw: str = "", style: str = "") -> dict[str, Any]:
             raise HTTPException(404, "user not found")
         return found
 
+    if style == "extra-routes":  # routes of the learner's own: one more data route, one that changes every call
+
+        @router.get("/users/{user_id}/likes")
+        def likes(user_id: int, session: Annotated[Session, Depends(get_db)], request: Request) -> Any:
+            total = select(func.coalesce(func.sum(Post.likes), 0)).where(Post.user_id == user_id)
+            if flaw == "own-route-own-engine":  # a route of the learner's own, which the grader cannot know
+                with Session(request.app.state.engine) as own:
+                    return {"likes": own.scalar(total)}
+            return {"likes": session.scalar(total)}
+
+        @router.get("/now")
+        def now() -> Any:
+            return {"t": time.time()}
+
     def ping(engine: Any) -> None:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -211,13 +225,14 @@ def test_reference_answer_passes() -> None:
     assert result.figures["hung_db_answer_s"] < lesson.HANG_S / 2
 
 
-@pytest.mark.parametrize("style", ["", "class-dependency", "router-dependencies"])
+@pytest.mark.parametrize("style", ["", "class-dependency", "router-dependencies", "extra-routes"])
 def test_answer_written_another_way_passes(style: str) -> None:
     """A class-based service, response models, get_db with try/finally, anyio.fail_after, a class-based
-    dependency, and get_db declared on include_router too, all pass."""
+    dependency, get_db declared on include_router too, and routes of one's own, all pass."""
     result = grade("06.refactor", written_another_way(style=style))
     assert result.passed, result.message
-    assert result.figures["routes_overridden"] == 5  # /users, /users/{2,12}, /users/{2,12}/posts
+    # /users, /users/{2,12}, /users/{2,12}/posts (+ /users/{2,12}/likes; /now changes: left out)
+    assert result.figures["routes_overridden"] == (7 if style == "extra-routes" else 5)
 
 
 @pytest.mark.parametrize(
@@ -225,12 +240,14 @@ def test_answer_written_another_way_passes(style: str) -> None:
     [
         (tangled_answer, "GET routes did not answer from the test database"),
         (lambda: written_another_way("half-refactor"), "database that holds other data (8 users, 2 posts each), "
-                                                        "2 of 5 GET routes did not answer from the test database. "
-                                                        "GET /users/2/posts answered 200"),
+                                                        "2 of 5 GET routes did not answer from the test database "
+                                                        "(/users/2/posts, /users/12/posts). GET /users/2/posts "
+                                                        "answered 200"),
         (lambda: written_another_way("engine-direct"), "GET /users/2/posts answered 200"),
         (lambda: written_another_way("calls-get-db"), "GET /users/2/posts answered 200"),
         (lambda: written_another_way("cached-session"), "used the same Session object as the earlier GET /users"),
         (lambda: written_another_way("unclosed"), "still held its transaction"),
+        (lambda: written_another_way("own-route-own-engine", "extra-routes"), "GET /users/2/likes answered"),
         (lambda: written_another_way("no-404"), "answered differently from the tangled app: GET /users/8: status 200"),
         (lambda: written_another_way("always-ok"), "/health answered 200 with the database unreachable"),
         (lambda: written_another_way("leaky"), "/health's 503 body shows"),
@@ -238,7 +255,7 @@ def test_answer_written_another_way_passes(style: str) -> None:
         (lambda: written_another_way("connects-at-startup"), "with its database unreachable your app did not even start"),
         (lambda: written_another_way("no-timeout"), "with the database stalling 2 s per query, /health answered 200 after 2."),
     ],
-    ids=["tangled", "half-refactor", "engine-direct", "calls-get-db", "cached-session", "unclosed", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout"],
+    ids=["tangled", "half-refactor", "engine-direct", "calls-get-db", "cached-session", "unclosed", "own-route-own-engine", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout"],
 )
 def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, says: str) -> None:
     """Each flaw fails, and the message names the request and what came back."""
@@ -385,3 +402,13 @@ def test_bench_rows_are_measured() -> None:
     assert [r.lesson for r in rows] == ["06"] * 3
     assert rows[0].met is True and rows[0].value >= 3
     assert rows[1].value > 1
+
+
+def test_hints_progress_and_never_give_the_answer() -> None:
+    """Three levels: what the grader varies, the tools, a shape with gaps (no finished get_db or /health)."""
+    from course_lib.grading import hint
+
+    hints = [hint("06.refactor", level) for level in (1, 2, 3)]
+    assert len(set(hints)) == 3
+    assert "every route" in hints[0] and "Depends(get_db)" in hints[1] and "…" in hints[2]
+    assert "session_factory() as s: yield s" not in " ".join(hints)

@@ -385,6 +385,11 @@ async def _check_every_route_uses_get_db(factory: Callable[..., Any], get_db: An
         checking.expect(bool(paths), "your app has no GET routes outside /health: where are /users, "
                                      "/users/{user_id} and /users/{user_id}/posts?")
         expected = await _quiet_answers(reference_app, paths)
+        again = await _quiet_answers(checking.build_app(factory, test_db.url), paths)
+        # a route of the learner's own that answers differently each time (a clock, a random pick) is left out
+        steady = [i for i, (a, b) in enumerate(zip(expected, again, strict=True))
+                  if (a.status, a.body) == (b.status, b.body)]
+        paths, expected = [paths[i] for i in steady], [expected[i] for i in steady]
         for own, what in ((own_db.url, "holds other data (8 users, 2 posts each)"),
                           (unreachable_url("grader"), "is unreachable")):
             app = checking.build_app(factory, own)

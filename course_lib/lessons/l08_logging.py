@@ -387,8 +387,8 @@ def _record_texts(record: logging.LogRecord) -> list[str]:
     return texts
 
 
-def _overlaps(text: str, secret: str, size: int = 6) -> bool:
-    """True if `text` contains the secret or any `size`-character piece of it."""
+def _overlaps(text: str, secret: str, size: int = 10) -> bool:
+    """True if `text` contains the secret or any `size`-character piece of it (shorter pieces match by chance)."""
     return any(secret[i:i + size] in text for i in range(max(1, len(secret) - size + 1)))
 
 
@@ -666,7 +666,7 @@ async def _check_burst(client: httpx.AsyncClient, capture: LogCapture, checking:
 
 def _check_no_secrets(capture: LogCapture, keeper: _RecordKeeper, hidden: dict[str, str],
                       checking: Checking) -> None:
-    """No secret (nor a 6-character piece of one) in any output line or any field of any record, any logger."""
+    """No secret (nor a 10-character piece of one) in any output line or any field of any record, any logger."""
     texts = [capture.stream.getvalue()] + [t for record in keeper.records for t in _record_texts(record)]
     for where, secret in hidden.items():
         leaked = next((t for t in texts if _overlaps(t, secret)), None)
@@ -680,7 +680,7 @@ def _check_no_secrets(capture: LogCapture, keeper: _RecordKeeper, hidden: dict[s
 
 def _around(text: str, secret: str, width: int = 50) -> str:
     """The part of `text` around the first piece of `secret`, for a message."""
-    for i in range(max(1, len(secret) - 5)):
+    for i in range(max(1, len(secret) - 9)):
         at = text.find(secret[i:i + 6])
         if at >= 0:
             return text[max(0, at - width):at + width]
