@@ -284,6 +284,54 @@ def test_unique_email_index_fails_with_a_reason() -> None:
     assert "must not be `unique=True`" in result.message and ".." not in result.message
 
 
+def _reference_plus(*extra: tuple[str, ...], email_index: bool = True) -> type:
+    """The reference answer's indexes (fresh objects: an Index belongs to one table) plus `extra` ones."""
+    return _model((Index("ix_orders_store_created", "store_id", "created_at"),
+                   Index("ix_orders_store_gift", "store_id", "is_gift"),
+                   *(Index(name, *columns) for name, *columns in extra)), email_index=email_index)
+
+
+@pytest.mark.parametrize(("extra", "measured"), [
+    ([("ix_orders_total", "total_cents")], "ix_orders_total (total_cents) is used by none of"),
+    ([("ix_orders_created", "created_at")], "ix_orders_created (created_at) is used by none of"),
+    ([("ix_orders_email_created", "customer_email", "created_at"), ("ix_orders_email_total", "customer_email",
+                                                                    "total_cents")], "is used by none of"),
+    ([("ix_orders_email_again", "customer_email")], "are the same index, both on (customer_email)"),
+    ([("ix_orders_store", "store_id")],
+     "ix_orders_store (store_id) is the start of ix_orders_store_created (store_id, created_at)"),
+    ([("ix_orders_email_store", "customer_email", "store_id")],
+     "ix_orders_customer_email (customer_email) is the start of ix_orders_email_store (customer_email, store_id)"),
+], ids=["unused-total", "unused-created", "two-email-indexes-one-idle", "duplicate", "prefix-of-composite",
+        "prefix-of-another-email-index"])
+def test_useless_indexes_fail_and_are_named(extra: list[tuple[str, ...]], measured: str) -> None:
+    # the two-email-indexes case has no plain email index: the planner picks one of two, the other is dead weight
+    answer = _reference_plus(*extra, email_index=len(extra) == 1)
+    result = _graded(answer)
+    assert not result.passed
+    assert measured in result.message, result.message
+    assert "Drop" in result.message and result.hint
+
+
+def test_right_answer_as_a_table_with_column_index_passes() -> None:
+    from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, Table
+
+    orders = Table("orders", MetaData(),
+                   Column("id", Integer, primary_key=True),
+                   Column("customer_email", String(120), nullable=False, index=True),
+                   Column("store_id", Integer, nullable=False), Column("is_gift", Boolean, nullable=False),
+                   Column("total_cents", Integer, nullable=False), Column("created_at", DateTime, nullable=False),
+                   Index("feed", "store_id", "created_at"), Index("gifts", "store_id", "is_gift"))
+    result = _graded(orders)
+    assert result.passed, result.message
+
+
+def test_covering_index_for_both_store_queries_passes() -> None:
+    # one (store_id, created_at, is_gift) index serves the feed in order and counts gifts from the index alone
+    answer = _model((Index("ix_orders_store_created_gift", "store_id", "created_at", "is_gift"),), email_index=True)
+    result = _graded(answer)
+    assert result.passed, result.message
+
+
 class _NoTable:
     pass
 

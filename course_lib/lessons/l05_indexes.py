@@ -597,6 +597,52 @@ def discard(engine: Engine) -> None:
     drop_fresh_database(engine, path)
 
 
+def _columns_text(columns: Sequence[str]) -> str:
+    return f"({', '.join(columns)})"
+
+
+def _reject_redundant(checking: Checking, indexes: Mapping[str, list[str]]) -> None:
+    """Fail on two indexes with the same columns, or one whose columns start another (the longer one serves both)."""
+    names = sorted(indexes)
+    for name in names:
+        for other in names:
+            if other == name:
+                continue
+            mine, theirs = indexes[name], indexes[other]
+            if mine == theirs and name < other:
+                checking.fail(f"{name} and {other} are the same index, both on {_columns_text(mine)}: the database "
+                              "keeps two copies, pays for both on every insert, and uses one. Drop one of them.")
+            if len(mine) < len(theirs) and theirs[: len(mine)] == mine:
+                checking.fail(f"{name} {_columns_text(mine)} is the start of {other} {_columns_text(theirs)}: any "
+                              f"lookup on {_columns_text(mine)} can use {other} just as well, so {name} only adds "
+                              "work to every insert. Drop it.")
+
+
+USE_VARIANTS = 3  # customers and stores each query is explained with, to see every index it might choose
+
+
+def _reject_unused(checking: Checking, engine: Engine, table: Table, indexes: Mapping[str, list[str]]) -> None:
+    """Fail on a declared index that no shop query's plan uses (explained with several customers and stores)."""
+    used: dict[str, set[str]] = {}
+    for k in range(USE_VARIANTS):
+        variant = shop_queries(table, email=f"customer{(k * 4391 + 42) % CUSTOMERS}@example.com",
+                               store=(7 + 13 * k) % STORES)
+        for query, statement in variant.items():
+            for listed in explain(engine, statement).indexes:
+                for index in listed.split(", "):  # a bitmap scan over several indexes lists them all
+                    used.setdefault(index, set()).add(query)
+    unused = [name for name in indexes if name not in used]
+    if unused:
+        by_query = "; ".join(f"{q!r} uses {', '.join(sorted(i for i, qs in used.items() if q in qs)) or 'no index'}"
+                             for q in SHOP_QUERIES)
+        name = unused[0]
+        checking.fail(f"{name} {_columns_text(indexes[name])} is used by none of the shop's three queries: their plans "
+                      f"(explained for {USE_VARIANTS} customers and stores) never chose it ({by_query}). The workload "
+                      "is exactly these queries, so this index is useless: every insert and update still pays to "
+                      "maintain it, and it takes disk. Drop it."
+                      + (f" Also unused: {', '.join(unused[1:])}." if len(unused) > 1 else ""))
+
+
 MIN_SPEEDUP = 4.0
 COUNT_QUERIES = ("gift orders in a store",)  # reads no row: an index holding its columns answers it (covering)
 TOP_N_QUERIES = ("store feed",)  # the shop queries with ORDER BY … LIMIT: a sort there reads every matching row
@@ -608,22 +654,24 @@ TOP_N_QUERIES = ("store feed",)  # the shop queries with ORDER BY … LIMIT: a s
     lesson=LESSON,
     expects="a SQLAlchemy model class `Order` (the starter's columns, plus your indexes)",
     hints=(
-        "Read each query's WHERE and ORDER BY. An equality lookup needs an index that *starts* with that "
-        "column. A filter plus ORDER BY needs one index on (filter column, sort column), in that order, so "
-        "rows come out of the index already sorted. A count is fastest when the index holds every column "
-        "the query reads (the plan then says COVERING INDEX, or Index Only Scan on PostgreSQL). And half "
-        "the orders are gifts: an index that "
-        "*starts* with is_gift cannot narrow anything down.",
-        "Keep the columns; add `index=True` to `customer_email`'s `mapped_column(...)` (not unique: a "
-        "customer places several orders) and `__table_args__ = (Index('ix_orders_store_created', "
-        "'store_id', 'created_at'), Index('ix_orders_store_gift', 'store_id', 'is_gift'))`. is_gift may "
-        "follow store_id in an index, never lead one.",
+        "Look at each query's WHERE and ORDER BY, and at its plan: `inspect_shop_model(Order)` prints them for your "
+        "model. SCAN means the whole table is read, USE TEMP B-TREE (PostgreSQL: Sort) that rows are sorted after "
+        "being found, COVERING INDEX (Index Only Scan) that the index alone answered. Then look at your indexes: "
+        "each must be chosen by at least one plan, and none may be the start of another.",
+        "One column: `mapped_column(..., index=True)`. Several, in order: `__table_args__ = (Index('name', 'col_a', "
+        "'col_b'),)`. Equality columns first, then the ORDER BY column, so rows leave the index already sorted; an "
+        "index holding every column a count reads answers it alone. Half the orders are gifts: a column with two "
+        "values cannot lead an index. No index `unique=True`: a customer has several orders.",
+        "Shape (fill the gaps): `customer_email: Mapped[str] = mapped_column(String(120), index=...)` and "
+        "`__table_args__ = (Index('ix_orders_store_...', 'store_id', ...), Index('ix_orders_store_...', "
+        "'store_id', ...))`. Which column follows store_id in each, and could one index serve both store queries?",
     ),
     timeout=120,
 )
 def check_declare_indexes(model: Any, checking: Checking) -> str:
-    """Plans of the three shop queries (60k orders; 200k on PostgreSQL), no index led by is_gift, each query's
-    speed-up, and the count answered from an index alone."""
+    """Plans of the three shop queries (60k orders; 200k on PostgreSQL), no index led by is_gift, none duplicated or
+    the start of another, each used by some query's plan, each query's speed-up, and the count answered from an
+    index alone."""
     try:
         table = _table_of(model)
     except TypeError:
@@ -669,6 +717,8 @@ def check_declare_indexes(model: Any, checking: Checking) -> str:
                         f"every query uses an index, but {', '.join(useless)} starts with is_gift: a column with two "
                         "values, each on half the orders. It cannot narrow a lookup, and every insert pays to "
                         "maintain it. Drop it (is_gift may *follow* another column in an index).")
+        _reject_redundant(checking, report.indexes)
+        _reject_unused(checking, engine, learner_table, report.indexes)
         baseline_engine, baseline_table = make_orders_db(_plain_orders_table())
         try:
             with baseline_engine.connect() as plain_conn, engine.connect() as learner_conn:
@@ -703,7 +753,8 @@ def check_declare_indexes(model: Any, checking: Checking) -> str:
         discard(engine)
     used = sorted({i for p in report.plans.values() for i in p.indexes})
     slowest = min(v for k, v in checking.figures.items() if k.endswith("speedup"))
-    return (f"every query searches an index ({', '.join(used)}), none led by is_gift, each ≥ {slowest:g}× faster "
+    return (f"every query searches an index ({', '.join(used)}), every index is used and none is redundant or led "
+            f"by is_gift, each query ≥ {slowest:g}× faster "
             f"on {report.rows:,} orders ({checking.figures['database']})")
 
 
