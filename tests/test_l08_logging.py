@@ -390,6 +390,15 @@ class SwallowsLifespan(Reference):
         await super().__call__(scope, receive, send)
 
 
+class WaitsOnLifespan(Reference):
+    """Wrong: waits for a request body on every scope, the lifespan one too."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await asyncio.Event().wait()
+        await super().__call__(scope, receive, send)
+
+
 class CrashesOnLifespan(Reference):
     """Wrong: reads the method of every scope, the lifespan one too."""
 
@@ -428,10 +437,11 @@ def test_right_answers_pass(answer: Any) -> None:
     (RejectsArguments, "`YourMiddleware(app, logger=logger)`, raised TypeError"),
     (SwallowsLifespan, "did not pass it to the app"),
     (CrashesOnLifespan, "given a 'lifespan' scope (no method, path or headers), your middleware raised KeyError"),
+    (WaitsOnLifespan, "your middleware had not returned after 5 s"),
 ], ids=["lesson-class-as-printed", "state-on-self", "state-in-globals", "logs-other-headers", "logs-raw-query",
         "redacts-fixed-names", "drops-query", "logs-body-at-debug", "logs-scope-elsewhere", "time-to-first-byte",
         "base-http-middleware", "article-style", "no-log-on-error", "ignores-client-id", "rejects-arguments",
-        "swallows-lifespan", "crashes-on-lifespan"])
+        "swallows-lifespan", "crashes-on-lifespan", "waits-on-lifespan"])
 def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str) -> None:
     result = grade(EXERCISE, answer)
     assert not result.passed

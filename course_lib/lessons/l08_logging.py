@@ -451,6 +451,10 @@ async def _construct(answer: Any, logger: logging.Logger, checking: Checking) ->
                                         send), 5)
     except NotImplementedError:
         raise
+    except asyncio.TimeoutError:
+        checking.fail("given a 'lifespan' scope, your middleware had not returned after 5 s (the app behind it "
+                      "had): does it wait for something that only HTTP requests bring? Pass scopes that are not "
+                      "'http' straight to the app.")
     except Exception as error:  # noqa: BLE001 - learner code
         cause = _root_cause(error)
         if isinstance(cause, NotImplementedError):
