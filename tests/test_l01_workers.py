@@ -157,7 +157,8 @@ def test_unblock_right_other_ways(style: str) -> None:
 
 
 def test_unblock_wrong_still_blocking() -> None:
-    _fails(grade("01.unblock", make_blocking_items_app), "concurrent requests took", "blocks the event loop")
+    _fails(grade("01.unblock", make_blocking_items_app), "20 of your app's 20 calls to slow_lookup ran on the event "
+           "loop's own thread", "stops every other request for 100 ms")
 
 
 def test_unblock_wrong_yield_then_block() -> None:
@@ -165,7 +166,7 @@ def test_unblock_wrong_yield_then_block() -> None:
         await asyncio.sleep(0)  # yields once, then blocks anyway
         return slow_lookup(item_id)
 
-    _fails(grade("01.unblock", _items_app(read_item)), "ms on the blocking one")
+    _fails(grade("01.unblock", _items_app(read_item)), "ran on the event loop's own thread")
 
 
 def test_unblock_wrong_remembers_the_first_round() -> None:
@@ -179,7 +180,7 @@ def test_unblock_wrong_remembers_the_first_round() -> None:
 
     result = grade("01.unblock", _items_app(read_item))
     assert not result.passed, repr(result)
-    assert "slow_lookup gives" in result.message or "blocks the event loop" in result.message, result.message
+    assert "slow_lookup gives" in result.message or "ran on the event loop's own thread" in result.message, result.message
 
 
 def test_unblock_wrong_fast_but_different_answer() -> None:
@@ -187,6 +188,73 @@ def test_unblock_wrong_fast_but_different_answer() -> None:
         return {"id": item_id, "name": f"item-{item_id}"}  # skips the lookup: fast, but not the same data
 
     _fails(grade("01.unblock", _items_app(read_item)), "slow_lookup gives")
+
+
+@pytest.mark.parametrize("style", ["anyio_run_sync", "own_executor", "def_with_depends"])
+def test_unblock_right_more_ways(style: str) -> None:
+    """Other ways off the loop: anyio's worker threads, an executor of one's own, a `def` endpoint with a dependency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import anyio.to_thread
+    from fastapi import Depends
+
+    pool = ThreadPoolExecutor(max_workers=32)
+
+    async def via_anyio(item_id: int) -> dict:
+        return await anyio.to_thread.run_sync(slow_lookup, item_id)
+
+    async def via_executor(item_id: int) -> dict:
+        return await asyncio.get_running_loop().run_in_executor(pool, slow_lookup, item_id)
+
+    def lookup() -> Any:
+        return slow_lookup
+
+    def via_def(item_id: int, find: Any = Depends(lookup)) -> dict:
+        return find(item_id)
+
+    endpoint = {"anyio_run_sync": via_anyio, "own_executor": via_executor, "def_with_depends": via_def}[style]
+    try:
+        _passes(grade("01.unblock", _items_app(endpoint)))
+    finally:
+        pool.shutdown()
+
+
+def test_unblock_wrong_half_fixed_some_ids_still_block() -> None:
+    """A quarter of the requests still call slow_lookup straight from `async def`: the ratio alone might pass."""
+
+    async def read_item(item_id: int) -> dict:
+        if item_id % 4 == 0:
+            return slow_lookup(item_id)
+        return await asyncio.to_thread(slow_lookup, item_id)
+
+    _fails(grade("01.unblock", _items_app(read_item)), "ran on the event loop's own thread", "no request may block")
+
+
+def test_unblock_wrong_half_fixed_unknown_ids_block() -> None:
+    """Only the unknown id (one request in 20) blocks: the wall time is fine, the loop is still blocked."""
+
+    async def read_item(item_id: int) -> dict:
+        if item_id > 200:
+            return slow_lookup(item_id)  # "rare" path left as it was
+        return await asyncio.to_thread(slow_lookup, item_id)
+
+    result = grade("01.unblock", _items_app(read_item))
+    _fails(result, "1 of your app's 20 calls to slow_lookup ran on the event loop's own thread")
+
+
+def test_unblock_wrong_pool_sized_too_small() -> None:
+    """Off the loop, but two threads for 20 concurrent lookups: they queue, 10 rounds of 100 ms."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=2)
+
+    async def read_item(item_id: int) -> dict:
+        return await asyncio.get_running_loop().run_in_executor(pool, slow_lookup, item_id)
+
+    try:
+        _fails(grade("01.unblock", _items_app(read_item)), "concurrent requests took", "expected at least 4×")
+    finally:
+        pool.shutdown()
 
 
 def test_unblock_odd_answers() -> None:
@@ -249,6 +317,96 @@ def test_timeout_client_right_other_way() -> None:
         return app
 
     _passes(grade("01.timeout-client", make_app))
+
+
+def test_timeout_client_right_def_route_and_sync_client() -> None:
+    """A `def` endpoint with one shared synchronous httpx.Client (closed by lifespan) and a timeout."""
+
+    def make_app(upstream_url: str) -> FastAPI:
+        client = httpx.Client(timeout=1.5)
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+            yield
+            client.close()
+
+        app = FastAPI(lifespan=lifespan)
+
+        @app.get("/weather")
+        def weather() -> dict:
+            try:
+                return client.get(upstream_url).json()
+            except httpx.TimeoutException:
+                raise HTTPException(504, "upstream timed out") from None
+
+        return app
+
+    _passes(grade("01.timeout-client", make_app))
+
+
+def test_timeout_client_right_asyncio_timeout() -> None:
+    """The deadline set with `asyncio.timeout` around the call instead of httpx's own timeout."""
+
+    def make_app(upstream_url: str) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+            async with httpx.AsyncClient(timeout=None) as client:
+                app.state.client = client
+                yield
+
+        app = FastAPI(lifespan=lifespan)
+
+        @app.get("/weather")
+        async def weather(request: Request) -> dict:
+            try:
+                async with asyncio.timeout(1.0):
+                    return (await request.app.state.client.get(upstream_url)).json()
+            except TimeoutError:
+                raise HTTPException(504) from None
+
+        return app
+
+    result = grade("01.timeout-client", make_app)
+    _passes(result)
+    assert result.figures["hang_answer_s"] < 2
+
+
+def test_timeout_client_wrong_sniffs_the_url() -> None:
+    """Answers 504 when the URL looks like an outage, else waits without a timeout: the outage is not in the URL."""
+
+    def make_app(upstream_url: str) -> FastAPI:
+        client = httpx.AsyncClient(timeout=None)
+        app = FastAPI()
+
+        @app.get("/weather")
+        async def weather() -> dict:
+            if "hang" in upstream_url:
+                raise HTTPException(504)
+            return (await client.get(upstream_url)).json()
+
+        return app
+
+    _fails(grade("01.timeout-client", make_app), "had not answered after")
+
+
+def test_timeout_client_wrong_client_dies_with_the_first_timeout() -> None:
+    """The shared client is closed when a call times out: every later request fails although the upstream is back."""
+
+    def make_app(upstream_url: str) -> FastAPI:
+        client = httpx.AsyncClient(timeout=1.0)
+        app = FastAPI()
+
+        @app.get("/weather")
+        async def weather() -> dict:
+            try:
+                return (await client.get(upstream_url)).json()
+            except httpx.TimeoutException:
+                await client.aclose()
+                raise HTTPException(504) from None
+
+        return app
+
+    _fails(grade("01.timeout-client", make_app), "after the upstream recovered")
 
 
 def test_timeout_client_wrong_client_per_request() -> None:

@@ -32,7 +32,7 @@ from .l01_served import CPU_ROUNDS, cpu_app, io_app, upstream_app
 from ...bench import BenchRow
 from ...client import app_client
 from ...db import thread_safe_connect_args
-from ...grading import Checking, exercise
+from ...grading import Checking, Fail, _explain_exception, exercise
 from ...load import LoadResult, load_test
 from ...servers import Server, serve, usable_cores
 
@@ -296,8 +296,16 @@ def reseed_catalogue(seed: int) -> None:
 reseed_catalogue(0)
 
 
+_ON_LOOP: list[int] = []  # ids looked up from a coroutine, on the event loop's own thread (blocking it)
+
+
 def slow_lookup(item_id: int) -> dict[str, Any]:
     """A blocking driver call (think: `requests.get`, a sync DB driver): 100 ms, then the item or a 'missing' marker."""
+    try:
+        asyncio.get_running_loop()  # only the event loop's thread has one: a worker thread raises
+        _ON_LOOP.append(item_id)
+    except RuntimeError:
+        pass
     time.sleep(LOOKUP_MS / 1000)
     return dict(_CATALOGUE.get(item_id, {"id": item_id, "missing": True}))
 
@@ -360,11 +368,21 @@ async def check_unblock(make_app: Any, checking: Checking) -> str:
                 paths = [f"/items/{i}" for i in ids]
                 reference = await burst(broken, paths)
                 broken_walls.append(reference.wall_s)
+                _ON_LOOP.clear()
                 try:
                     answer = await burst(mine, paths, timeout=20)
                 except TimeoutError:
                     checking.fail(f"{UNBLOCK_CONCURRENCY} concurrent requests to your app did not finish in 20 s.")
                 learner_walls.append(answer.wall_s)
+                on_loop = len(_ON_LOOP)
+                checking.record("lookups_on_the_loop", on_loop)
+                checking.expect(on_loop == 0,
+                                f"{on_loop} of your app's {len(paths)} calls to slow_lookup ran on the event loop's "
+                                "own thread (called directly from `async def` code, e.g. "
+                                f"GET /items/{_ON_LOOP[0] if _ON_LOOP else '…'}): each one stops every other "
+                                f"request for {LOOKUP_MS} ms (your {len(paths)} concurrent requests took "
+                                f"{answer.wall_s * 1000:,.0f} ms, the blocking app's {reference.wall_s * 1000:,.0f} ms). "
+                                "Fixing some requests is not enough: no request may block the loop.")
                 checking.expect(answer.statuses == Counter({200: len(paths)}),
                                 f"your app answered status codes {dict(answer.statuses)} to {len(paths)} requests; "
                                 "expected 200 for every one (an unknown id still answers slow_lookup's body).")
@@ -411,56 +429,77 @@ TIMEOUT_BOUND_S = 4.0
     timeout=90,
 )
 async def check_timeout_client(make_app: Any, checking: Checking) -> str:
-    """A real upstream on loopback: bodies relayed, ≤ 2 TCP connections for 8 requests, 504-ish fast on a hang."""
+    """A real upstream on loopback: bodies relayed over ≤ 2 TCP connections for 8 requests; then the same URL
+    hangs (an outage switched on at the upstream): a gateway error within the bound; then it recovers."""
     checking.require_callable(make_app, "a function make_weather_app(upstream_url) that builds the app")
     sequential = 8
     with serve_upstream() as upstream:
-        app = checking.build_app(make_app, f"{upstream.url}/data")
-        connections: set[int] = set()
-        async with app_client(app) as client:
-            for i in range(sequential):
+        async with httpx.AsyncClient(base_url=upstream.url, timeout=10) as control:
+
+            async def outage(hang_s: float) -> None:
+                (await control.post("/_outage", params={"hang_s": hang_s})).raise_for_status()
+
+            await outage(0)
+            app = checking.build_app(make_app, f"{upstream.url}/data")
+            connections: set[int] = set()
+            async with app_client(app) as client:
+
+                async def relayed(when: str) -> dict[str, Any]:
+                    try:
+                        async with asyncio.timeout(10):
+                            response = await client.get("/weather")
+                    except TimeoutError:
+                        checking.fail(f"GET /weather {when} did not answer within 10 s.")
+                    checking.expect(response.status_code == 200,
+                                    f"GET /weather {when} gave {response.status_code}: {response.text[:200]}")
+                    body = response.json()
+                    checking.expect(isinstance(body, dict) and body.get("city") == "Lyon" and "connection" in body,
+                                    f"GET /weather {when} returned {body!r}; expected the upstream's JSON unchanged, "
+                                    "e.g. {'temperature_c': 21.5, 'city': 'Lyon', 'connection': …}")
+                    return body
+
+                for _ in range(sequential):
+                    connections.add((await relayed("(upstream answering at once)"))["connection"])
+                checking.record("requests", sequential)
+                checking.record("tcp_connections", len(connections))
+                checking.expect(len(connections) <= 2,
+                                f"{sequential} requests one after another reached the upstream over {len(connections)} "
+                                "different TCP connections (counted by the upstream): a new client (and connection) "
+                                "per request. One shared client keeps its connection open and reuses it.")
+                await outage(20)  # the same URL now hangs for 20 s
+                started = time.perf_counter()
                 try:
-                    async with asyncio.timeout(10):
+                    async with asyncio.timeout(TIMEOUT_BOUND_S + 3):
                         response = await client.get("/weather")
                 except TimeoutError:
-                    checking.fail("GET /weather against a quick upstream did not answer within 10 s.")
-                checking.expect(response.status_code == 200,
-                                f"GET /weather (upstream answering at once) gave {response.status_code}: "
-                                f"{response.text[:200]}")
-                body = response.json()
-                checking.expect(isinstance(body, dict) and body.get("city") == "Lyon" and "connection" in body,
-                                f"GET /weather returned {body!r}; expected the upstream's JSON unchanged, e.g. "
-                                "{'temperature_c': 21.5, 'city': 'Lyon', 'connection': …}")
-                connections.add(body["connection"])
-        checking.record("requests", sequential)
-        checking.record("tcp_connections", len(connections))
-        checking.expect(len(connections) <= 2,
-                        f"{sequential} requests one after another reached the upstream over {len(connections)} "
-                        "different TCP connections (counted by the upstream): a new client (and connection) per "
-                        "request. One shared client keeps its connection open and reuses it.")
-        hanging = checking.build_app(make_app, f"{upstream.url}/hang?seconds=20")
-        async with app_client(hanging) as client:
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout(TIMEOUT_BOUND_S + 3):
-                    response = await client.get("/weather")
-            except TimeoutError:
-                checking.fail(f"with an upstream that hangs for 20 s, GET /weather had not answered after "
-                              f"{TIMEOUT_BOUND_S + 3:g} s: without a timeout your endpoint waits as long as the upstream.")
-            except httpx.TimeoutException:
-                checking.fail("your endpoint let httpx's timeout error escape instead of answering an error status.")
-            elapsed = time.perf_counter() - started
-        checking.record("hang_answer_s", round(elapsed, 2))
-        checking.record("hang_status", response.status_code)
-        checking.expect(elapsed <= TIMEOUT_BOUND_S,
-                        f"with an upstream that hangs for 20 s your endpoint answered after {elapsed:.1f} s "
-                        f"(status {response.status_code}); expected an answer within {TIMEOUT_BOUND_S:g} s. httpx's "
-                        "default timeout is 5 s: set a shorter one.")
-        checking.expect(response.status_code in (502, 503, 504),
-                        f"with a hanging upstream your endpoint answered {response.status_code} after {elapsed:.1f} s; "
-                        "expected a clear gateway error: 504 Gateway Timeout (502/503 also accepted). "
-                        "500 is what an unhandled exception gives.")
-    return f"{len(connections)} connection(s) for {sequential} requests; hanging upstream → {response.status_code} in {elapsed:.1f} s"
+                    checking.fail(f"when the upstream hangs for 20 s, GET /weather had not answered after "
+                                  f"{TIMEOUT_BOUND_S + 3:g} s: without a timeout your endpoint waits as long as the "
+                                  "upstream, holding a connection and a request slot all that time.")
+                except httpx.TimeoutException:
+                    checking.fail("your endpoint let httpx's timeout error escape instead of answering an error status.")
+                finally:
+                    await outage(0)
+                elapsed = time.perf_counter() - started
+                checking.record("hang_answer_s", round(elapsed, 2))
+                checking.record("hang_status", response.status_code)
+                checking.expect(elapsed <= TIMEOUT_BOUND_S,
+                                f"when the upstream hangs for 20 s your endpoint answered after {elapsed:.1f} s "
+                                f"(status {response.status_code}); expected an answer within {TIMEOUT_BOUND_S:g} s. "
+                                "httpx's default timeout is 5 s: set a shorter one.")
+                checking.expect(response.status_code in (502, 503, 504),
+                                f"when the upstream hangs your endpoint answered {response.status_code} after "
+                                f"{elapsed:.1f} s; expected a clear gateway error: 504 Gateway Timeout (502/503 also "
+                                "accepted). 500 is what an unhandled exception gives.")
+                try:
+                    await relayed("after the upstream recovered from its outage")
+                except Fail:
+                    raise
+                except Exception as error:  # e.g. a shared client closed when the call timed out
+                    checking.fail(f"after the upstream recovered from its outage, GET /weather failed: "
+                                  f"{_explain_exception(error)}. The shared client must survive a timeout: "
+                                  "answer the error, keep the client for the next request.")
+    return (f"{len(connections)} connection(s) for {sequential} requests; hanging upstream → {response.status_code} "
+            f"in {elapsed:.1f} s; recovered")
 
 
 def workers_bar(cores: int) -> float:

@@ -50,6 +50,7 @@ async def io_wait(ms: float = 100) -> dict[str, Any]:
 
 
 upstream_app = FastAPI(title="A slow upstream service")
+_OUTAGE = {"hang_s": 0.0}  # set by POST /_outage: /data then hangs, so an outage is not visible in the URL
 
 
 @upstream_app.get("/")
@@ -60,7 +61,10 @@ async def upstream_ready() -> dict[str, bool]:
 
 @upstream_app.get("/data")
 async def upstream_data(request: Request, ms: float = 0) -> dict[str, Any]:
-    """A quick answer that says which TCP connection (client port) carried the request."""
+    """A quick answer that says which TCP connection (client port) carried the request (or an outage's hang)."""
+    if _OUTAGE["hang_s"]:
+        await asyncio.sleep(min(_OUTAGE["hang_s"], 60))
+        return {"late": "finally"}
     if ms:
         await asyncio.sleep(min(ms, 5_000) / 1000)
     port = request.client.port if request.client else -1
@@ -72,3 +76,10 @@ async def upstream_hang(seconds: float = 20) -> dict[str, str]:
     """An upstream that does not answer for `seconds` (20 s by default): the outage a timeout is for."""
     await asyncio.sleep(min(seconds, 60))
     return {"late": "finally"}
+
+
+@upstream_app.post("/_outage")
+async def upstream_outage(hang_s: float = 0) -> dict[str, float]:
+    """Start (hang_s > 0) or end (0) an outage of /data: the grader's switch, the same URL before and during it."""
+    _OUTAGE["hang_s"] = max(0.0, hang_s)
+    return _OUTAGE
