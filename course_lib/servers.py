@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -157,7 +157,7 @@ class Server:
         return f"<{self.kind} {self.app} × {self.workers} worker(s) at {self.url}, {state}>"
 
 
-def _wait_ready(server: Server, ready_path: str, timeout: float) -> None:
+def _wait_ready(server: Server, ready_path: str, timeout: float, probe: Callable[[], bool] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -165,6 +165,11 @@ def _wait_ready(server: Server, ready_path: str, timeout: float) -> None:
                 f"{server.kind} exited with code {server.process.returncode} before answering. "
                 f"Its output:\n{server.log()[-2000:]}"
             )
+        if probe is not None:  # a server that does not speak HTTP (e.g. Redis) says it is ready its own way
+            if probe():
+                return
+            time.sleep(0.05)
+            continue
         try:
             httpx.get(server.url + ready_path, timeout=1.0)
             return
@@ -211,8 +216,10 @@ def launch(
     cwd: str | Path | None = None,
     ready_path: str = "/",
     startup_timeout: float = 30.0,
+    probe: Callable[[], bool] | None = None,
 ) -> Server:
-    """Start any server command that will listen on 127.0.0.1:`port`, in its own process group; wait until it answers."""
+    """Start any server command that will listen on 127.0.0.1:`port`, in its own process group; wait until it answers
+    (an HTTP GET of `ready_path`, or `probe()` returning True for a server that does not speak HTTP)."""
     sweep_orphan_logs()
     fd, log_name = tempfile.mkstemp(prefix=f"lab-{kind}-{os.getpid()}-", suffix=".log")
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -229,7 +236,7 @@ def launch(
     started = Server(kind, app, workers, port, process, Path(log_name), list(command))
     _RUNNING[started.pid] = started
     try:
-        _wait_ready(started, ready_path, startup_timeout)
+        _wait_ready(started, ready_path, startup_timeout, probe)
     except BaseException:  # failed start, timeout, KeyboardInterrupt: never leave it running
         started.stop()
         raise

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -36,7 +41,9 @@ from course_lib.lessons.l03_caching import (
     user_json,
 )
 from course_lib.queries import count_queries, simulated_latency
-from course_lib.redis import get_redis, redis_backend
+import course_lib.redis as course_redis
+from course_lib.redis import get_redis
+from course_lib.servers import running_servers
 
 AppFactory = Callable[[DemoDB, Redis, str, int], FastAPI]
 
@@ -60,12 +67,16 @@ def _stats_app(get_body: Callable[..., Any]) -> AppFactory:
     return make_app
 
 
+async def _compute(session: Session, min_likes: int) -> bytes:
+    return await run_in_threadpool(stats_json, session, min_likes)
+
+
 async def _reference_body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
                           min_likes: int) -> bytes:
     key = url_key(prefix, request)
     body = await redis.get(key)
     if body is None:
-        body = await run_in_threadpool(stats_json, session, min_likes)
+        body = await _compute(session, min_likes)
         await redis.set(key, body, px=int(ttl * 1000))
     return body
 
@@ -76,9 +87,43 @@ async def _ex_seconds_param_key(redis: Redis, prefix: str, ttl: int, request: Re
     key = f"{prefix}:stats:min_likes={min_likes}"
     body = await redis.get(key)
     if body is None:
-        body = await run_in_threadpool(stats_json, session, min_likes)
+        body = await _compute(session, min_likes)
         await redis.set(key, body, ex=ttl)
     return body
+
+
+async def _setex_hashed_key(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                            min_likes: int) -> bytes:
+    """Right, another way: a hashed key under the prefix, SETEX."""
+    key = f"{prefix}:{hashlib.sha1(str(request.url).encode()).hexdigest()}"
+    body = await redis.get(key)
+    if body is None:
+        body = await _compute(session, min_likes)
+        await redis.setex(key, ttl, body)
+    return body
+
+
+def _sync_client_app() -> AppFactory:
+    """Right, another way: a synchronous redis-py client to the same server, used from the thread pool."""
+
+    def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
+        kwargs = redis.connection_pool.connection_kwargs
+        client = SyncRedis(host=kwargs["host"], port=kwargs["port"], db=kwargs.get("db", 0))
+
+        def cached(session: Session, min_likes: int) -> bytes:
+            key = f"{prefix}:sync:stats:{min_likes}"
+            body = client.get(key)
+            if body is None:
+                body = stats_json(session, min_likes)
+                client.set(key, body, ex=ttl)
+            return body
+
+        async def body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
+            return await run_in_threadpool(cached, session, min_likes)
+
+        return _stats_app(body)(db, redis, prefix, ttl)
+
+    return make_app
 
 
 async def _never_expires(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
@@ -86,8 +131,19 @@ async def _never_expires(redis: Redis, prefix: str, ttl: int, request: Request, 
     key = url_key(prefix, request)
     body = await redis.get(key)
     if body is None:
-        body = await run_in_threadpool(stats_json, session, min_likes)
+        body = await _compute(session, min_likes)
         await redis.set(key, body)
+    return body
+
+
+async def _ttl_in_the_wrong_unit(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                                 min_likes: int) -> bytes:
+    """Wrong: milliseconds given to `ex=` (seconds): the entry lives 1000 times too long."""
+    key = url_key(prefix, request)
+    body = await redis.get(key)
+    if body is None:
+        body = await _compute(session, min_likes)
+        await redis.set(key, body, ex=ttl * 1000)
     return body
 
 
@@ -96,22 +152,29 @@ async def _no_param_in_key(redis: Redis, prefix: str, ttl: int, request: Request
     key = f"{prefix}:{request.url.path}"
     body = await redis.get(key)
     if body is None:
-        body = await run_in_threadpool(stats_json, session, min_likes)
+        body = await _compute(session, min_likes)
         await redis.set(key, body, ex=ttl)
     return body
 
 
 async def _uncached(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
-    return await run_in_threadpool(stats_json, session, min_likes)
+    return await _compute(session, min_likes)
 
 
 async def _no_prefix(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
-    key = f"stats:{min_likes}"
+    key = f"stats:{prefix[-10:]}:{min_likes}"  # unique per run, but not under the prefix
     body = await redis.get(key)
     if body is None:
-        body = await run_in_threadpool(stats_json, session, min_likes)
+        body = await _compute(session, min_likes)
         await redis.set(key, body, ex=ttl)
     return body
+
+
+async def _hit_counter_outside_prefix(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                                      min_likes: int) -> bytes:
+    """Wrong: the cache is right, but a statistics key lands outside the prefix."""
+    await redis.incr("cache-hits")
+    return await _reference_body(redis, prefix, ttl, request, session, min_likes)
 
 
 _PROCESS_CACHE: dict[str, tuple[float, bytes]] = {}
@@ -123,8 +186,44 @@ async def _dict_in_process(redis: Redis, prefix: str, ttl: int, request: Request
     key = url_key(prefix, request)
     expires, body = _PROCESS_CACHE.get(key, (0.0, b""))
     if expires < time.monotonic():
-        body = await run_in_threadpool(stats_json, session, min_likes)
+        body = await _compute(session, min_likes)
         _PROCESS_CACHE[key] = (time.monotonic() + ttl, body)
+    return body
+
+
+async def _dict_written_through(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                                min_likes: int) -> bytes:
+    """Wrong: writes every answer to Redis (with its TTL) but reads only its own dict."""
+    key = url_key(prefix, request)
+    expires, body = _PROCESS_CACHE.get(key, (0.0, b""))
+    if expires < time.monotonic():
+        body = await _compute(session, min_likes)
+        _PROCESS_CACHE[key] = (time.monotonic() + ttl, body)
+        await redis.set(key, body, ex=ttl)
+    return body
+
+
+_LOCAL_COPY: dict[str, bytes] = {}
+
+
+async def _local_copy_in_front(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                               min_likes: int) -> bytes:
+    """Wrong: Redis with a TTL behind a local copy that never expires."""
+    key = url_key(prefix, request)
+    if key not in _LOCAL_COPY:
+        _LOCAL_COPY[key] = await _reference_body(redis, prefix, ttl, request, session, min_likes)
+    return _LOCAL_COPY[key]
+
+
+async def _flush_on_miss(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                         min_likes: int) -> bytes:
+    """Wrong: a right cache that wipes the whole Redis (FLUSHDB) before storing, "to keep it small"."""
+    key = url_key(prefix, request)
+    body = await redis.get(key)
+    if body is None:
+        body = await _compute(session, min_likes)
+        await redis.flushdb()
+        await redis.set(key, body, ex=ttl)
     return body
 
 
@@ -138,7 +237,14 @@ def _response_cache_app(lock: bool) -> AppFactory:
 
 
 def _grade(exercise_id: str, answer: Any) -> Any:
-    return grade(exercise_id, answer, timeout=60)
+    return grade(exercise_id, answer, timeout=60, record=False)
+
+
+def _assert_nothing_left_running() -> None:
+    """Every process and thread a grading started is gone: the second worker, the Redis server, the proxy."""
+    assert multiprocessing.active_children() == []
+    assert running_servers() == []
+    assert not [t for t in threading.enumerate() if t.name in ("redis-recording-proxy", "redis-key-watch")]
 
 
 # --- 03.cache-endpoint ------------------------------------------------------------------------------------
@@ -148,48 +254,80 @@ def test_cache_endpoint_reference_passes():
     result = _grade("03.cache-endpoint", _stats_app(_reference_body))
     assert result.passed, result.message
     assert result.figures["queries_for_50_calls"] == 1
+    assert result.figures["second_worker_queries"] == 0
     assert result.figures["queries_after_ttl"] == 1
+    _assert_nothing_left_running()
 
 
-@pytest.mark.parametrize("answer", [_stats_app(_ex_seconds_param_key), _response_cache_app(lock=False)],
-                         ids=["param-key-ex", "ResponseCache"])
+@pytest.mark.parametrize("answer", [_stats_app(_ex_seconds_param_key), _stats_app(_setex_hashed_key),
+                                    _sync_client_app(), _response_cache_app(lock=False)],
+                         ids=["param-key-ex", "setex-hashed-key", "sync-client", "ResponseCache"])
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 def test_cache_endpoint_other_right_answers_pass(answer):
     result = _grade("03.cache-endpoint", answer)
     assert result.passed, result.message
 
 
-@pytest.mark.parametrize(("body", "says"), [
-    (_never_expires, "should have expired"),
-    (_no_param_in_key, "query parameter is not in your key"),
-    (_uncached, "50 calls to GET /stats?min_likes=0 ran 50 database queries"),
-    pytest.param(_no_prefix, "outside the prefix", marks=pytest.mark.skipif(
-        redis_backend() != "fakeredis", reason="stray keys are only detectable on the private fakeredis")),
-    (_dict_in_process, "Redis holds no key"),
-], ids=["never-expires", "no-param", "uncached", "no-prefix", "dict-in-process"])
-def test_cache_endpoint_wrong_answers_fail_saying_what_was_measured(body, says):
-    result = _grade("03.cache-endpoint", _stats_app(body))
+@pytest.mark.parametrize(("answer", "says"), [
+    (_stats_app(_never_expires), "with no expiry (PTTL -1)"),
+    (_stats_app(_ttl_in_the_wrong_unit), "expires in 2,000 s, but the TTL asked for is 2 s"),
+    (_stats_app(_local_copy_in_front), "the entry should have expired"),
+    (_stats_app(_no_param_in_key), "query parameter is not in your key"),
+    (_stats_app(_uncached), "50 calls to GET /stats?min_likes=0 ran 50 database queries"),
+    (_stats_app(_no_prefix), "outside the prefix"),
+    (_stats_app(_hit_counter_outside_prefix), "'cache-hits' (`INCRBY cache-hits 1`), outside the prefix"),
+    (_stats_app(_dict_in_process), "the cache lives inside each process"),
+    (_stats_app(_dict_written_through), "the cache lives inside each process"),
+    (_stats_app(_flush_on_miss), "FLUSHDB"),
+], ids=["never-expires", "ttl-unit", "local-copy-never-expires", "no-param", "uncached", "no-prefix",
+        "counter-outside-prefix", "dict-in-process", "dict-written-through", "flushdb"])
+def test_cache_endpoint_wrong_answers_fail_saying_why(answer, says):
+    _PROCESS_CACHE.clear()
+    _LOCAL_COPY.clear()
+    result = _grade("03.cache-endpoint", answer)
     assert not result.passed
     assert says in result.message, result.message
     assert result.hint
+    _assert_nothing_left_running()
+
+
+def _raises_in_the_second_worker() -> AppFactory:
+    parent = os.getpid()
+
+    def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
+        if os.getpid() != parent:
+            raise RuntimeError("only one worker")
+        return _stats_app(_reference_body)(db, redis, prefix, ttl)
+
+    return make_app
 
 
 @pytest.mark.parametrize("answer", [None, 42, lambda db, redis, prefix, ttl: None, lambda: FastAPI(),
-                                    lambda db, redis, prefix, ttl: 1 / 0])
+                                    lambda db, redis, prefix, ttl: 1 / 0, _raises_in_the_second_worker()])
 def test_cache_endpoint_odd_answers_fail_clearly(answer):
     result = _grade("03.cache-endpoint", answer)
     assert not result.passed
-    assert result.message
+    assert result.message and "Traceback" not in result.message
+    _assert_nothing_left_running()
+
+
+def test_cache_endpoint_second_worker_failure_is_named():
+    result = _grade("03.cache-endpoint", _raises_in_the_second_worker())
+    assert "in the second worker process" in result.message and "only one worker" in result.message, result.message
 
 
 # --- 03.invalidate -----------------------------------------------------------------------------------------
 
 
-def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool = False) -> AppFactory:
+def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool = False, *, expire: bool = True,
+                      tag: str = "{prefix}:tag:posts") -> AppFactory:
     """A learner's app: cached /stats (tagged) and /users/{id}; POST /posts then `invalidate(redis, prefix)`."""
 
     def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
         app = FastAPI()
         get_db = db.dependency()
+        tag_key = tag.format(prefix=prefix)
+        ex = ttl if expire else None
 
         async def stats_key(request: Request) -> str:
             if versioned:
@@ -203,8 +341,8 @@ def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool =
             body = await redis.get(key)
             if body is None:
                 body = await run_in_threadpool(stats_json, session, min_likes)
-                await redis.set(key, body, ex=ttl)
-                await redis.sadd(f"{prefix}:tag:posts", key)
+                await redis.set(key, body, ex=ex)
+                await redis.sadd(tag_key, key)
             return json_response(body)
 
         @app.get("/users/{user_id}")
@@ -215,13 +353,13 @@ def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool =
                 body = await run_in_threadpool(user_json, session, user_id)
                 if body is None:
                     raise HTTPException(404)
-                await redis.set(key, body, ex=ttl)
+                await redis.set(key, body, ex=ex)
             return json_response(body)
 
         @app.post("/posts", status_code=201)
         async def add_post(new: NewPost, session: Session = Depends(get_db)) -> dict[str, int]:
             post_id = await run_in_threadpool(create_post, session, new)
-            await invalidate(redis, prefix)
+            await invalidate(redis, tag_key)
             return {"id": post_id}
 
         return app
@@ -229,57 +367,194 @@ def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool =
     return make_app
 
 
-async def _clear_tag(redis: Redis, prefix: str) -> None:
-    keys = await redis.smembers(f"{prefix}:tag:posts")
+async def _clear_tag(redis: Redis, tag_key: str) -> None:
+    keys = await redis.smembers(tag_key)
     if keys:
-        await redis.delete(*keys, f"{prefix}:tag:posts")
+        await redis.delete(*keys, tag_key)
 
 
-async def _bump_version(redis: Redis, prefix: str) -> None:
-    await redis.incr(f"{prefix}:posts-version")
+async def _clear_tag_in_a_script(redis: Redis, tag_key: str) -> None:
+    """Right, another way: SMEMBERS and DEL in one Lua script (atomic)."""
+    await redis.eval("local keys = redis.call('SMEMBERS', KEYS[1]) "
+                     "for _, k in ipairs(keys) do redis.call('DEL', k) end "
+                     "redis.call('DEL', KEYS[1]) return #keys", 1, tag_key)
 
 
-async def _clear_everything(redis: Redis, prefix: str) -> None:
-    await drop_keys(redis, prefix)
+async def _bump_version(redis: Redis, tag_key: str) -> None:
+    await redis.incr(tag_key.rsplit(":tag:", 1)[0] + ":posts-version")
 
 
-async def _keys_pattern(redis: Redis, prefix: str) -> None:
-    keys = await redis.keys(f"{prefix}:/stats*")
+async def _scan_stats_keys(redis: Redis, tag_key: str) -> None:
+    """Right, another way (slower on a big Redis, but not blocking): SCAN the /stats keys under the prefix."""
+    prefix = tag_key.rsplit(":tag:", 1)[0]
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:/stats*")]
     if keys:
         await redis.delete(*keys)
 
 
-async def _only_default_key(redis: Redis, prefix: str) -> None:
-    await redis.delete(f"{prefix}:/stats?min_likes=0")
+async def _clear_everything(redis: Redis, tag_key: str) -> None:
+    await drop_keys(redis, tag_key.rsplit(":tag:", 1)[0])
 
 
-async def _nothing(redis: Redis, prefix: str) -> None:
+async def _keys_pattern(redis: Redis, tag_key: str) -> None:
+    keys = await redis.keys(tag_key.rsplit(":tag:", 1)[0] + ":/stats*")
+    if keys:
+        await redis.delete(*keys)
+
+
+async def _only_default_key(redis: Redis, tag_key: str) -> None:
+    await redis.delete(tag_key.rsplit(":tag:", 1)[0] + ":/stats?min_likes=0")
+
+
+async def _nothing(redis: Redis, tag_key: str) -> None:
     return None
+
+
+async def _flush(redis: Redis, tag_key: str) -> None:
+    await redis.flushdb()
+
+
+def _keys_remembered_in_process() -> AppFactory:
+    """Wrong: the keys to clear are remembered in a Python set of this process, then deleted from Redis."""
+
+    def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
+        remembered: set[str] = set()
+
+        async def remember_and_read(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                                    min_likes: int) -> bytes:
+            key = url_key(prefix, request)
+            body = await redis.get(key)
+            if body is None:
+                body = await _compute(session, min_likes)
+                await redis.set(key, body, ex=ttl)
+                remembered.add(key)
+            return body
+
+        app = _stats_app(remember_and_read)(db, redis, prefix, ttl)
+        _add_users_and_posts(app, db, redis, prefix, ttl, lambda: redis.delete(*remembered) if remembered else _noop())
+        return app
+
+    return make_app
+
+
+def _version_in_process() -> AppFactory:
+    """Wrong: a version number in the keys, but kept in a Python variable of this process."""
+
+    def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
+        version = [0]
+
+        async def versioned(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                            min_likes: int) -> bytes:
+            key = f"{prefix}:v{version[0]}:stats:{min_likes}"
+            body = await redis.get(key)
+            if body is None:
+                body = await _compute(session, min_likes)
+                await redis.set(key, body, ex=ttl)
+            return body
+
+        def bump() -> Any:
+            version[0] += 1
+            return _noop()
+
+        app = _stats_app(versioned)(db, redis, prefix, ttl)
+        _add_users_and_posts(app, db, redis, prefix, ttl, bump)
+        return app
+
+    return make_app
+
+
+def _local_copy_cleared_in_process() -> AppFactory:
+    """Wrong: tags in Redis are cleared, but each process also keeps a local copy of the answers it served."""
+
+    def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
+        local: dict[str, bytes] = {}
+
+        async def body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
+            key = url_key(prefix, request)
+            if key not in local:
+                cached = await redis.get(key)
+                if cached is None:
+                    cached = await _compute(session, min_likes)
+                    await redis.set(key, cached, ex=ttl)
+                    await redis.sadd(f"{prefix}:tag:posts", key)
+                local[key] = cached
+            return local[key]
+
+        async def clear() -> None:
+            local.clear()
+            await _clear_tag(redis, f"{prefix}:tag:posts")
+
+        app = _stats_app(body)(db, redis, prefix, ttl)
+        _add_users_and_posts(app, db, redis, prefix, ttl, clear)
+        return app
+
+    return make_app
+
+
+async def _noop() -> None:
+    return None
+
+
+def _add_users_and_posts(app: FastAPI, db: DemoDB, redis: Redis, prefix: str, ttl: int,
+                         on_write: Callable[[], Any]) -> None:
+    """Add a cached GET /users/{id} and a POST /posts that awaits `on_write()` after the commit."""
+    get_db = db.dependency()
+
+    @app.get("/users/{user_id}")
+    async def read_user(request: Request, user_id: int, session: Session = Depends(get_db)) -> Response:
+        key = url_key(prefix, request)
+        body = await redis.get(key)
+        if body is None:
+            body = await run_in_threadpool(user_json, session, user_id)
+            if body is None:
+                raise HTTPException(404)
+            await redis.set(key, body, ex=ttl)
+        return json_response(body)
+
+    @app.post("/posts", status_code=201)
+    async def add_post(new: NewPost, session: Session = Depends(get_db)) -> dict[str, int]:
+        post_id = await run_in_threadpool(create_post, session, new)
+        await on_write()
+        return {"id": post_id}
 
 
 def test_invalidate_reference_passes():
     result = _grade("03.invalidate", _invalidating_app(_clear_tag))
     assert result.passed, result.message
     assert result.figures["unrelated_keys_kept"] == 2
+    assert result.figures["stale_after_write"] == 0
+    _assert_nothing_left_running()
 
 
-@pytest.mark.parametrize("answer", [_invalidating_app(_bump_version, versioned=True), _response_cache_app(lock=False)],
-                         ids=["versioned-keys", "ResponseCache"])
+@pytest.mark.parametrize("answer", [_invalidating_app(_bump_version, versioned=True),
+                                    _invalidating_app(_clear_tag_in_a_script),
+                                    _invalidating_app(_scan_stats_keys),
+                                    _invalidating_app(_clear_tag, tag="{prefix}:stats-keys"),
+                                    _response_cache_app(lock=False)],
+                         ids=["versioned-keys", "lua-script", "scan", "other-tag-name", "ResponseCache"])
 def test_invalidate_other_right_answers_pass(answer):
     result = _grade("03.invalidate", answer)
     assert result.passed, result.message
 
 
-@pytest.mark.parametrize(("invalidate", "says"), [
-    (_clear_everything, "GET /users/1 ran 1 queries: its entry was deleted"),
-    (_keys_pattern, "your app sent KEYS"),
-    (_only_default_key, "GET /stats?min_likes=100 still returned the old answer"),
-    (_nothing, "GET /stats?min_likes=0 still returned the old answer"),
-], ids=["clears-everything", "KEYS", "one-key-only", "no-invalidation"])
-def test_invalidate_wrong_answers_fail_saying_what_was_measured(invalidate, says):
-    result = _grade("03.invalidate", _invalidating_app(invalidate))
+@pytest.mark.parametrize(("answer", "says"), [
+    (_invalidating_app(_clear_everything), "GET /users/1 ran 1 queries on the first worker"),
+    (_invalidating_app(_keys_pattern), "your app sent `KEYS"),
+    (_invalidating_app(_flush), "your app sent FLUSHDB"),
+    (_invalidating_app(_only_default_key), "GET /stats?min_likes=100 on the second worker"),
+    (_invalidating_app(_nothing), "nothing was cleared"),
+    (_keys_remembered_in_process(), "min_likes=100 was cached by the second worker"),
+    (_version_in_process(), "the worker that handled the write serves fresh answers and the other still serves old"),
+    (_local_copy_cleared_in_process(), "what your write changes lives in that process's memory"),
+    (_invalidating_app(_clear_tag, expire=False), "with no expiry (PTTL -1)"),
+    (_invalidating_app(_clear_tag, tag="tags:posts"), "'tags:posts' (`SADD tags:posts"),
+], ids=["clears-everything", "KEYS", "FLUSHDB", "one-key-only", "no-invalidation", "keys-remembered-in-process",
+        "version-in-process", "local-copy", "never-expires", "tag-outside-prefix"])
+def test_invalidate_wrong_answers_fail_saying_why(answer, says):
+    result = _grade("03.invalidate", answer)
     assert not result.passed
     assert says in result.message, result.message
+    assert result.hint
 
 
 def test_invalidate_uncached_answer_fails_on_the_warm_up():
@@ -292,7 +567,7 @@ def test_invalidate_uncached_answer_fails_on_the_warm_up():
 
 
 async def _lock_body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
-    """The reference: SET NX lock in Redis, losers poll, winner double-checks."""
+    """The reference: SET NX PX lock in Redis, losers poll, winner double-checks."""
     key = url_key(prefix, request)
     body = await redis.get(key)
     if body is not None:
@@ -306,24 +581,106 @@ async def _lock_body(redis: Redis, prefix: str, ttl: int, request: Request, sess
     try:
         body = await redis.get(key)
         if body is None:
-            body = await run_in_threadpool(stats_json, session, min_likes)
+            body = await _compute(session, min_likes)
             await redis.set(key, body, ex=ttl)
         return body
     finally:
         await redis.delete(lock_key)
 
 
+def _locked(acquire: Callable[[Redis, str], Any], release: Callable[[Redis, str], Any] | None = None,
+            lock_name: str = "{key}:lock", store: Callable[..., Any] | None = None) -> AppFactory:
+    """A stampede answer: `await acquire(redis, lock_key)` until True (backing off), compute once, release."""
+
+    async def body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
+        key = f"{prefix}:stats:{min_likes}"
+        lock_key = lock_name.format(key=key, prefix=prefix, min_likes=min_likes)
+        pause = 0.005
+        while (cached := await redis.get(key)) is None:
+            if await acquire(redis, lock_key):
+                try:
+                    cached = await redis.get(key)
+                    if cached is None:
+                        cached = await _compute(session, min_likes)
+                        await (store or _store_with_ttl)(redis, key, cached, ttl)
+                    return cached
+                finally:
+                    await (release or _release)(redis, lock_key)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        return cached
+
+    return _stats_app(body)
+
+
+async def _store_with_ttl(redis: Redis, key: str, body: bytes, ttl: int) -> None:
+    await redis.set(key, body, ex=ttl)
+
+
+async def _store_for_ever(redis: Redis, key: str, body: bytes, ttl: int) -> None:
+    await redis.set(key, body)
+
+
+async def _release(redis: Redis, lock_key: str) -> None:
+    await redis.delete(lock_key)
+
+
+async def _set_nx_ex(redis: Redis, lock_key: str) -> bool:
+    return bool(await redis.set(lock_key, "1", nx=True, ex=10))
+
+
+async def _set_nx_forever(redis: Redis, lock_key: str) -> bool:
+    return bool(await redis.set(lock_key, "1", nx=True))
+
+
+async def _setnx_then_expire(redis: Redis, lock_key: str) -> bool:
+    if await redis.setnx(lock_key, "1"):
+        await redis.expire(lock_key, 10)
+        return True
+    return False
+
+
+async def _incr_lock(redis: Redis, lock_key: str) -> bool:
+    """Wrong: INCR as a lock (1 wins), never given an expiry."""
+    if await redis.incr(lock_key) == 1:
+        return True
+    await redis.decr(lock_key)
+    return False
+
+
+async def _lua_lock(redis: Redis, lock_key: str) -> bool:
+    """Right, another way: SETNX and PEXPIRE inside one Lua script (atomic)."""
+    return bool(await redis.eval("if redis.call('SETNX', KEYS[1], ARGV[1]) == 1 then "
+                                 "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end return 0",
+                                 1, lock_key, "1", 10_000))
+
+
 async def _redis_py_lock_body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
                               min_likes: int) -> bytes:
-    """Right, another way: redis-py's own Lock (a Lua-scripted lock), blocking until the holder is done."""
+    """Right, another way: redis-py's own Lock (SET NX PX, released by a Lua script), blocking until the holder is done."""
     key = url_key(prefix, request)
     body = await redis.get(key)
     if body is not None:
         return body
-    async with redis.lock(key + ":lock", timeout=10, sleep=0.005, blocking_timeout=10):
+    async with redis.lock(key + ":lock", timeout=10, sleep=0.01, blocking_timeout=10):
         body = await redis.get(key)
         if body is None:
-            body = await run_in_threadpool(stats_json, session, min_likes)
+            body = await _compute(session, min_likes)
+            await redis.set(key, body, ex=ttl)
+    return body
+
+
+async def _redis_py_lock_no_timeout(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                                    min_likes: int) -> bytes:
+    """Wrong: redis-py's Lock without `timeout`: the lock never expires."""
+    key = url_key(prefix, request)
+    body = await redis.get(key)
+    if body is not None:
+        return body
+    async with redis.lock(key + ":lock", sleep=0.01, blocking_timeout=10):
+        body = await redis.get(key)
+        if body is None:
+            body = await _compute(session, min_likes)
             await redis.set(key, body, ex=ttl)
     return body
 
@@ -343,30 +700,123 @@ def _process_lock_app() -> AppFactory:
     return make_app
 
 
+_THREAD_LOCK = threading.Lock()
+
+
+async def _module_thread_lock(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                              min_likes: int) -> bytes:
+    """Wrong: a module-level threading.Lock around the miss (in the thread pool): one per process."""
+    key = url_key(prefix, request)
+    body = await redis.get(key)
+    if body is not None:
+        return body
+
+    def fill() -> bytes:
+        with _THREAD_LOCK:
+            return asyncio.run(_fill_once(key, session, min_likes, ttl, redis.connection_pool.connection_kwargs))
+
+    return await run_in_threadpool(fill)
+
+
+async def _fill_once(key: str, session: Session, min_likes: int, ttl: int, kwargs: dict[str, Any]) -> bytes:
+    client = SyncRedis(host=kwargs["host"], port=kwargs["port"], db=kwargs.get("db", 0))
+    try:
+        body = client.get(key)
+        if body is None:
+            body = stats_json(session, min_likes)
+            client.set(key, body, ex=ttl)
+        return body
+    finally:
+        client.close()
+
+
+def _pending_futures_app() -> AppFactory:
+    """Wrong: single-flight with a dict of pending futures: it coalesces requests of one process only."""
+
+    def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
+        pending: dict[str, asyncio.Future[bytes]] = {}
+
+        async def body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
+            key = url_key(prefix, request)
+            if key in pending:
+                return await pending[key]
+            pending[key] = asyncio.get_running_loop().create_future()
+            try:
+                result = await _reference_body(redis, prefix, ttl, request, session, min_likes)
+                pending[key].set_result(result)
+                return result
+            finally:
+                del pending[key]
+
+        return _stats_app(body)(db, redis, prefix, ttl)
+
+    return make_app
+
+
 def test_stampede_reference_passes():
     result = _grade("03.stampede", _stats_app(_lock_body))
     assert result.passed, result.message
-    assert result.figures["queries_1_app"] == 1
-    assert result.figures["queries_2_app"] == 1
+    assert result.figures["queries_total"] == 1
+    assert result.figures["keys_polls"] >= 2
+    _assert_nothing_left_running()
 
 
-@pytest.mark.parametrize("answer", [_stats_app(_redis_py_lock_body), _response_cache_app(lock=True)],
-                         ids=["redis-py-lock", "ResponseCache"])
+@pytest.mark.parametrize("answer", [_stats_app(_redis_py_lock_body), _response_cache_app(lock=True),
+                                    _locked(_set_nx_ex), _locked(_lua_lock),
+                                    _locked(_set_nx_ex, lock_name="{prefix}:locks:stats:{min_likes}")],
+                         ids=["redis-py-lock", "ResponseCache", "set-nx-ex", "lua-lock", "other-lock-name"])
 def test_stampede_other_right_answers_pass(answer):
     result = _grade("03.stampede", answer)
     assert result.passed, result.message
 
 
 @pytest.mark.parametrize(("answer", "says"), [
-    (_stats_app(_reference_body), "on one app ran"),
-    (_process_lock_app(), "on two app instances sharing Redis (two workers) ran 2 database queries"),
-    (_stats_app(_uncached), "on one app ran 50 database queries"),
-], ids=["no-lock", "process-lock", "uncached"])
-def test_stampede_wrong_answers_fail_saying_what_was_measured(answer, says):
+    (_stats_app(_reference_body), "they missed before the first one stored the answer"),
+    (_stats_app(_uncached), "ran 50 database queries"),
+    (_process_lock_app(), "(1 in the first, 1 in the second), expected exactly 1: one per process"),
+    (_stats_app(_module_thread_lock), "one per process"),
+    (_pending_futures_app(), "one per process"),
+    (_locked(_set_nx_forever), "NX`, which never expires"),
+    (_locked(_setnx_then_expire), "SETNX cannot set an expiry"),
+    (_stats_app(_redis_py_lock_no_timeout), "which never expires"),
+    (_locked(_incr_lock), "existed with no expiry"),
+    (_locked(_set_nx_ex, lock_name="lock:{key}"), "outside the prefix"),
+    (_locked(_set_nx_ex, store=_store_for_ever), "with no expiry (PTTL -1)"),
+], ids=["no-lock", "uncached", "asyncio-lock", "thread-lock", "pending-futures", "set-nx-no-expiry",
+        "setnx-then-expire", "redis-py-lock-no-timeout", "incr-lock", "lock-outside-prefix", "cache-never-expires"])
+def test_stampede_wrong_answers_fail_saying_why(answer, says):
     result = _grade("03.stampede", answer)
     assert not result.passed
     assert says in result.message, result.message
     assert result.hint
+    _assert_nothing_left_running()
+
+
+# --- the same graders on fakeredis served over TCP (when no redis-server is installed) -------------------------
+
+
+@pytest.fixture
+def fakeredis_server(monkeypatch):
+    monkeypatch.setattr(course_redis, "REDIS_SERVER", None)
+
+
+@pytest.mark.skipif(bool(os.environ.get("REDIS_URL")), reason="REDIS_URL names the server the graders use")
+@pytest.mark.parametrize(("exercise_id", "answer", "passes", "says"), [
+    ("03.cache-endpoint", _stats_app(_reference_body), True, ""),
+    ("03.cache-endpoint", _stats_app(_dict_in_process), False, "the cache lives inside each process"),
+    ("03.invalidate", _invalidating_app(_clear_tag), True, ""),
+    ("03.invalidate", _version_in_process(), False, "what your write changes lives in that process's memory"),
+    ("03.stampede", _stats_app(_lock_body), True, ""),
+    ("03.stampede", _process_lock_app(), False, "one per process"),
+    ("03.stampede", _locked(_set_nx_forever), False, "which never expires"),
+], ids=["cache-endpoint", "cache-endpoint-dict", "invalidate", "invalidate-version-in-process", "stampede",
+        "stampede-asyncio-lock", "stampede-lock-no-expiry"])
+def test_graders_on_fakeredis_over_tcp(fakeredis_server, exercise_id, answer, passes, says):
+    _PROCESS_CACHE.clear()
+    result = _grade(exercise_id, answer)
+    assert result.passed == passes, result.message
+    assert says in result.message, result.message
+    _assert_nothing_left_running()
 
 
 # --- the lesson's helpers and apps ----------------------------------------------------------------------------

@@ -6,26 +6,31 @@ import asyncio
 import hashlib
 import inspect
 import json
+import multiprocessing
 import random
 import time
 import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, TypeAdapter
-from redis.asyncio import Redis
-from sqlalchemy import func, insert, select
-from sqlalchemy.orm import Session
+from redis.asyncio import BlockingConnectionPool, Redis
+from sqlalchemy import create_engine, event, func, insert, select
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from ..bench import BenchRow
 from ..client import app_client
-from ..db import DemoDB, Post, User, make_demo_db
+from ..db import DemoDB, Post, User, make_demo_db, thread_safe_connect_args
 from ..grading import Checking, exercise
 from ..queries import count_queries, simulated_latency
-from ..redis import get_redis, redis_backend
+from ..redis import KeyWatch, RecordingProxy, RedisCommand, get_redis, redis_backend, serve_redis
+from ..servers import _die_with_parent
 from ..timing import compare
 
 LESSON = "03_caching"
@@ -367,52 +372,282 @@ def show_source(obj: Any) -> Any:
 # ---------------------------------------------------------------- graders
 
 _RESOURCE = "a function make_app(db, redis, prefix, ttl) that returns a FastAPI app"
+_SECOND_WORKER_TIMEOUT = 30.0
 
 
-class _Recorder:
-    """Wrap a Redis client's `execute_command` to keep the name of every command the learner's app sends."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.commands: list[str] = []
-        original = redis.execute_command
-
-        async def recording(*args: Any, **options: Any) -> Any:
-            if args:
-                self.commands.append(str(args[0]).upper())
-            return await original(*args, **options)
-
-        redis.execute_command = recording  # type: ignore[method-assign]
+# ---------------------------------------------------------------- graders: two worker processes, one Redis
+#
+# Production runs several worker processes (gunicorn, uvicorn --workers) against one Redis, and that is where a cache
+# or a lock kept in Python memory fails. So each grader runs the answer twice: in the grader's process, and in a
+# second process forked from it (as gunicorn forks its workers: a factory defined in a notebook is inherited, no
+# import needed). Both reach one Redis server over TCP (fakeredis served from its own process, or REDIS_URL) through
+# a proxy that records every command of both, and the same database.
 
 
-async def _redis_for_grading() -> tuple[Redis, str, _Recorder]:
-    redis = get_redis()
-    return redis, new_prefix("grade03"), _Recorder(redis)
+class _Gate:
+    """Hold every query of a burst until all of the burst's requests have reached the apps (in both processes), so
+    their in-flight windows overlap however the machine schedules the two processes."""
+
+    def __init__(self, ctx: Any, timeout: float = 2.0) -> None:
+        self.arrived, self.expected, self.timeout = ctx.Value("i", 0), ctx.Value("i", 0), timeout
+
+    def expect(self, requests: int) -> None:
+        """Start a burst of `requests` (0: no burst, queries run at once)."""
+        with self.arrived.get_lock():
+            self.arrived.value = 0
+            self.expected.value = requests
+
+    def wrap(self, app: Any) -> Any:
+        """The app behind an ASGI wrapper that counts the requests reaching it."""
+        arrived = self.arrived
+
+        async def counting(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                with arrived.get_lock():
+                    arrived.value += 1
+            await app(scope, receive, send)
+
+        return counting
+
+    @contextmanager
+    def holding(self, engine: Any) -> Iterator[None]:
+        """While the block runs, a statement on `engine` waits (at most `timeout`) for the burst's requests."""
+
+        def wait(*_: Any) -> None:
+            deadline = time.monotonic() + self.timeout
+            while 0 < self.expected.value > self.arrived.value and time.monotonic() < deadline:
+                time.sleep(0.002)
+
+        event.listen(engine, "before_cursor_execute", wait)
+        try:
+            yield
+        finally:
+            event.remove(engine, "before_cursor_execute", wait)
 
 
-async def _check_prefix(redis: Redis, prefix: str, checking: Checking) -> None:
-    """Fail if the answer wrote keys outside its prefix (checked on the private fakeredis only)."""
+def _bounded_client(url: str) -> Redis:
+    """The client an answer gets: at most 16 connections, a command waits for a free one (as a production pool)."""
+    return Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=16, timeout=20))
+
+
+def _worker_main(conn: Any, factory: Any, db_url: str, counts: dict[str, int], redis_url: str, prefix: str, ttl: int,
+                 latency_ms: float, gate: _Gate | None) -> None:
+    """The second worker process (forked): build the answer's app on its own engine and Redis client, then answer the
+    grader's requests from the pipe until told to stop."""
+    _die_with_parent()
+    try:
+        asyncio.run(_worker_serve(conn, factory, db_url, counts, redis_url, prefix, ttl, latency_ms, gate))
+    except BaseException as error:  # noqa: BLE001 - reported to the grader, whatever it is
+        with suppress(Exception):
+            conn.send(("error", f"{type(error).__name__}: {error}", 0))
+    finally:
+        conn.close()
+
+
+async def _worker_serve(conn: Any, factory: Any, db_url: str, counts: dict[str, int], redis_url: str, prefix: str,
+                        ttl: int, latency_ms: float, gate: _Gate | None) -> None:
+    """The second worker's life: its app, then one reply per request message."""
+    engine = create_engine(db_url, connect_args=thread_safe_connect_args(db_url))
+    db = DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=None, counts=counts)
+    redis = _bounded_client(redis_url)
+    try:
+        with simulated_latency(engine, latency_ms), gate.holding(engine) if gate else nullcontext():
+            try:
+                app = factory(db, redis, prefix, ttl)
+            except Exception as error:  # noqa: BLE001 - learner code
+                conn.send(("error", f"building your app raised {type(error).__name__}: {error}", 0))
+                return
+            if not hasattr(app, "router"):
+                conn.send(("error", f"your factory returned {type(app).__name__}, not a FastAPI app", 0))
+                return
+            async with app_client(gate.wrap(app) if gate else app) as client:
+                conn.send(("ready", [], 0))
+                while True:
+                    try:
+                        kind, path, arg = await asyncio.to_thread(conn.recv)
+                    except EOFError:  # the grader is gone
+                        return
+                    if kind == "stop":
+                        return
+                    try:
+                        with count_queries(engine) as queries:
+                            if kind == "get":
+                                responses = await asyncio.gather(*(client.get(path) for _ in range(arg)))
+                            else:
+                                responses = [await client.post(path, json=arg)]
+                    except Exception as error:  # noqa: BLE001 - learner code, raised through the app
+                        conn.send(("error", f"your app raised {type(error).__name__}: {error}", 0))
+                        continue
+                    conn.send(("ok", [(r.status_code, r.content) for r in responses], queries.count))
+    finally:
+        with suppress(Exception):
+            await redis.aclose()
+        engine.dispose()
+
+
+class _SecondWorker:
+    """The answer's app in a second process forked from this one, on the same database and Redis."""
+
+    def __init__(self, factory: Any, db: DemoDB, redis_url: str, prefix: str, ttl: int, latency_ms: float,
+                 gate: _Gate | None, ctx: Any) -> None:
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, name="lab03-second-worker", daemon=True,
+            args=(child, factory, db.url, dict(db.counts), redis_url, prefix, ttl, latency_ms, gate))
+        with warnings.catch_warnings():  # Python 3.12+ warns about fork in a threaded process; we fork on purpose
+            warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
+            self.process.start()
+        child.close()
+
+    def send(self, kind: str, path: str = "", arg: Any = None) -> None:
+        """Ask for `arg` concurrent GETs of `path` ('get') or one POST of JSON `arg` ('post'); `reply()` answers."""
+        self._conn.send((kind, path, arg))
+
+    async def reply(self, checking: Checking, timeout: float = _SECOND_WORKER_TIMEOUT) -> tuple[list[Any], int]:
+        """The worker's answer to the last request: [(status, body bytes)], database queries it ran."""
+        if not await asyncio.to_thread(self._conn.poll, timeout):
+            checking.fail(f"the second worker process (a copy of your app in another process) did not answer within "
+                          f"{timeout:g} s: does your app wait for something that never comes?")
+        try:
+            kind, replies, queries = self._conn.recv()
+        except (EOFError, OSError):
+            checking.fail(f"the second worker process ended unexpectedly (exit code {self.process.exitcode}).")
+            raise
+        if kind == "error":
+            checking.fail(f"in the second worker process (a copy of your app in another process, sharing the "
+                          f"database and Redis), {replies}")
+        return replies, queries
+
+    async def get(self, checking: Checking, path: str, n: int = 1) -> tuple[list[Any], int]:
+        """`n` concurrent GETs of `path` on the second worker."""
+        self.send("get", path, n)
+        return await self.reply(checking)
+
+    def stop(self) -> None:
+        """Ask the worker to stop, then terminate and kill it if it does not. Safe to call twice."""
+        with suppress(OSError, ValueError):
+            self._conn.send(("stop", "", None))
+        self.process.join(5)
+        for end in (self.process.terminate, self.process.kill):
+            if self.process.is_alive():
+                end()
+                self.process.join(3)
+        self._conn.close()
+
+
+@dataclass
+class _Rig:
+    """One grading run: a private prefix, a Redis behind a recording proxy, the answer's app here and in a second
+    worker process."""
+
+    prefix: str
+    upstream: str
+    proxy: RecordingProxy
+    redis: Redis
+    direct: Redis
+    app: Any
+    worker: _SecondWorker
+    gate: _Gate | None
+
+
+@asynccontextmanager
+async def _two_workers(checking: Checking, make_app: Any, db: DemoDB, ttl: int, *, latency_ms: float = 0.0,
+                       gate: bool = False) -> AsyncIterator[_Rig]:
+    """Build the answer in this process and in a forked second worker; stop everything when the block ends."""
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:
+        checking.fail("this check runs a second copy of your app in a forked process, which needs Linux or macOS.")
+        raise
+    prefix = new_prefix("grade03")
+    with ExitStack() as stack:
+        upstream = stack.enter_context(serve_redis())
+        proxy = stack.enter_context(RecordingProxy(upstream))
+        redis, direct = _bounded_client(proxy.url), Redis.from_url(upstream)
+        worker = None
+        try:
+            app = checking.build_app(make_app, db, redis, prefix, ttl)
+            held = _Gate(ctx) if gate else None
+            worker = _SecondWorker(make_app, db, proxy.url, prefix, ttl, latency_ms, held, ctx)
+            await worker.reply(checking)  # ready, or why not
+            with held.holding(db.engine) if held else nullcontext():
+                yield _Rig(prefix, upstream, proxy, redis, direct, held.wrap(app) if held else app, worker, held)
+        finally:
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
+            with suppress(Exception):
+                await drop_keys(direct, prefix)
+            for client in (redis, direct):
+                with suppress(Exception):
+                    await client.aclose()
+
+
+def _check_commands(rig: _Rig, checking: Checking) -> None:
+    """Every key any worker named starts with the prefix; no KEYS, FLUSHDB or FLUSHALL."""
+    mine = rig.prefix.encode()
+    for command in rig.proxy.since():
+        stray = [key for key in command.keys() if not key.startswith(mine)]
+        checking.expect(not stray, f"your app used the key {stray[0].decode(errors='replace')!r} (`{command}`), "
+                                   f"outside the prefix it was given ({rig.prefix!r}). Apps, workers of other "
+                                   "versions and test runs sharing one Redis would read and overwrite each other's "
+                                   "keys: start every key with `prefix`." if stray else "")
+        checking.expect(command.name != "KEYS",
+                        f"your app sent `{command}`. KEYS walks every key of the server and blocks all other clients "
+                        "meanwhile: fine on a laptop, an outage on a big production Redis. Keep a set of keys per "
+                        "tag (SADD / SMEMBERS) or version your keys instead.")
+        checking.expect(command.name not in ("FLUSHDB", "FLUSHALL"),
+                        f"your app sent {command.name}: that wipes every key of every app sharing this Redis.")
+
+
+async def _check_no_stray_keys(rig: _Rig, checking: Checking) -> None:
+    """On the private fakeredis server: no key outside the prefix (e.g. written by a script)."""
     if redis_backend() != "fakeredis":
-        return
-    stray = [k.decode(errors="replace") async for k in redis.scan_iter(match="*") if not k.startswith(prefix.encode())]
-    checking.expect(not stray, f"your app wrote keys outside the prefix it was given ({prefix!r}): {stray[:3]}. "
+        return  # a real Redis is shared: the proxy's record of commands is what tells
+    stray = [k.decode(errors="replace") async for k in rig.direct.scan_iter(match="*")
+             if not k.startswith(rig.prefix.encode())]
+    checking.expect(not stray, f"your app wrote keys outside the prefix it was given ({rig.prefix!r}): {stray[:3]}. "
                                "Start every key with `prefix`: apps (and test runs) sharing one Redis must not collide.")
 
 
-async def _check_stored_in_redis(redis: Redis, prefix: str, checking: Checking) -> None:
-    """Fail unless the cached entry is in Redis under `prefix` (a dict in the process also saves queries)."""
-    await _check_prefix(redis, prefix, checking)
-    checking.expect([k async for k in redis.scan_iter(match=f"{prefix}*")] != [],
-                    f"your endpoint served 49 of 50 calls without the database, but Redis holds no key under "
-                    f"{prefix!r}: the cache lives inside this process (a dict?). Every worker would keep its own "
-                    "copy and a write could not clear them all: store the body in `redis`, under `prefix`.")
-
-
-async def _cleanup(redis: Redis, prefix: str) -> None:
-    """Delete the run's keys and close the client."""
+def _same_json(value: Any, expected: Any) -> bool:
     try:
-        await drop_keys(redis, prefix)
-    finally:
-        await redis.aclose()
+        return json.loads(value) == expected
+    except (TypeError, ValueError):
+        return False
+
+
+async def _check_entries_expire(rig: _Rig, checking: Checking, expected: dict[str, Any], ttl: int) -> int:
+    """Every key under the prefix that holds one of the expected answers expires within `ttl`; returns how many."""
+    found = 0
+    async for key in rig.direct.scan_iter(match=f"{rig.prefix}*", count=1000):
+        if await rig.direct.type(key) != b"string":
+            continue
+        value = await rig.direct.get(key)
+        path = next((p for p, body in expected.items() if _same_json(value, body)), None)
+        if path is None:
+            continue
+        found += 1
+        pttl, name = await rig.direct.pttl(key), key.decode(errors="replace")
+        checking.expect(pttl != -1, f"the cached answer of GET {path} sits in Redis under {name!r} with no expiry "
+                                    "(PTTL -1): it would be served for ever, stale after any change the cache is not "
+                                    f"told about. Store it with the TTL given (`ttl`, {ttl} s) in the same SET: "
+                                    "`ex=ttl` or `px=ttl * 1000`.")
+        checking.expect(pttl <= ttl * 1000, f"the cached answer of GET {path} under {name!r} expires in "
+                                            f"{pttl / 1000:,.0f} s, but the TTL asked for is {ttl} s (`ex=` takes "
+                                            "seconds, `px=` milliseconds).")
+    return found
+
+
+async def _worker_get(checking: Checking, rig: _Rig, path: str, expected: Any) -> int:
+    """One GET of `path` on the second worker: require 200 and the expected body; return its query count."""
+    replies, queries = await rig.worker.get(checking, path)
+    status, content = replies[0]
+    checking.expect(status == 200, f"GET {path} on the second worker process answered {status}, expected 200. "
+                                   f"Body: {content[:200]!r}")
+    checking.expect(_same_json(content, expected), f"GET {path} on the second worker process returned "
+                                                   f"{content[:160]!r}, not the uncached answer "
+                                                   f"{str(expected)[:160]}")
+    return queries
 
 
 def _expected(db: DemoDB, min_likes: int) -> Any:
@@ -433,68 +668,89 @@ async def _get(checking: Checking, client: Any, db: DemoDB, path: str) -> tuple[
         raise
 
 
+_NO_QUERY = ("no database query was observed at all: the grader counts the statements run through the `db` it "
+             "gives your factory. Open sessions with `db.dependency()` (or `db.session()`), not an engine of your own.")
+
+
 @exercise(
     "03.cache-endpoint",
     title="Cache the slow endpoint in Redis",
     lesson=LESSON,
     expects=_RESOURCE + " whose GET /stats?min_likes=N is cached in `redis` for `ttl` seconds",
     hints=(
-        "Build the key from the request: `f\"{prefix}:{request.url.path}?{request.url.query}\"` (or the "
-        "lesson's `url_key(prefix, request)`). `await redis.get(key)`; on a miss compute the JSON bytes and "
-        "`await redis.set(key, body, px=int(ttl * 1000))`.",
-        "Inside `stats`: `key = url_key(prefix, request)`; `body = await redis.get(key)`; `if body is None: "
-        "body = await run_in_threadpool(stats_json, session, min_likes)` then `await redis.set(key, body, "
-        "px=int(ttl * 1000))`; `return json_response(body)`. Keep the query parameter in the key and the TTL "
-        "on the SET.",
+        "Measure first: every GET /stats runs the slow query. Keep its answer where every worker process can read "
+        "it (Redis, not a dict in your process), under a key that starts with `prefix` and names everything that "
+        "changes the answer (the path and `min_likes`), and let Redis forget it after `ttl` seconds.",
+        "Two calls do it: `await redis.get(key)` returns the stored bytes or None; `await redis.set(key, body, "
+        "ex=ttl)` (or `px=` in milliseconds) stores them with their expiry in one command. `url_key(prefix, "
+        "request)` builds a key from the path and the sorted query string.",
+        "Shape: `key = …`; `body = await redis.get(key)`; `if body is None:` compute the JSON bytes (the starter's "
+        "line) and `await redis.set(key, body, …)`; then `return json_response(body)`. What goes in the gaps: the "
+        "key from the request, and the TTL.",
     ),
     timeout=60,
 )
 async def check_cache_endpoint(make_app: Any, checking: Checking) -> str:
-    """50 calls → 1 query with bodies equal to uncached; another min_likes → its own key; after the TTL → 1 query."""
-    ttl = 1  # whole seconds, so `ex=ttl` and `px=ttl * 1000` both work
-    redis, prefix, _ = await _redis_for_grading()
-    try:
-        with make_demo_db(users=300, posts_per_user=6, seed=3) as db:
-            app = checking.build_app(make_app, db, redis, prefix, ttl)
-            expected = {m: _expected(db, m) for m in (0, 250)}
-            async with app_client(app) as client:
-                started = time.monotonic()
-                total = 0
-                for i in range(50):
-                    body, count = await _get(checking, client, db, "/stats?min_likes=0")
-                    total += count
-                    checking.expect(body == expected[0],
-                                    f"call {i + 1} of GET /stats?min_likes=0 returned {str(body)[:160]}, not the "
-                                    f"uncached answer {str(expected[0])[:160]}")
-                elapsed = time.monotonic() - started
-                checking.record("queries_for_50_calls", total)
-                checking.expect(elapsed < ttl or total <= 2,
-                                f"50 calls took {elapsed:.2f} s, longer than the {ttl} s TTL: the machine is too busy "
-                                "to grade this now; run the check again.")
-                checking.expect(total == 1, f"50 calls to GET /stats?min_likes=0 ran {total} database queries; "
-                                            "a cached endpoint runs 1 (the first miss), then serves Redis.")
-                await _check_stored_in_redis(redis, prefix, checking)
-                body, count = await _get(checking, client, db, "/stats?min_likes=250")
-                checking.expect(body == expected[250],
-                                f"GET /stats?min_likes=250 returned {str(body)[:160]}, which is "
-                                + ("the cached answer for min_likes=0: the query parameter is not in your key"
-                                   if body == expected[0] else f"not the uncached answer {str(expected[250])[:160]}"))
-                checking.expect(count == 1, f"the first GET /stats?min_likes=250 ran {count} queries, expected 1 "
-                                            "(a new parameter is a new key, so one miss).")
+    """50 calls → 1 query, equal bodies; entries expire within the TTL; another worker process hits the same key;
+    another min_likes → its own key; after the TTL → 1 query. Keys under the prefix."""
+    ttl = 2  # whole seconds, so `ex=ttl` and `px=ttl * 1000` both work
+    sure = (ttl - 1) * 0.8  # an entry surely lives this long (fakeredis rounds SETEX's expiry down to a whole second)
+    with make_demo_db(users=300, posts_per_user=6, seed=3) as db:
+        expected = {m: _expected(db, m) for m in (0, 250)}
+        async with _two_workers(checking, make_app, db, ttl) as rig, app_client(rig.app) as client:
+            started = time.monotonic()
+            total = 0
+            for i in range(50):
                 body, count = await _get(checking, client, db, "/stats?min_likes=0")
-                checking.expect(count == 0, f"GET /stats?min_likes=0 again (within the TTL) ran {count} queries, "
-                                            "expected 0: min_likes=250 must not evict min_likes=0.")
-                await asyncio.sleep(max(0.0, started + ttl + 0.3 - time.monotonic()))
-                body, count = await _get(checking, client, db, "/stats?min_likes=0")
-                checking.record("queries_after_ttl", count)
-                checking.expect(count == 1, f"{ttl + 0.3:.1f} s after the first call (TTL {ttl} s), GET "
-                                            f"/stats?min_likes=0 ran {count} queries, expected 1: the entry should "
-                                            "have expired. Set the TTL when you store it (`px=` or `ex=`).")
-                checking.expect(body == expected[0], "after the TTL the body differs from the uncached answer")
-        await _check_prefix(redis, prefix, checking)
-    finally:
-        await _cleanup(redis, prefix)
-    return "50 calls → 1 query, identical bodies, one key per query string, expired after the TTL"
+                total += count
+                checking.expect(body == expected[0],
+                                f"call {i + 1} of GET /stats?min_likes=0 returned {str(body)[:160]}, not the "
+                                f"uncached answer {str(expected[0])[:160]}")
+            elapsed = time.monotonic() - started
+            checking.record("queries_for_50_calls", total)
+            checking.expect(total > 0, _NO_QUERY)
+            checking.expect(elapsed < sure or total <= 2,
+                            f"50 calls took {elapsed:.2f} s, close to the {ttl} s TTL: the machine is too busy "
+                            "to grade this now; run the check again.")
+            checking.expect(total == 1, f"50 calls to GET /stats?min_likes=0 ran {total} database queries; "
+                                        "a cached endpoint runs 1 (the first miss), then serves Redis.")
+            _check_commands(rig, checking)
+            await _check_entries_expire(rig, checking, {"/stats?min_likes=0": expected[0]}, ttl)
+            filled = time.monotonic()
+            body, count = await _get(checking, client, db, "/stats?min_likes=250")
+            checking.expect(body == expected[250],
+                            f"GET /stats?min_likes=250 returned {str(body)[:160]}, which is "
+                            + ("the cached answer for min_likes=0: the query parameter is not in your key"
+                               if body == expected[0] else f"not the uncached answer {str(expected[250])[:160]}"))
+            checking.expect(count == 1, f"the first GET /stats?min_likes=250 ran {count} queries, expected 1 "
+                                        "(a new parameter is a new key, so one miss).")
+            body, count = await _get(checking, client, db, "/stats?min_likes=0")
+            checking.expect(count == 0 or time.monotonic() - started > sure,
+                            f"GET /stats?min_likes=0 again (within the TTL) ran {count} queries, expected 0: "
+                            "min_likes=250 must not evict min_likes=0.")
+            theirs = await _worker_get(checking, rig, "/stats?min_likes=250", expected[250])
+            waited = time.monotonic() - filled
+            checking.record("second_worker_queries", theirs)
+            checking.expect(theirs == 0 or waited > sure,
+                            f"GET /stats?min_likes=250 was cached by this worker process {waited * 1000:.0f} ms "
+                            f"before, yet the same GET on a second worker process ran {theirs} database queries: "
+                            "the cache lives inside each process (a dict, lru_cache, a global?). Every worker would "
+                            "miss once for itself and keep its own copy, which a write in another process cannot "
+                            "clear. Store the body in `redis` (shared by every worker), under `prefix`.")
+            checking.expect(theirs == 0, f"the second worker's GET came {waited:.2f} s after the entry was cached, "
+                                         f"near the {ttl} s TTL: the machine is too busy to grade this now; run the "
+                                         "check again.")
+            await asyncio.sleep(max(0.0, started + ttl + 0.3 - time.monotonic()))
+            body, count = await _get(checking, client, db, "/stats?min_likes=0")
+            checking.record("queries_after_ttl", count)
+            checking.expect(count == 1, f"{ttl + 0.3:.1f} s after the first call (TTL {ttl} s), GET "
+                                        f"/stats?min_likes=0 ran {count} queries, expected 1: the entry should "
+                                        "have expired. Set the TTL when you store it (`px=` or `ex=`).")
+            checking.expect(body == expected[0], "after the TTL the body differs from the uncached answer")
+            _check_commands(rig, checking)
+            await _check_no_stray_keys(rig, checking)
+    return ("50 calls → 1 query, identical bodies, one key per query string under the prefix, shared with a second "
+            "worker process, expired after the TTL")
 
 
 @exercise(
@@ -503,58 +759,99 @@ async def check_cache_endpoint(make_app: Any, checking: Checking) -> str:
     lesson=LESSON,
     expects=_RESOURCE + " with cached GET /stats and GET /users/{id}, and POST /posts that invalidates /stats",
     hints=(
-        "When you cache a /stats answer, also remember its key in a set: `await redis.sadd(f\"{prefix}:tag:posts\", "
-        "key)`. In POST /posts, after the commit, delete the keys in that set (`smembers`, then `delete`). "
-        "Leave /users/* keys alone, and never use KEYS.",
-        "Another way: a version number. Key /stats as `f\"{prefix}:v{await redis.get(prefix + ':posts-version')}…\"` "
-        "and `await redis.incr(prefix + ':posts-version')` in POST /posts: old keys are never read again and "
-        "expire on their own. Either way /users/1 must still be a hit after the POST.",
+        "Ask which cached answers a new post makes wrong: every /stats variant (any min_likes), whichever worker "
+        "process cached it, and no /users one. The write must reach all of them, so what it needs to know (which "
+        "keys, or which version is current) must live in Redis, not in a Python variable of one process.",
+        "Two ways with Redis alone: a set per tag (`SADD` the key when you cache a /stats answer; on POST "
+        "`SMEMBERS`, then `DEL` those keys), or a version number (`INCR` a version key on POST and put the version "
+        "in every /stats key, so old entries are never read again). Not KEYS (it blocks the server), not FLUSHDB.",
+        "Shape of the set way: in stats, after `await redis.set(key, body, ex=ttl)`, `await redis.sadd(…, key)`; "
+        "in add_post, after the commit: `keys = await redis.smembers(…)` then `if keys: await redis.delete(…)`. "
+        "The gaps: one tag key under `prefix`, and what to delete besides the cached keys.",
     ),
     timeout=60,
 )
 async def check_invalidate(make_app: Any, checking: Checking) -> str:
-    """Warm /stats (2 variants) and /users (2 ids); POST a post; /stats fresh for both, /users still hits."""
-    redis, prefix, recorder = await _redis_for_grading()
-    try:
-        with make_demo_db(users=200, posts_per_user=5, seed=5) as db:
-            app = checking.build_app(make_app, db, redis, prefix, 60)
-            paths = ["/stats?min_likes=0", "/stats?min_likes=100", "/users/1", "/users/2"]
-            async with app_client(app) as client:
-                for path in paths:
-                    await _get(checking, client, db, path)
-                for path in paths:
-                    _, count = await _get(checking, client, db, path)
-                    checking.expect(count == 0, f"the second GET {path} ran {count} queries: cache both /stats and "
-                                                "/users/{id} first (this exercise checks what a write clears).")
-                response = await client.post("/posts", json={"user_id": 1, "title": "Fresh", "likes": 400})
-                checking.expect(response.status_code in (200, 201),
-                                f"POST /posts answered {response.status_code}: {response.text[:200]}")
-                for min_likes in (0, 100):
-                    body, count = await _get(checking, client, db, f"/stats?min_likes={min_likes}")
-                    expected = _expected(db, min_likes)
-                    checking.expect(body == expected,
-                                    f"after POST /posts, GET /stats?min_likes={min_likes} still returned the old "
-                                    f"answer ({count} queries): stale. Every /stats variant depends on posts, so "
-                                    "the write must clear them all.")
-                survivors = 0
-                for path in paths[2:]:
-                    _, count = await _get(checking, client, db, path)
-                    survivors += count == 0
-                    checking.expect(count == 0, f"after POST /posts, GET {path} ran {count} queries: its entry was "
-                                                "deleted, but a new post does not change a user. Clear only the "
-                                                "keys that depend on posts.")
-                checking.record("unrelated_keys_kept", survivors)
-            checking.expect("KEYS" not in recorder.commands,
-                            "your app sent KEYS to Redis. KEYS walks every key of the server and blocks all other "
-                            "clients meanwhile: fine on a laptop, an outage on a big production Redis. Keep a set "
-                            "of keys per tag (SADD / SMEMBERS) or version your keys instead.")
-            for flush in ("FLUSHDB", "FLUSHALL"):
-                checking.expect(flush not in recorder.commands, f"your app sent {flush}: that wipes every key of "
-                                                                 "every app sharing this Redis.")
-        await _check_prefix(redis, prefix, checking)
-    finally:
-        await _cleanup(redis, prefix)
-    return "a write refreshed both /stats variants and left the /users keys cached"
+    """Warm /stats (2 variants) and /users (2 ids), half on each of two worker processes; POST on one; /stats
+    fresh on both, /users still hits on both."""
+    stats, users = ["/stats?min_likes=0", "/stats?min_likes=100"], ["/users/1", "/users/2"]
+    with make_demo_db(users=200, posts_per_user=5, seed=5) as db:
+        async with _two_workers(checking, make_app, db, 60) as rig, app_client(rig.app) as client:
+            before = {path: (await _get(checking, client, db, path))[0] for path in (stats[0], users[0])}
+            with db.session() as session:
+                before[stats[1]] = json.loads(stats_json(session, 100))
+                before[users[1]] = json.loads(user_json(session, 2) or b"null")
+            for path in (stats[1], users[1]):
+                await _worker_get(checking, rig, path, before[path])
+            for path in stats + users:
+                _, count = await _get(checking, client, db, path)
+                checking.expect(count == 0, f"the second GET {path} ran {count} queries: cache both /stats and "
+                                            "/users/{id} first (this exercise checks what a write clears)."
+                                + (" This one was cached by the second worker process: each process keeps its "
+                                   "own cache. Store entries in `redis`, shared by every worker."
+                                   if path in (stats[1], users[1]) else ""))
+                count = await _worker_get(checking, rig, path, before[path])
+                checking.expect(count == 0, f"GET {path} was cached, yet on the second worker process it ran "
+                                            f"{count} queries: each process keeps its own cache. Store entries in "
+                                            "`redis`, shared by every worker.")
+            await _check_entries_expire(rig, checking, before, 60)
+            response = await client.post("/posts", json={"user_id": 1, "title": "Fresh", "likes": 400})
+            checking.expect(response.status_code in (200, 201),
+                            f"POST /posts answered {response.status_code}: {response.text[:200]}")
+            _check_commands(rig, checking)  # KEYS, FLUSHDB, stray keys: named before what they break
+            after = {path: _expected(db, int(path.rsplit("=", 1)[1])) for path in stats}
+            stale = []
+            for path in stats:  # the other worker first: it did not handle the write
+                replies, _ = await rig.worker.get(checking, path)
+                status, content = replies[0]
+                checking.expect(status == 200, f"GET {path} on the second worker process answered {status}")
+                if not _same_json(content, after[path]):
+                    stale.append((path, "second"))
+            for path in stats:
+                body, _ = await _get(checking, client, db, path)
+                if body != after[path]:
+                    stale.append((path, "first"))
+            checking.record("stale_after_write", len(stale))
+            if stale:
+                where = ", ".join(f"GET {path} on the {which} worker" for path, which in stale)
+                if {which for _, which in stale} == {"second"}:
+                    why = ("the worker that handled the write serves fresh answers and the other still serves old "
+                           "ones: what your write changes lives in that process's memory (a version counter, a "
+                           "local copy of the answers). Keep it in Redis (INCR a version key, or a set of keys per tag).")
+                elif len(stale) == 4:
+                    why = "nothing was cleared. Every /stats variant depends on posts, so the write must clear them all."
+                else:
+                    why = ("some /stats variants were cleared, not all. Every variant depends on posts, whichever "
+                           "worker cached it: a list of keys kept in Python memory knows only those its own process "
+                           "wrote (min_likes=100 was cached by the second worker), and a fixed list misses the "
+                           "variants nobody thought of. Keep the list in Redis (SADD when caching) or version the keys.")
+                checking.fail(f"after POST /posts (sent to the first worker process), {where} still returned the old "
+                              f"answer: stale. {why}")
+            survivors = 0
+            for path in users:
+                _, count = await _get(checking, client, db, path)
+                theirs = await _worker_get(checking, rig, path, before[path])
+                survivors += count == 0 and theirs == 0
+                checking.expect(count == 0 and theirs == 0,
+                                f"after POST /posts, GET {path} ran {count} queries on the first worker and {theirs} on "
+                                "the second: its entry was deleted, but a new post does not change a user. Clear "
+                                "only the keys that depend on posts.")
+            checking.record("unrelated_keys_kept", survivors)
+            _check_commands(rig, checking)
+            await _check_no_stray_keys(rig, checking)
+    return "a write on one worker refreshed both /stats variants on both workers and left the /users keys cached"
+
+
+def _locks_without_expiry(rig: _Rig) -> list[RedisCommand]:
+    """Commands that take a lock (NX) that never expires: SETNX, MSETNX, SET … NX with no EX/PX/EXAT/PXAT."""
+    found = []
+    for command in rig.proxy.since():
+        if command.name in ("SETNX", "MSETNX", "HSETNX"):
+            found.append(command)
+        elif command.name == "SET" and "NX" in (options := command.options()) and not options & {
+                "EX", "PX", "EXAT", "PXAT"}:
+            found.append(command)
+    return found
 
 
 @exercise(
@@ -576,35 +873,71 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
     timeout=60,
 )
 async def check_stampede(make_app: Any, checking: Checking) -> str:
-    """50 concurrent misses on one app → 1 query; 50 concurrent misses over two apps (two workers) → 1 query."""
-    redis, prefix, _ = await _redis_for_grading()
-    try:
-        with make_demo_db(users=200, posts_per_user=5, seed=7) as db, simulated_latency(db.engine, 40):
-            rounds = ((1, 0, "one app"), (2, 200, "two app instances sharing Redis (two workers)"))
-            for workers, min_likes, label in rounds:
-                apps = [checking.build_app(make_app, db, redis, prefix, 60) for _ in range(workers)]
-                expected = _expected(db, min_likes)
-                path = f"/stats?min_likes={min_likes}"
-                with count_queries(db.engine) as queries:
-                    responses = await concurrent_gets(apps, path, 50)
-                bad = [r for r in responses if r.status_code != 200]
-                checking.expect(not bad, f"{len(bad)} of 50 concurrent GET {path} failed, e.g. "
-                                         f"{bad[0].status_code if bad else ''}: {bad[0].text[:160] if bad else ''}")
-                wrong = [r for r in responses if r.json() != expected]
-                checking.expect(not wrong, f"{len(wrong)} of 50 concurrent GET {path} returned a body different "
-                                           "from the uncached answer")
-                checking.record(f"queries_{workers}_app", queries.count)
-                checking.expect(queries.count == 1,
-                                f"50 concurrent first GET {path} on {label} ran {queries.count} database queries, "
-                                "expected exactly 1"
-                                + (": all of them missed before the first one stored the answer. Let one request "
-                                   "compute while the others wait for its result." if workers == 1 else
-                                   ": a lock in one process does not stop the other. Take the lock in Redis "
-                                   "(SET NX), which every worker shares."))
-        await _check_prefix(redis, prefix, checking)
-    finally:
-        await _cleanup(redis, prefix)
-    return "50 concurrent misses → 1 query, on one app and across two"
+    """50 concurrent misses, 25 on each of two worker processes sharing Redis → 1 query; every key watched in flight:
+    locks expire, keys under the prefix, the answer cached in Redis with its TTL."""
+    per_worker, min_likes, ttl = 25, 200, 60
+    path = f"/stats?min_likes={min_likes}"
+    with make_demo_db(users=200, posts_per_user=5, seed=7) as db:
+        expected = _expected(db, min_likes)
+        with simulated_latency(db.engine, 40):
+            async with _two_workers(checking, make_app, db, ttl, latency_ms=40, gate=True) as rig, \
+                    app_client(rig.app) as client:
+                assert rig.gate is not None
+                with KeyWatch(rig.upstream, rig.prefix) as watch:
+                    rig.gate.expect(2 * per_worker)
+                    started = time.monotonic()
+                    rig.worker.send("get", path, per_worker)
+                    with count_queries(db.engine) as queries:
+                        mine = await asyncio.gather(*(client.get(path) for _ in range(per_worker)))
+                    theirs, their_count = await rig.worker.reply(checking)
+                    rig.gate.expect(0)
+                    checking.record("burst_seconds", round(time.monotonic() - started, 2))
+                replies = [(r.status_code, r.content) for r in mine] + theirs
+                bad = [(status, content) for status, content in replies if status != 200]
+                checking.expect(not bad, f"{len(bad)} of {len(replies)} concurrent GET {path} failed, e.g. "
+                                         f"{bad[0][0] if bad else ''}: {bad[0][1][:160] if bad else ''!r}")
+                wrong = [content for _, content in replies if not _same_json(content, expected)]
+                checking.expect(not wrong, f"{len(wrong)} of {len(replies)} concurrent GET {path} returned a body "
+                                           "different from the uncached answer")
+                total = queries.count + their_count
+                checking.record("queries_first_worker", queries.count)
+                checking.record("queries_second_worker", their_count)
+                checking.record("queries_total", total)
+                burst = (f"{2 * per_worker} concurrent first GET {path}, {per_worker} on each of two worker processes "
+                         f"sharing Redis, ran {total} database queries ({queries.count} in the first, {their_count} "
+                         "in the second), expected exactly 1")
+                checking.expect(total > 0, _NO_QUERY)
+                checking.expect(total == 1 or not (queries.count == their_count == 1),
+                                burst + ": one per process. Whatever makes the others wait lives in each process's "
+                                "memory (an asyncio.Lock, a threading.Lock, a dict of pending results), so it cannot "
+                                "stop the other worker. Take the lock in Redis (SET NX with an expiry), which every "
+                                "worker shares.")
+                checking.expect(total == 1, burst + ": they missed before the first one stored the answer. Let one "
+                                                    "request compute while the others wait for its result.")
+                _check_commands(rig, checking)
+                never = _locks_without_expiry(rig)
+                checking.expect(not never, f"your app took a lock with `{never[0] if never else ''}`, which never "
+                                           "expires: if the worker holding it dies (a crash, a deploy, an out-of-memory "
+                                           "kill) the key stays for ever and every later miss waits on it. "
+                                           + ("SETNX cannot set an expiry, and an EXPIRE after it is a second command "
+                                              "that a crash can skip. " if never and never[0].name != "SET" else "")
+                                           + "Give the lock its expiry in the same command: SET NX PX (or EX).")
+                cached = await _check_entries_expire(rig, checking, {path: expected}, ttl)
+                for key in watch.without_expiry():
+                    kind = await rig.direct.type(key)
+                    if kind == b"set":  # a tag set: not what this exercise is about
+                        continue
+                    name = key.decode(errors="replace")
+                    checking.fail(f"while the requests were in flight, the key {name!r} existed with no expiry (PTTL "
+                                  f"-1, seen in {len(watch.samples[key])} polls) — your lock? If the worker holding "
+                                  "it dies, it stays for ever and every later miss waits on it. Set the expiry in the "
+                                  "command that creates it (SET NX PX), or in the same script.")
+                checking.record("keys_polls", watch.polls)
+                checking.expect(cached > 0, f"after the burst Redis holds no copy of the answer under {rig.prefix!r}: "
+                                            "store the computed body in `redis`, under `prefix`, with the TTL `ttl`.")
+                await _check_no_stray_keys(rig, checking)
+    return (f"{2 * per_worker} concurrent misses on two worker processes → 1 query; the lock expires and every key "
+            "is under the prefix")
 
 
 # ---------------------------------------------------------------- benchmark
