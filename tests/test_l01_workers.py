@@ -257,6 +257,16 @@ def test_unblock_wrong_pool_sized_too_small() -> None:
         pool.shutdown()
 
 
+def test_unblock_wrong_skips_the_lookup() -> None:
+    """Reads the catalogue behind slow_lookup's back: fast and the same bodies, but no lookup is made at all."""
+    from course_lib.lessons import l01_workers
+
+    async def read_item(item_id: int) -> dict:
+        return dict(l01_workers._CATALOGUE.get(item_id, {"id": item_id, "missing": True}))
+
+    _fails(grade("01.unblock", _items_app(read_item)), "without calling slow_lookup or slow_lookup_async")
+
+
 def test_unblock_odd_answers() -> None:
     _fails(grade("01.unblock", 42), "int")
     _fails(grade("01.unblock", lambda: None), "not a FastAPI app")

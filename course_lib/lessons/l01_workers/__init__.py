@@ -297,21 +297,25 @@ reseed_catalogue(0)
 
 
 _ON_LOOP: list[int] = []  # ids looked up from a coroutine, on the event loop's own thread (blocking it)
+_LOOKED_UP: list[int] = []  # every id looked up, by either function
+_WATCHED: dict[str, asyncio.AbstractEventLoop | None] = {"loop": None}  # the loop serving the graded app
 
 
 def slow_lookup(item_id: int) -> dict[str, Any]:
     """A blocking driver call (think: `requests.get`, a sync DB driver): 100 ms, then the item or a 'missing' marker."""
     try:
-        asyncio.get_running_loop()  # only the event loop's thread has one: a worker thread raises
-        _ON_LOOP.append(item_id)
+        if asyncio.get_running_loop() is _WATCHED["loop"]:  # only the loop's own thread has it: a worker raises
+            _ON_LOOP.append(item_id)
     except RuntimeError:
         pass
+    _LOOKED_UP.append(item_id)
     time.sleep(LOOKUP_MS / 1000)
     return dict(_CATALOGUE.get(item_id, {"id": item_id, "missing": True}))
 
 
 async def slow_lookup_async(item_id: int) -> dict[str, Any]:
     """The same lookup from an async driver: waits without blocking the event loop."""
+    _LOOKED_UP.append(item_id)
     await asyncio.sleep(LOOKUP_MS / 1000)
     return dict(_CATALOGUE.get(item_id, {"id": item_id, "missing": True}))
 
@@ -357,6 +361,7 @@ async def check_unblock(make_app: Any, checking: Checking) -> str:
     checking.require_callable(make_app, "a function make_items_app() that builds the app")
     seed = random.randrange(1, 1_000_000)
     reseed_catalogue(seed)
+    _WATCHED["loop"] = asyncio.get_running_loop()
     try:
         learner_app = checking.build_app(make_app)
         broken_walls: list[float] = []
@@ -369,11 +374,13 @@ async def check_unblock(make_app: Any, checking: Checking) -> str:
                 reference = await burst(broken, paths)
                 broken_walls.append(reference.wall_s)
                 _ON_LOOP.clear()
+                _LOOKED_UP.clear()
                 try:
                     answer = await burst(mine, paths, timeout=20)
                 except TimeoutError:
                     checking.fail(f"{UNBLOCK_CONCURRENCY} concurrent requests to your app did not finish in 20 s.")
                 learner_walls.append(answer.wall_s)
+                skipped = sorted(set(ids) - set(_LOOKED_UP))
                 on_loop = len(_ON_LOOP)
                 checking.record("lookups_on_the_loop", on_loop)
                 checking.expect(on_loop == 0,
@@ -389,8 +396,15 @@ async def check_unblock(make_app: Any, checking: Checking) -> str:
                 for path, want, got in zip(paths, reference.bodies, answer.bodies, strict=True):
                     checking.expect(got == want, f"GET {path} returned {got!r}; slow_lookup gives {want!r}. "
                                                  "The answer must be the same, only faster.")
+                checking.expect(not skipped,
+                                f"your app answered {len(skipped)} of {len(paths)} requests (e.g. GET /items/"
+                                f"{skipped[0] if skipped else '…'}) without calling slow_lookup or "
+                                "slow_lookup_async: the exercise is to make the same lookup without blocking the "
+                                "event loop, not to skip it (it stands for a database or service you cannot "
+                                "read any other way).")
     finally:
         reseed_catalogue(0)
+        _WATCHED["loop"] = None
     before, after = min(broken_walls), min(learner_walls)
     ratio = before / after if after > 0 else float("inf")
     checking.record("blocking_wall_ms", round(before * 1000))
