@@ -209,6 +209,33 @@ def written_another_way(flaw: str = "", style: str = "") -> dict[str, Any]:
     return {"create_app": create_app, "get_db": get_db}
 
 
+_DEV_DB = make_demo_db(users=30, posts_per_user=1, seed=99)  # the learner's own development database
+DEV_SESSIONS = sessionmaker(create_engine(_DEV_DB.url, connect_args={"check_same_thread": False}))
+
+
+def module_level_engine() -> dict[str, Any]:
+    """Wrong: /users/{user_id} uses a session factory made at import time, bound to a database of its own."""
+    answer = written_another_way()
+    create = answer["create_app"]
+
+    def create_app(database_url: str) -> FastAPI:
+        app = create(database_url)
+
+        @app.get("/users/{user_id}", include_in_schema=False)
+        def user_from_module_engine(user_id: int) -> Any:
+            with DEV_SESSIONS() as session:
+                user = session.get(User, user_id)
+                if user is None:
+                    raise HTTPException(404, "user not found")
+                return {"id": user.id, "name": user.name, "country": user.country,
+                        "post_count": session.scalar(select(func.count()).where(Post.user_id == user_id))}
+
+        app.router.routes.insert(0, app.router.routes.pop())  # first match wins: it shadows the right one
+        return app
+
+    return {"create_app": create_app, "get_db": answer["get_db"]}
+
+
 def tangled_answer() -> dict[str, Any]:
     """The tangled app handed in as is (with some function as get_db): nothing to override, no /health."""
     return {"create_app": lesson.make_tangled_app, "get_db": lambda: None}
@@ -247,6 +274,7 @@ def test_answer_written_another_way_passes(style: str) -> None:
         (lambda: written_another_way("calls-get-db"), "GET /users/2/posts answered 200"),
         (lambda: written_another_way("cached-session"), "used the same Session object as the earlier GET /users"),
         (lambda: written_another_way("unclosed"), "still held its transaction"),
+        (module_level_engine, "answered differently from the tangled app: GET /users/1: body"),
         (lambda: written_another_way("own-route-own-engine", "extra-routes"), "GET /users/2/likes answered"),
         (lambda: written_another_way("no-404"), "answered differently from the tangled app: GET /users/8: status 200"),
         (lambda: written_another_way("always-ok"), "/health answered 200 with the database unreachable"),
@@ -255,7 +283,7 @@ def test_answer_written_another_way_passes(style: str) -> None:
         (lambda: written_another_way("connects-at-startup"), "with its database unreachable your app did not even start"),
         (lambda: written_another_way("no-timeout"), "with the database stalling 2 s per query, /health answered 200 after 2."),
     ],
-    ids=["tangled", "half-refactor", "engine-direct", "calls-get-db", "cached-session", "unclosed", "own-route-own-engine", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout"],
+    ids=["tangled", "half-refactor", "engine-direct", "calls-get-db", "cached-session", "unclosed", "module-level-engine", "own-route-own-engine", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout"],
 )
 def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, says: str) -> None:
     """Each flaw fails, and the message names the request and what came back."""

@@ -223,7 +223,9 @@ async def check_refactor(answer: Any, checking: Checking) -> str:
                 after = await _tracked_answers(checking.build_app(factory, db.url), paths, tracker)
             diffs = same_answers(before, after)
             checking.expect(not diffs, f"on a database of {users} users, {len(diffs)} of {len(paths)} requests "
-                                       "answered differently from the tangled app: " + "; ".join(diffs[:3]))
+                                       "answered differently from the tangled app: " + "; ".join(diffs[:3]) +
+                                       ". Same query on the same database, same answer: check the route's logic, "
+                                       "and that it reads the database create_app(database_url) was given.")
             tracker.verdict(checking)
     checking.record("identical_requests", 2 * len(paths))
 
@@ -416,7 +418,7 @@ async def _check_every_route_uses_get_db(factory: Callable[..., Any], get_db: An
                     f"{g.status} {_short(g.body)}; from the test database it answers {e.status} {_short(e.body)}. "
                     "Such a route still reaches the database on its own (a session opened in the handler, an "
                     "engine of its own, or get_db called directly): take the session only as a parameter, "
-                    "`session: Annotated[Session, Depends(get_db)]`.")
+                    "`session: Annotated[Session, Depends(get_db)]`, with the very get_db you hand in.")
     return len(paths)
 
 
