@@ -572,3 +572,22 @@ def test_pure_asgi_costs_less_than_base_http_middleware() -> None:
     asgi = result["pure ASGI, no-op"].median_ms
     http = result["@app.middleware, no-op"].median_ms
     assert http / asgi > 1.2, repr(result)  # measured ~1.8–2× here; ratio with margin, never seconds
+
+
+def test_grading_leaves_the_learners_logging_as_it_was() -> None:
+    """A root handler of the learner's (basicConfig) sees nothing below its old threshold; levels are restored."""
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    try:
+        assert grade(EXERCISE, Reference, record=False).passed
+        assert root.level == logging.WARNING and handler.level == logging.NOTSET
+        assert "DEBUG" not in stream.getvalue() and "HTTP Request" not in stream.getvalue(), stream.getvalue()[:300]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

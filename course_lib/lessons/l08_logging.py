@@ -359,6 +359,11 @@ def _keep_all_records(logger: logging.Logger) -> Iterator[_RecordKeeper]:
     """Keep every record written to `logger` or, from any other logger, reaching the root logger."""
     keeper, root = _RecordKeeper(), logging.getLogger()
     old_level = root.level
+    # the root logger goes down to DEBUG so that nothing escapes the keeper; the handlers already there (a
+    # learner's basicConfig) keep their old threshold, so they print no more than before
+    raised = [(h, h.level) for h in root.handlers if h.level < old_level]
+    for handler, _ in raised:
+        handler.setLevel(old_level)
     logger.addHandler(keeper)
     root.addHandler(keeper)
     root.setLevel(logging.DEBUG)
@@ -368,6 +373,8 @@ def _keep_all_records(logger: logging.Logger) -> Iterator[_RecordKeeper]:
         root.setLevel(old_level)
         root.removeHandler(keeper)
         logger.removeHandler(keeper)
+        for handler, level in raised:
+            handler.setLevel(level)
 
 
 def _record_texts(record: logging.LogRecord) -> list[str]:
