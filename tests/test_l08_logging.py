@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,64 @@ class StateInGlobals(Reference):
         finally:
             self.logger.info("request", extra={**self.fields(scope), "status": state["status"],
                                                "bytes": state["bytes"], "request_id": _SHARED["rid"],
+                                               "duration_ms": (time.perf_counter() - state["start"]) * 1000})
+
+
+_STATE: ContextVar[dict[str, Any]] = ContextVar("access_state", default={})  # one default dict, shared by all
+_LOCAL = threading.local()
+
+
+class ContextVarDefaultDict(Reference):
+    """Wrong: a ContextVar whose mutable default is one dict, so every request mutates the same state."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = _STATE.get()
+        state.update(rid=self.request_id(scope), status=500, sent=0, start=time.perf_counter())
+
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", state["rid"].encode())]
+            elif message["type"] == "http.response.body":
+                state["sent"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            self.logger.info("request", extra={**self.fields(scope), "status": state["status"], "bytes": state["sent"],
+                                               "request_id": state["rid"],
+                                               "duration_ms": (time.perf_counter() - state["start"]) * 1000})
+
+
+class ThreadLocalState(Reference):
+    """Wrong: per-request state in a threading.local, but every request runs on the event loop's one thread."""
+
+    def request_id(self, scope: Any) -> str:
+        _LOCAL.rid = super().request_id(scope)
+        return _LOCAL.rid
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.request_id(scope)
+        state = {"status": 500, "bytes": 0, "start": time.perf_counter()}
+
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", _LOCAL.rid.encode())]
+            elif message["type"] == "http.response.body":
+                state["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            self.logger.info("request", extra={**self.fields(scope), "status": state["status"],
+                                               "bytes": state["bytes"], "request_id": _LOCAL.rid,
                                                "duration_ms": (time.perf_counter() - state["start"]) * 1000})
 
 
@@ -422,6 +482,8 @@ def test_right_answers_pass(answer: Any) -> None:
     (AccessLogMiddleware, "a log line lacks `query`"),
     (StateOnSelf, "with 30 requests in flight at once"),
     (StateInGlobals, "with 30 requests in flight at once"),
+    (ContextVarDefaultDict, "with 30 requests in flight at once"),
+    (ThreadLocalState, "with 30 requests in flight at once"),
     (LogsOtherHeaders, "header appears in what your middleware logged"),
     (LogsRawQuery, "query parameter appears in what your middleware logged"),
     (RedactsFixedNames, "query parameter appears in what your middleware logged"),
@@ -438,7 +500,7 @@ def test_right_answers_pass(answer: Any) -> None:
     (SwallowsLifespan, "did not pass it to the app"),
     (CrashesOnLifespan, "given a 'lifespan' scope (no method, path or headers), your middleware raised KeyError"),
     (WaitsOnLifespan, "your middleware had not returned after 5 s"),
-], ids=["lesson-class-as-printed", "state-on-self", "state-in-globals", "logs-other-headers", "logs-raw-query",
+], ids=["lesson-class-as-printed", "state-on-self", "state-in-globals", "contextvar-default-dict", "thread-local", "logs-other-headers", "logs-raw-query",
         "redacts-fixed-names", "drops-query", "logs-body-at-debug", "logs-scope-elsewhere", "time-to-first-byte",
         "base-http-middleware", "article-style", "no-log-on-error", "ignores-client-id", "rejects-arguments",
         "swallows-lifespan", "crashes-on-lifespan", "waits-on-lifespan"])
