@@ -540,9 +540,9 @@ def make_memory_snapshot_app(db: Any) -> FastAPI:
 
 DISGUISES: list[tuple[Any, str]] = [
     (make_snapshot_offset_app, "statement(s) with OFFSET"),
-    (lambda db: make_snapshot_offset_app(db, how="row_number"), "30,000-row table"),  # numbers every row
+    (lambda db: make_snapshot_offset_app(db, how="row_number"), "20,000-row table"),  # numbers every row
     (lambda db: make_snapshot_offset_app(db, how="scan"), "rows deep"),
-    (make_below_cursor_slice_app, "30,000-row table"),
+    (make_below_cursor_slice_app, "20,000-row table"),
     (make_memory_snapshot_app, "not a copy taken when the app started"),
 ]
 DISGUISE_IDS = ["snapshot-offset", "snapshot-row-number", "snapshot-python-scan", "below-cursor-no-limit",
@@ -579,7 +579,7 @@ def test_keyset_variant_itself_passes_the_walks():
 @pytest.mark.parametrize("answer, measured", [
     (make_offset_cursor_app, "came twice"),
     (make_uncapped_app, "GET /items?limit=101 answered 200, expected 422"),
-    (make_load_all_app, "30,000-row table"),
+    (make_load_all_app, "20,000-row table"),
     (make_count_then_offset_app, "statement(s) with OFFSET"),
     (make_oldest_first_app, "not newest first"),
     (lambda db: make_feed_app(db, tiebreaker=False), "never came"),

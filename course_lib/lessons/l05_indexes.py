@@ -662,9 +662,9 @@ TOP_N_QUERIES = ("store feed",)  # the shop queries with ORDER BY … LIMIT: a s
         "'col_b'),)`. Equality columns first, then the ORDER BY column, so rows leave the index already sorted; an "
         "index holding every column a count reads answers it alone. Half the orders are gifts: a column with two "
         "values cannot lead an index. No index `unique=True`: a customer has several orders.",
-        "Shape (fill the gaps): `customer_email: Mapped[str] = mapped_column(String(120), index=...)` and "
-        "`__table_args__ = (Index('ix_orders_store_...', 'store_id', ...), Index('ix_orders_store_...', "
-        "'store_id', ...))`. Which column follows store_id in each, and could one index serve both store queries?",
+        "Shape (fill the gaps): the email column's `mapped_column(String(120), ...)` takes one more keyword, and "
+        "the class gets a tuple of `Index(<name>, 'store_id', <?>)` entries. Which column follows store_id in "
+        "each, how many do you need, and could one index serve both store queries?",
     ),
     timeout=120,
 )
