@@ -132,9 +132,9 @@ class BenchRow:
         return text
 
 
-_SQL_WORDS = re.compile(r"\bSQL\b|\braw \w|\bORM\b|\bquer(y|ies)\b|\bSELECT\b|\binsert\b|\bindex", re.I)
-_ENDPOINT_WORDS = re.compile(r"\bGET\b|(^|\s)/\w|\bendpoint\b|\bin-process\b|\bmiddleware\b|\bASGI\b|\basync def\b",
-                             re.I)
+_SQL_WORDS = re.compile(r"\bSQL\b|\braw \w|\bORM\b|\bquer(y|ies)\b|\bSELECT\b|\binsert\b|\bindex|\btable\b", re.I)
+_ENDPOINT_WORDS = re.compile(r"\bGET\b|(^|\s)/\w|\bendpoint\b|\bin-process\b|\bmiddleware\b|\bASGI\b|\basync def\b"
+                             r"|\bpages?\b|\bwalk\b|\blist\b|\bgzip\b", re.I)
 _SERVER_WORDS = re.compile(r"\buvicorn\b|\bgunicorn\b|\bthroughput\b|\bload\b", re.I)
 
 
@@ -142,7 +142,7 @@ def _guess_level(row: BenchRow) -> str:
     """A row's level read from its lesson, unit and wording (lessons may name it with `level=`)."""
     if row.lesson == "toolkit":
         return "toolkit"
-    if row.unit == "queries":
+    if row.unit == "queries" or re.search(r"\bSQL\b", row.effect):
         return "SQL"
     if row.unit == "req/s" or _SERVER_WORDS.search(row.effect):
         return "server"
@@ -269,7 +269,8 @@ def _section(lesson: str, measure: Callable[[], list[BenchRow]], quieted: list[s
             rows = list(measure())
         except Exception as error:  # noqa: BLE001 - a bench section must never hide the table
             where = traceback.extract_tb(error.__traceback__)[-1]
-            rows = [BenchRow(lesson, f"bench failed: {type(error).__name__}: {error}"[:200], float("nan"), "",
+            message = " ".join(f"{type(error).__name__}: {error}".split())
+            rows = [BenchRow(lesson, f"bench failed: {message[:150]}", float("nan"), "",
                              "runs", False, kind="claim",
                              note=f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno}")]
     quieted += captured.quieted()

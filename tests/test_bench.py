@@ -135,6 +135,9 @@ def test_rounds_merge_to_the_median_round_even_when_wording_quotes_figures():
     (BenchRow("09", "bookshop fixed, same load", 359, "req/s"), "server"),
     (BenchRow("01", "CPU-bound throughput, 2 uvicorn workers vs 1", 1.7, "×"), "server"),
     (BenchRow("05", "email lookup, no index / index (raw sqlite3)", 140, "×"), "SQL"),
+    (BenchRow("04", "[sqlite] same walk by (created_at, id): distinct seen", 1000, "items"), "endpoint"),
+    (BenchRow("04", "[sqlite] build the 300,000-row items table", 2.1, "s"), "SQL"),
+    (BenchRow("04", "OFFSET vs keyset, the SQL alone for a page of 20", 35, "×"), "SQL"),
     (BenchRow("05", "email lookup", 140, "×", level="SQL"), "SQL"),
     (BenchRow("04", "OFFSET vs keyset, GET page", 11, "×", level="SQL"), "SQL"),
 ])
@@ -184,12 +187,12 @@ def test_warnings_logs_and_child_stderr_are_captured_and_errors_become_notes(mon
 
 def test_a_bench_that_raises_is_a_failing_row_with_the_error(monkeypatch, capfd):
     def broken():
-        raise RuntimeError("the table is missing")
+        raise RuntimeError("the table is missing.\nIts output:\n  refused")
 
     monkeypatch.setattr(bench, "TOOLKIT_SECTIONS", [])
     monkeypatch.setattr(bench, "_lesson_sections", lambda only=None: [("05", broken), ("06", lambda: [_claim(3)])])
     code = bench.run_bench(rounds=2)
     out, err = capfd.readouterr()
     assert code == 1 and err == "" and "Traceback" not in out
-    assert "bench failed: RuntimeError: the table is missing" in out and "✗ runs" in out
+    assert "bench failed: RuntimeError: the table is missing. Its output: refused" in out and "✗ runs" in out
     assert "RuntimeError at test_bench.py:" in out
