@@ -459,6 +459,13 @@ class WaitsOnLifespan(Reference):
         await super().__call__(scope, receive, send)
 
 
+class SyncCall(Reference):
+    """Wrong: `def __call__`, not `async def`."""
+
+    def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # type: ignore[override]
+        return None
+
+
 class CrashesOnLifespan(Reference):
     """Wrong: reads the method of every scope, the lifespan one too."""
 
@@ -500,10 +507,11 @@ def test_right_answers_pass(answer: Any) -> None:
     (SwallowsLifespan, "did not pass it to the app"),
     (CrashesOnLifespan, "given a 'lifespan' scope (no method, path or headers), your middleware raised KeyError"),
     (WaitsOnLifespan, "your middleware had not returned after 5 s"),
+    (SyncCall, "returned None instead of a coroutine"),
 ], ids=["lesson-class-as-printed", "state-on-self", "state-in-globals", "contextvar-default-dict", "thread-local", "logs-other-headers", "logs-raw-query",
         "redacts-fixed-names", "drops-query", "logs-body-at-debug", "logs-scope-elsewhere", "time-to-first-byte",
         "base-http-middleware", "article-style", "no-log-on-error", "ignores-client-id", "rejects-arguments",
-        "swallows-lifespan", "crashes-on-lifespan", "waits-on-lifespan"])
+        "swallows-lifespan", "crashes-on-lifespan", "waits-on-lifespan", "sync-call"])
 def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str) -> None:
     result = grade(EXERCISE, answer)
     assert not result.passed

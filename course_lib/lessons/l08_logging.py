@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import logging
@@ -454,8 +455,13 @@ async def _construct(answer: Any, logger: logging.Logger, checking: Checking) ->
         return None
 
     try:
-        await asyncio.wait_for(instance({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive,
-                                        send), 5)
+        called = instance({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+        checking.expect(inspect.isawaitable(called), f"calling your middleware with (scope, receive, send) "
+                        f"returned {called!r:.60} instead of a coroutine: an ASGI app is `async def __call__(self, "
+                        "scope, receive, send)` (or an `async def` function a factory returns).")
+        await asyncio.wait_for(called, 5)
+    except Fail:
+        raise
     except NotImplementedError:
         raise
     except asyncio.TimeoutError:
