@@ -40,6 +40,7 @@ from course_lib.lessons.l04_pagination import (
     sort_method,
     walk_cursor,
     walk_offset,
+    watch_database,
     wire_bytes,
     with_gzip,
 )
@@ -713,3 +714,25 @@ def explain_feed(db: Any) -> str:
         rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN SELECT * FROM items ORDER BY created_at DESC, id DESC "
                                     "LIMIT 20").all()
     return "; ".join(row[-1] for row in rows)
+
+
+def test_watch_database_sees_raw_sqlite3_and_sqlalchemy_and_lets_go_after():
+    """Every statement is seen, whoever opens the connection; after the block nothing reports to it any more."""
+    connect = sqlite3.connect
+    with make_items_db(50) as db, watch_database() as watch:
+        with db.engine.connect() as conn:  # a pooled connection made before the block is SQLAlchemy-observed
+            conn.execute(select(Item.id).order_by(Item.id.desc()).limit(5).offset(10)).all()
+        raw = sqlite3.connect(db.path) if db.path else None
+        if raw is not None:
+            mark = watch.mark()
+            raw.execute("SELECT id FROM items ORDER BY id DESC LIMIT 3, 5").fetchall()
+            raw.execute("SELECT count(*) FROM items WHERE title LIKE '%a%'").fetchall()  # reads all 50 rows
+            assert watch.work_since(mark) > 0
+    assert any("OFFSET" in sql for sql in watch.statements)
+    if raw is not None:
+        assert any("LIMIT 3, 5" in sql for sql in watch.statements)
+        seen = len(watch.statements)
+        raw.execute("SELECT 1").fetchall()
+        raw.close()
+        assert len(watch.statements) == seen
+    assert sqlite3.connect is connect and sqlite3.dbapi2.connect is connect
