@@ -13,6 +13,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager, nullcontext, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -384,38 +385,60 @@ _SECOND_WORKER_TIMEOUT = 30.0
 # a proxy that records every command of both, and the same database.
 
 
+_IN_REQUEST: ContextVar[list[bool] | None] = ContextVar("lab03_in_request", default=None)
+
+
 class _Gate:
-    """Hold every query of a burst until all of the burst's requests have reached the apps (in both processes), so
-    their in-flight windows overlap however the machine schedules the two processes."""
+    """Hold every query of a burst until each of the burst's requests (in both processes) has had the answer to its
+    first Redis command (its cache lookup), or `timeout` passed: so their in-flight windows overlap however the machine schedules
+    the two processes, and a request that would miss has missed before anyone stores the answer."""
 
     def __init__(self, ctx: Any, timeout: float = 2.0) -> None:
-        self.arrived, self.expected, self.timeout = ctx.Value("i", 0), ctx.Value("i", 0), timeout
+        self.looked, self.expected, self.timeout = ctx.Value("i", 0), ctx.Value("i", 0), timeout
 
     def expect(self, requests: int) -> None:
         """Start a burst of `requests` (0: no burst, queries run at once)."""
-        with self.arrived.get_lock():
-            self.arrived.value = 0
+        with self.looked.get_lock():
+            self.looked.value = 0
             self.expected.value = requests
 
     def wrap(self, app: Any) -> Any:
-        """The app behind an ASGI wrapper that counts the requests reaching it."""
-        arrived = self.arrived
+        """The app behind an ASGI wrapper that marks each HTTP request, so its first Redis command can be counted."""
 
-        async def counting(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http":
-                with arrived.get_lock():
-                    arrived.value += 1
-            await app(scope, receive, send)
+        async def marking(scope: Any, receive: Any, send: Any) -> None:
+            token = _IN_REQUEST.set([False]) if scope["type"] == "http" else None
+            try:
+                await app(scope, receive, send)
+            finally:
+                if token is not None:
+                    _IN_REQUEST.reset(token)
 
-        return counting
+        return marking
+
+    def watch(self, redis: Redis) -> Redis:
+        """Count, on `redis` (the client the answer gets), the first command each marked request sends."""
+        looked, original = self.looked, redis.execute_command
+
+        async def counting(*args: Any, **options: Any) -> Any:
+            try:
+                return await original(*args, **options)
+            finally:  # counted once answered: a command waiting for a free connection has not looked yet
+                mark = _IN_REQUEST.get()
+                if mark is not None and not mark[0]:
+                    mark[0] = True
+                    with looked.get_lock():
+                        looked.value += 1
+
+        redis.execute_command = counting  # type: ignore[method-assign]
+        return redis
 
     @contextmanager
     def holding(self, engine: Any) -> Iterator[None]:
-        """While the block runs, a statement on `engine` waits (at most `timeout`) for the burst's requests."""
+        """While the block runs, a statement on `engine` waits (at most `timeout`) for the burst's cache lookups."""
 
         def wait(*_: Any) -> None:
             deadline = time.monotonic() + self.timeout
-            while 0 < self.expected.value > self.arrived.value and time.monotonic() < deadline:
+            while 0 < self.expected.value > self.looked.value and time.monotonic() < deadline:
                 time.sleep(0.002)
 
         event.listen(engine, "before_cursor_execute", wait)
@@ -450,6 +473,8 @@ async def _worker_serve(conn: Any, factory: Any, db_url: str, counts: dict[str, 
     engine = create_engine(db_url, connect_args=thread_safe_connect_args(db_url))
     db = DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=None, counts=counts)
     redis = _bounded_client(redis_url)
+    if gate:
+        gate.watch(redis)
     try:
         with simulated_latency(engine, latency_ms), gate.holding(engine) if gate else nullcontext():
             try:
@@ -568,6 +593,8 @@ async def _two_workers(checking: Checking, make_app: Any, db: DemoDB, ttl: int, 
         try:
             app = checking.build_app(make_app, db, redis, prefix, ttl)
             held = _Gate(ctx) if gate else None
+            if held:
+                held.watch(redis)
             worker = _SecondWorker(make_app, db, proxy.url, prefix, ttl, latency_ms, held, ctx)
             await worker.reply(checking)  # ready, or why not
             with held.holding(db.engine) if held else nullcontext():
