@@ -132,7 +132,7 @@ def test_audit_of_original_and_reference(db, tmp_path: Path) -> None:
     assert [c.key for c in original.checks if c.status == "✗"] == [
         "pagination", "n_plus_one", "indexes", "blocking", "middleware", "gzip", "health", "timeouts", "secrets"]
     fixed = asyncio.run(audit_bookshop(load_reference(tmp_path)(copy_db(db))))
-    assert fixed.ok, fixed
+    assert fixed.failing() in ([], ["cache"]), fixed  # the caching row is a hint timed in ms: ? on a busy machine
 
 
 # --- the grader -------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_audit_of_original_and_reference(db, tmp_path: Path) -> None:
 def test_reference_answer_passes(tmp_path: Path) -> None:
     result = grade(EX, write(tmp_path, "reference", reference_source()))
     assert result.passed, result.message
-    assert result.figures["ratio"] >= GOAL and result.figures["audit"] == "10/10"
+    assert result.figures["ratio"] >= GOAL and result.figures["audit_failing"] == 0
     assert running_servers() == []
 
 
@@ -163,7 +163,7 @@ def test_audit_green_but_not_faster_fails(tmp_path: Path) -> None:
     result = grade(EX, write(tmp_path, "cpu_heavy", source))
     assert not result.passed, result.message
     assert "req/s vs the original's" in result.message and f"the goal is ≥ {GOAL:g}×" in result.message
-    assert result.figures["audit"] == "10/10"
+    assert result.figures["audit_failing"] == 0
     assert running_servers() == []
 
 
@@ -238,6 +238,21 @@ def test_the_course_s_own_bookshop_is_refused(tmp_path: Path, name: str, source:
     assert expected in result.message, result.message
     if name != "switch_of_fixes":  # that one cannot even be imported any more
         assert "the capstone is your own fixed bookshop" in result.message
+
+
+def test_the_course_s_reference_swapped_in_under_the_server_is_refused(tmp_path: Path) -> None:
+    """Its own app in-process, the course's answer where the load test runs: refused there too."""
+    source = reference_source() + (
+        "\n\nimport os\nif os.environ.get('BOOKSHOP_DB_LATENCY_MS'):  # only in the served process\n"
+        "    from course_lib.lessons.l09_capstone import _reference_file\n"
+        "    from course_lib.lessons.bookshop import load_factory\n"
+        "    os.environ['BOOKSHOP_REFERENCE'] = '1'\n"
+        "    make_app = load_factory(str(_reference_file()))\n")
+    result = grade(EX, write(tmp_path, "swapped_when_served", source))
+    assert not result.passed
+    assert "did not start under uvicorn" in result.message and "the capstone is your own" in result.message, \
+        result.message
+    assert running_servers() == []
 
 
 @pytest.mark.parametrize("name, old, new, expected", [

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,7 @@ from .bookshop.app import make_app
 
 __all__ = [
     "make_app", "make_bookshop_db", "corpus", "compare_behaviour", "copy_db", "MixResult", "race",
-    "audit_bookshop", "workspace", "GOAL", "LATENCY_MS", "LARGE_PAGE",
+    "audit_bookshop", "workspace", "load_mix", "GOAL", "LATENCY_MS", "LARGE_PAGE",
 ]
 
 LESSON = "09_capstone"
@@ -187,6 +187,14 @@ _SOLUTIONS = ROOT / "solutions"
 _REFERENCE_FOLDER = "capstone-reference"  # where `_reference_file` writes the course's answer for the bench
 
 
+def _attribute(obj: Any, name: str) -> Any:
+    """`getattr(obj, name, None)`, also when the object's own __getattr__ raises something else."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001 - a learner's object may raise anything here
+        return None
+
+
 def _course_origin(obj: Any) -> str | None:
     """Where `obj` (a function, class or app) comes from, when that is the course's bookshop or its reference."""
     seen: set[int] = set()
@@ -199,10 +207,9 @@ def _course_origin(obj: Any) -> str | None:
         if isinstance(item, type):  # a class: its bases, and the functions it defines (a class has no code)
             todo.extend(item.__mro__[1:])
             todo.extend(value for value in vars(item).values() if callable(value) and not isinstance(value, type))
-        todo.extend(getattr(item, name, None) for name in ("__wrapped__", "__func__", "func"))
-        code = getattr(item, "__code__", None)
-        filename = getattr(code, "co_filename", "") or ""
-        module = str(getattr(item, "__module__", "") or "")
+        todo.extend(_attribute(item, name) for name in ("__wrapped__", "__func__", "func"))
+        filename = str(_attribute(_attribute(item, "__code__"), "co_filename") or "")
+        module = str(_attribute(item, "__module__") or "")
         if module.startswith(("course_lib.lessons.bookshop", "course_lib.lessons.l09_capstone")):
             return module
         if filename:
@@ -267,6 +274,17 @@ def borrowed_parts(app: Any) -> list[str]:
         if origin is not None:
             found.append(f"{what} comes from {origin}")
     return sorted(dict.fromkeys(found), key=lambda line: not line.startswith("route"))  # routes say it best
+
+
+def build_own_app(factory: Callable[[str], Any], url: str) -> tuple[Any, list[str]]:
+    """Build an answer's app; also return what of it comes from the course's bookshop (empty: all its own)."""
+    with _calls_into(_ORIGINAL_FILE) as called:
+        app = factory(url)
+    borrowed = borrowed_parts(app)
+    if called and not borrowed:
+        borrowed = [f"building it ran the course's bookshop ({', '.join(dict.fromkeys(called))} in "
+                    "course_lib/lessons/bookshop/app.py)"]
+    return app, borrowed
 
 
 _NOT_YOURS = ("the capstone is your own fixed bookshop, not the course's: copy the original's code from "
@@ -403,12 +421,7 @@ async def check_capstone(answer: Any, checking: Checking) -> str:
         return module.make_app(url)
 
     with make_bookshop_db() as db:
-        with _calls_into(_ORIGINAL_FILE) as called:
-            candidate = checking.build_app(factory, copy_db(db))
-        borrowed = borrowed_parts(candidate)
-        if called and not borrowed:
-            borrowed = [f"building it ran the course's bookshop ({', '.join(dict.fromkeys(called))} in "
-                        "course_lib/lessons/bookshop/app.py)"]
+        candidate, borrowed = build_own_app(lambda url: checking.build_app(factory, url), copy_db(db))
         checking.expect(not borrowed, f"{_NOT_YOURS}. Found: " + "; ".join(borrowed[:3]))
         original = make_app(copy_db(db))
         try:
@@ -419,15 +432,15 @@ async def check_capstone(answer: Any, checking: Checking) -> str:
         checking.expect(not differences, f"{len(differences)} of {len(corpus(db))} requests answer differently "
                         "from the original; a performance fix must not change behaviour. First: " + differences[0]
                         if differences else "")
-        for attempt in range(2):
-            try:
-                report = await audit_bookshop(checking.build_app(factory, copy_db(db)))
-            except httpx.DecodingError as error:
-                checking.fail(f"{_UNREADABLE} ({error})")
-            failing = [c for c in report.checks if c.status != "✓"]
-            if [c.key for c in failing] != ["cache"]:
-                break  # the caching hint alone is a timing (a busy machine can slow one repeat): audit once more
-        checking.record("audit", f"{len(report.checks) - len(failing)}/{len(report.checks)}")
+        try:
+            report = await audit_bookshop(checking.build_app(factory, copy_db(db)))
+        except httpx.DecodingError as error:
+            checking.fail(f"{_UNREADABLE} ({error})")
+        # every item must be ✓ but the caching hint: a ? there is advice timed in milliseconds (a busy machine can
+        # slow one repeat); whether caching pays is the load test's to say, and that a cache expires is checked below
+        failing = [c for c in report.checks if c.status != "✓" and c.key != "cache"]
+        checking.record("audit", f"{sum(c.status == '✓' for c in report.checks)}/{len(report.checks)}")
+        checking.record("audit_failing", len(failing))
         checking.expect(not failing, "the audit is not all ✓ yet: " + "; ".join(
             f"{c.status} {c.title}: {c.evidence}" for c in failing[:3]))
         with _environment(BOOKSHOP_CACHE_TTL_S=f"{GRADER_TTL_S:g}"):
@@ -439,7 +452,11 @@ async def check_capstone(answer: Any, checking: Checking) -> str:
             async with app_client(app) as client:
                 compressed = await _check_compression(client, checking)
                 await _check_expiry(client, url, checking)
-        results = await race(db, {"original": {}, "yours": {"BOOKSHOP_APP_FILE": str(path.resolve())}})
+        try:  # served, the file is checked again (BOOKSHOP_REFERENCE empty: it is not the course's answer)
+            results = await race(db, {"original": {}, "yours": {"BOOKSHOP_APP_FILE": str(path.resolve()),
+                                                                 "BOOKSHOP_REFERENCE": ""}})
+        except (RuntimeError, TimeoutError) as error:
+            checking.fail(f"your app file did not start under uvicorn: {str(error)[-600:]}")
     slow, fast = results["original"], results["yours"]
     ratio = fast.throughput / slow.throughput if slow.throughput else float("inf")
     checking.record("original_rps", round(slow.throughput, 1))
@@ -477,8 +494,8 @@ def bench() -> list[BenchRow]:
     if reference is None:  # a learner's copy without solutions/: nothing to compare the original with
         return []
     with make_bookshop_db() as db:
-        results = asyncio.run(race(db, {"original": {}, "fixed": {"BOOKSHOP_APP_FILE": str(reference)}},
-                                   seconds=2.0))
+        fixed = {"BOOKSHOP_APP_FILE": str(reference), "BOOKSHOP_REFERENCE": "1"}
+        results = asyncio.run(race(db, {"original": {}, "fixed": fixed}, seconds=2.0))
         database = db.dialect
     slow, fast = results["original"], results["fixed"]
     ratio = fast.throughput / slow.throughput
