@@ -260,7 +260,8 @@ def _patch_sqlite_connect() -> Callable[[], None]:
     return undo
 
 
-# psycopg 3: every cursor's execute / executemany / stream / copy, on any connection to the observed database.
+# psycopg 3: every cursor's execute / executemany (once per parameter set) / stream / copy, on any connection to
+# the observed database.
 
 def _patch_psycopg() -> Callable[[], None]:
     try:
@@ -274,8 +275,17 @@ def _patch_psycopg() -> Callable[[], None]:
                 continue
             original = vars(cls)[name]
 
-            def wrapper(self: Any, query: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
-                _psycopg_seen(self, query)
+            def wrapper(self: Any, query: Any, *args: Any, __original: Any = original, __name: str = name,
+                        **kwargs: Any) -> Any:
+                if __name == "executemany":  # the server runs it once per parameter set: count each
+                    if args:
+                        args = (list(args[0]), *args[1:])
+                    elif "params_seq" in kwargs:
+                        kwargs["params_seq"] = list(kwargs["params_seq"])
+                    for _ in args[0] if args else kwargs.get("params_seq", [None]):
+                        _psycopg_seen(self, query)
+                else:
+                    _psycopg_seen(self, query)
                 return __original(self, query, *args, **kwargs)
 
             wrapper.__name__, wrapper.__doc__, wrapper.__wrapped__ = name, original.__doc__, original  # type: ignore[attr-defined]

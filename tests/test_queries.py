@@ -209,3 +209,20 @@ def test_observer_refuses_a_private_in_memory_database():
     with pytest.raises(ValueError, match="in-memory"):
         with observe_statements(engine):
             pass
+
+
+def test_observer_counts_executemany_once_per_parameter_set(db):
+    with observe_statements(db) as seen:
+        conn = _own_connection(db)
+        try:
+            if isinstance(conn, sqlite3.Connection):
+                conn.executemany("UPDATE posts SET likes = likes WHERE id = ?", [(1,), (2,), (3,)])
+                conn.commit()
+            else:
+                with conn.cursor() as cursor:
+                    cursor.executemany("SELECT %s", iter([(1,), (2,), (3,)]), returning=True)
+                    assert cursor.fetchone() == (1,)  # the parameters, consumed by the count, still all ran
+                    cursor.executemany("SELECT %s", params_seq=[(4,)])
+        finally:
+            conn.close()
+    assert seen.count == (3 if dialect() == "sqlite" else 4), seen.records
