@@ -720,19 +720,20 @@ def test_watch_database_sees_raw_sqlite3_and_sqlalchemy_and_lets_go_after():
     """Every statement is seen, whoever opens the connection; after the block nothing reports to it any more."""
     connect = sqlite3.connect
     with make_items_db(50) as db, watch_database() as watch:
-        with db.engine.connect() as conn:  # a pooled connection made before the block is SQLAlchemy-observed
+        watch.observe(db)
+        with db.engine.connect() as conn:
             conn.execute(select(Item.id).order_by(Item.id.desc()).limit(5).offset(10)).all()
         raw = sqlite3.connect(db.path) if db.path else None
         if raw is not None:
             mark = watch.mark()
             raw.execute("SELECT id FROM items ORDER BY id DESC LIMIT 3, 5").fetchall()
             raw.execute("SELECT count(*) FROM items WHERE title LIKE '%a%'").fetchall()  # reads all 50 rows
-            assert watch.work_since(mark) > 0
+            assert watch.work_since(mark) > 0 and len(watch.since(mark)) == 2
     assert any("OFFSET" in sql for sql in watch.statements)
     if raw is not None:
         assert any("LIMIT 3, 5" in sql for sql in watch.statements)
-        seen = len(watch.statements)
-        raw.execute("SELECT 1").fetchall()
+        seen, steps = len(watch.statements), watch.steps
+        raw.execute("SELECT count(*) FROM items WHERE title LIKE '%e%'").fetchall()
         raw.close()
-        assert len(watch.statements) == seen
+        assert len(watch.statements) == seen and watch.steps == steps
     assert sqlite3.connect is connect and sqlite3.dbapi2.connect is connect

@@ -31,6 +31,7 @@ from ..bench import BenchRow
 from ..client import app_client
 from ..db import DemoDB, dialect, fresh_engine
 from ..grading import Checking, Fail, LearnerCodeError, _learner_frames, exercise
+from ..queries import StatementLog, observe_statements
 from ..timing import Comparison, compare, compare_sync
 
 LESSON = "04_pagination"
@@ -467,83 +468,90 @@ def _rows_examined(engine: Any, sql: str, parameters: Any) -> int:
 
 
 class DatabaseWatch:
-    """What reached the database while `watch_database()` was open: every statement, and the work it cost."""
+    """What reached the databases observed while `watch_database()` was open: every statement (through
+    `course_lib.queries.observe_statements`, at the driver), and the work they cost."""
 
     STEP_GRAIN = 64  # SQLite calls the progress handler every this many virtual-machine instructions
 
-    def __init__(self) -> None:
-        self.executed: list[tuple[str, Any]] = []  # (SQL, parameters) in order
-        self.engines: list[Any] = []  # the SQLAlchemy engine of each statement seen through SQLAlchemy (else None)
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.logs: list[StatementLog] = []  # one per observed database
+        self.engine_statements: list[tuple[str, Any, Any]] = []  # server databases, via SQLAlchemy: (SQL, params, engine)
         self.steps = 0
-        self.traced: dict[int, Any] = {}  # id → sqlite3 connection (not weak-referenceable: kept while open)
+        self.hooked: dict[int, Any] = {}  # id → sqlite3 connection (not weak-referenceable: kept while open)
+        self._stack = stack
+
+    def observe(self, db: DemoDB) -> DemoDB:
+        """Observe every statement that reaches `db` from now until the watch ends; returns `db`."""
+        self.logs.append(self._stack.enter_context(observe_statements(db)))
+        return db
+
+    def mark(self) -> tuple[tuple[int, ...], int, int]:
+        """A point to measure from: (each log's length, SQLAlchemy statements seen, VM steps)."""
+        return tuple(log.mark() for log in self.logs), len(self.engine_statements), self.steps
+
+    def since(self, mark: tuple[tuple[int, ...], int, int]) -> list[tuple[str, Any]]:
+        """(SQL, parameters or None) of each statement that read or wrote a table since `mark`."""
+        seen = [(sql, None) for log, at in zip(self.logs, (*mark[0], *[0] * len(self.logs))) for sql in log.since(at)]
+        return seen + [(sql, parameters) for sql, parameters, _ in self.engine_statements[mark[1]:]]
 
     @property
     def statements(self) -> list[str]:
-        """The SQL of every statement seen, in order (SQLite's with the bound values written in)."""
-        return [sql for sql, _ in self.executed]
+        """The SQL of every statement seen (SQLite's with the bound values written in)."""
+        return [sql for sql, _ in self.since(((), 0, 0))]
 
-    def mark(self) -> tuple[int, int]:
-        """A point to measure work from: (statements seen, VM steps)."""
-        return len(self.executed), self.steps
-
-    def work_since(self, mark: tuple[int, int]) -> float:
+    def work_since(self, mark: tuple[tuple[int, ...], int, int]) -> float:
         """The database's work since `mark`: SQLite VM instructions; on PostgreSQL, the rows its scans read for
         the SELECTs seen (each re-run under EXPLAIN ANALYZE: rows returned plus rows removed by filters)."""
         if dialect() == "sqlite":
-            return float(self.steps - mark[1])
+            return float(self.steps - mark[2])
         return float(sum(_rows_examined(engine, sql, parameters)
-                         for (sql, parameters), engine in zip(self.executed[mark[0]:], self.engines[mark[0]:])
-                         if engine is not None and sql.lstrip().upper().startswith(("SELECT", "WITH"))))
+                         for sql, parameters, engine in self.engine_statements[mark[1]:]
+                         if sql.lstrip().upper().startswith(("SELECT", "WITH"))))
 
-    def instrument(self, connection: sqlite3.Connection) -> None:
-        """Trace every statement of a sqlite3 connection and count its VM instructions."""
-        def trace(sql: str) -> None:
-            self.executed.append((sql, None))
-            self.engines.append(None)
-
+    def hook(self, connection: sqlite3.Connection) -> None:
+        """Count a sqlite3 connection's VM instructions (its statements are traced by `observe_statements`)."""
         def tick() -> int:
             self.steps += self.STEP_GRAIN
             return 0
 
-        connection.set_trace_callback(trace)
         connection.set_progress_handler(tick, self.STEP_GRAIN)
-        self.traced[id(connection)] = connection
+        self.hooked[id(connection)] = connection
 
 
 @contextmanager
 def watch_database() -> Iterator[DatabaseWatch]:
-    """Observe every statement that reaches a database while open, whoever opens the connection: sqlite3
-    connections made in the block are traced at the driver (`set_trace_callback`, a progress handler counting VM
-    steps), and every SQLAlchemy engine's statements are seen through `before_cursor_execute` on `Engine`."""
-    watch = DatabaseWatch()
-    original = sqlite3.connect
+    """Watch the databases passed to `watch.observe(db)`: every statement that reaches them, whoever opens the
+    connection (`observe_statements`), the VM instructions of every sqlite3 connection opened in the block (a
+    progress handler), and the statements and parameters of SQLAlchemy engines on a server (for EXPLAIN ANALYZE)."""
+    with contextlib.ExitStack() as stack:
+        watch = DatabaseWatch(stack)
+        original = sqlite3.connect
 
-    def connect(*args: Any, **kwargs: Any) -> Any:
-        connection = original(*args, **kwargs)
-        with contextlib.suppress(Exception):  # a connection class of the learner's own may refuse hooks
-            watch.instrument(connection)
-        return connection
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            connection = original(*args, **kwargs)
+            with contextlib.suppress(Exception):  # a connection class of the learner's own may refuse hooks
+                watch.hook(connection)
+            return connection
 
-    def before(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        driver = getattr(conn.connection, "driver_connection", None)
-        if driver is None or watch.traced.get(id(driver)) is not driver:  # sqlite3 connections are traced already
-            watch.executed.append((statement, parameters))
-            watch.engines.append(conn.engine)
+        def before(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            if conn.engine.dialect.name != "sqlite":
+                watch.engine_statements.append((statement, parameters, conn.engine))
 
-    sqlite3.connect = connect  # type: ignore[assignment]
-    sqlite3.dbapi2.connect = connect  # type: ignore[assignment]  # SQLAlchemy's pysqlite calls this one
-    event.listen(Engine, "before_cursor_execute", before)
-    try:
-        yield watch
-    finally:
-        sqlite3.connect = original
-        sqlite3.dbapi2.connect = original
-        event.remove(Engine, "before_cursor_execute", before)
-        for connection in watch.traced.values():  # a connection that outlives the block stops reporting to it
-            with contextlib.suppress(sqlite3.Error):
-                connection.set_trace_callback(None)
-                connection.set_progress_handler(None, 0)
-        watch.traced.clear()
+        sqlite3.connect = connect  # type: ignore[assignment]
+        sqlite3.dbapi2.connect = connect  # type: ignore[assignment]  # SQLAlchemy's pysqlite calls this one
+        event.listen(Engine, "before_cursor_execute", before)
+        try:
+            yield watch
+            stack.close()  # the observers patch the drivers over this watch's hook: they leave first
+        finally:
+            stack.close()
+            sqlite3.connect = original
+            sqlite3.dbapi2.connect = original
+            event.remove(Engine, "before_cursor_execute", before)
+            for connection in watch.hooked.values():  # a connection that outlives the block stops reporting to it
+                with contextlib.suppress(sqlite3.Error):
+                    connection.set_progress_handler(None, 0)
+            watch.hooked.clear()
 
 
 # ---------- exercise 04.keyset ----------
@@ -626,10 +634,10 @@ async def _check_cap(checking: Checking, client: httpx.AsyncClient) -> None:
                     "client's mistake, answer 400 or 422 (not 200, not a server error).")
 
 
-async def _position_check(checking: Checking, make_app: Any, newer_rows: int) -> None:
+async def _position_check(checking: Checking, make_app: Any, watch: DatabaseWatch, newer_rows: int) -> None:
     """A cursor taken on 45 items must still point at item 25 after `newer_rows` newer items are inserted."""
     with make_items_db(45) as db:
-        app = checking.build_app(make_app, db)
+        app = checking.build_app(make_app, watch.observe(db))
         async with app_client(app) as client:
             _, cursor = await _get_page(checking, client, 20)
             checking.expect(cursor is not None, "on 45 items with limit=20 the first page's next_cursor was null")
@@ -671,12 +679,12 @@ def _bound_value(token: str, parameters: Any) -> Any:
     return token  # `?` or `%s` positional, or an expression: count it as skipping
 
 
-def _offset_statements(watch: DatabaseWatch, since: int = 0) -> list[str]:
-    """The statements seen (from number `since` on) that skip rows with OFFSET (or SQLite's `LIMIT skip, count`)."""
-    return [sql for sql, parameters in watch.executed[since:] if _skips_rows(sql, parameters)]
+def _offset_statements(watch: DatabaseWatch, since: Any = ((), 0, 0)) -> list[str]:
+    """The statements seen (since a mark) that skip rows with OFFSET (or SQLite's `LIMIT skip, count`)."""
+    return [sql for sql, parameters in watch.since(since) if _skips_rows(sql, parameters)]
 
 
-def _no_offset(checking: Checking, watch: DatabaseWatch, where: str, since: int = 0) -> None:
+def _no_offset(checking: Checking, watch: DatabaseWatch, where: str, since: Any = ((), 0, 0)) -> None:
     offsets = _offset_statements(watch, since)
     checking.expect(not offsets,
                     f"{where}, the database received {len(offsets)} statement(s) with OFFSET, e.g. "
@@ -696,7 +704,7 @@ async def _page_work(client: httpx.AsyncClient, watch: DatabaseWatch, limit: int
     mark = watch.mark()
     response = await client.get("/items", params=params)
     response.raise_for_status()
-    return watch.work_since(mark), len(watch.executed) - mark[0]
+    return watch.work_since(mark), len(watch.since(mark))
 
 
 async def _median_work(watch: DatabaseWatch, pages: dict[str, tuple[httpx.AsyncClient, Any]]) -> dict[str, float]:
@@ -729,6 +737,7 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
     small_rows = SMALL_ROWS
     with make_items_db(WALK_ROWS) as big, make_items_db(small_rows) as small:
         expected = newest_ids(big)
+        watch.observe(big), watch.observe(small)
         big_app, small_app = checking.build_app(make_app, big), checking.build_app(make_app, small)
         async with app_client(big_app) as big_client, app_client(small_app) as small_client:
             work = await _median_work(watch, {"small": (small_client, None), "first": (big_client, None)})
@@ -752,7 +761,7 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
                 priced = name == "sqlite" or page & (page - 1) == 0
                 spent = watch.work_since(mark) if priced else 0.0
                 cost = spent / small_work
-                _no_offset(checking, watch, f"on page {page} of a walk through {WALK_ROWS:,} items", since=mark[0])
+                _no_offset(checking, watch, f"on page {page} of a walk through {WALK_ROWS:,} items", since=mark)
                 checking.expect(cost <= give_up,
                                 f"page {page} of a walk through {WALK_ROWS:,} items ({len(seen):,} rows deep) cost "
                                 f"{spent:,.0f} {unit}, {cost:.0f}× a page of the {small_rows:,}-row "
@@ -825,14 +834,14 @@ async def check_keyset(make_app: Any, checking: Checking) -> str:
     walks = 0
     with watch_database() as watch:
         with make_items_db(250) as db:
-            app = checking.build_app(make_app, db)
+            app = checking.build_app(make_app, watch.observe(db))
             async with app_client(app, raise_app_exceptions=False) as client:  # a crash is a 500 to report
                 await _check_cap(checking, client)
         for rows, limits in ((0, (20,)), (1, (1, 20)), (45, (7, 45)), (250, (20, 100))):
             with make_items_db(rows) as db:
                 expected = newest_ids(db)
                 titles = {i: _item_row(i)["title"] for i in expected}
-                app = checking.build_app(make_app, db)
+                app = checking.build_app(make_app, watch.observe(db))
                 async with app_client(app) as client:
                     for limit in limits:
                         items, pages = await _walk(checking, client, limit, -(-rows // limit))
@@ -846,7 +855,7 @@ async def check_keyset(make_app: Any, checking: Checking) -> str:
                         walks += 1
         with make_items_db(120) as db:
             expected = newest_ids(db)
-            app = checking.build_app(make_app, db)
+            app = checking.build_app(make_app, watch.observe(db))
             async with app_client(app) as client:
                 items, _ = await _walk(checking, client, 10, 12 + 10, between=lambda: add_items(db, 3))
             ids = [i["id"] for i in items]
@@ -854,7 +863,7 @@ async def check_keyset(make_app: Any, checking: Checking) -> str:
                             "walking 120 items with limit=10 while 3 new items were inserted after every page: "
                             f"{_describe_ids(ids, expected)}. New items arrive at the top of a newest-first list and "
                             "shift every row number below them.")
-        await _position_check(checking, make_app, POSITION_NEWER_ROWS)
+        await _position_check(checking, make_app, watch, POSITION_NEWER_ROWS)
         _no_offset(checking, watch, "while walking the small tables")
         first, deep = await _flat_at_the_end(checking, make_app, watch)
     return (f"{walks + 1} complete walks (no duplicates, nothing missing, the last one {WALK_ROWS:,} items), stable "
