@@ -53,7 +53,9 @@ class BenchRow:
 
     Optional: `level` (where it was measured, one of LEVELS), `kind` ("claim", "toolkit" or "info"; by default a row
     with a verdict is a claim, a "toolkit" lesson's row is a toolkit row), `limit` (a physical ceiling: a value above
-    it is suspect), `rounds`/`round_met` (each round's value and verdict; `value` is their median) and `note`.
+    it is suspect), `rounds`/`round_met` (each round's value and verdict; `value` is their median), `note`, and
+    `inconclusive` (why this measurement cannot verify the claim now, e.g. "other programs used 1.3 of 2 cores":
+    such a round gives no verdict; a claim with no conclusive round fails only under --strict).
     """
 
     lesson: str
@@ -68,6 +70,7 @@ class BenchRow:
     rounds: list[float] = field(default_factory=list)
     round_met: list[bool] = field(default_factory=list)
     note: str = ""
+    inconclusive: str = ""
 
     def cells(self) -> tuple[str, ...]:
         """The row as table cells: lesson, effect, measured value, verdict and goal."""
@@ -101,8 +104,8 @@ class BenchRow:
 
     @property
     def failed(self) -> bool:
-        """A claim that missed its goal (in most rounds) or whose figure is suspect."""
-        return self.role == "claim" and (self.met is False or self.suspect)
+        """A conclusive claim that missed its goal (in most rounds) or whose figure is suspect."""
+        return self.role == "claim" and not self.inconclusive and (self.met is False or self.suspect)
 
     def measured_cell(self) -> str:
         """The value with its unit; a suspect value is shown in parentheses, never as a finding."""
@@ -117,6 +120,8 @@ class BenchRow:
 
     def goal_cell(self) -> str:
         """Verdict and goal, with what the verdict means for the exit code."""
+        if self.inconclusive:
+            return f"? inconclusive: {self.inconclusive}" + (f" (goal {self.goal})" if self.goal else "")
         if self.suspect:
             above = sum(r > self.limit for r in self.rounds) if self.rounds else 1  # type: ignore[operator]
             text = (f"? suspect: above the limit {_number(self.limit or 0)} {self.unit}".rstrip()
@@ -127,6 +132,8 @@ class BenchRow:
         text = f"{'✓' if self.met else '✗'} {self.goal}".strip()
         if not self.robust:
             text += f" (fragile: {sum(self.round_met)}/{len(self.round_met)} rounds met)"
+        if len(self.rounds) > len(self.round_met) > 0 and self.role == "claim":
+            text += f" ({len(self.rounds) - len(self.round_met)} inconclusive round(s) set aside)"
         if self.role != "claim":
             text += f" ({self.role}, not graded)"
         return text
@@ -179,18 +186,21 @@ def merge_rounds(rounds: Sequence[Sequence[BenchRow]]) -> list[BenchRow]:
         if len(group) == 1:
             merged.append(group[0])
             continue
-        measured = [row for row in group if not math.isnan(row.value)]
+        conclusive = [row for row in group if not row.inconclusive] or group
+        measured = [row for row in conclusive if not math.isnan(row.value)]
         middle = statistics.median_low([row.value for row in measured]) if measured else math.nan
-        representative = next((row for row in measured if row.value == middle), group[0])
-        verdicts = [row.met for row in group if row.met is not None]
+        representative = next((row for row in measured if row.value == middle), conclusive[0])
+        verdicts = [row.met for row in conclusive if row.met is not None and not row.inconclusive]
         met = representative.met if not verdicts else sum(verdicts) * 2 > len(verdicts)
         merged.append(replace(representative, met=met, rounds=[row.value for row in group], round_met=verdicts))
     return merged
 
 
 def exit_code(rows: Sequence[BenchRow], strict: bool = False) -> int:
-    """1 if a claim failed (missed its goal in most rounds, or is suspect); with `strict`, also a fragile claim."""
-    return 1 if any(r.failed or (strict and r.role == "claim" and not r.robust) for r in rows) else 0
+    """1 if a claim failed (missed its goal in most conclusive rounds, or is suspect); with `strict`, also a fragile
+    or inconclusive claim."""
+    return 1 if any(r.failed or (strict and r.role == "claim" and (not r.robust or bool(r.inconclusive)))
+                    for r in rows) else 0
 
 
 # ---------------------------------------------------------------- capturing what measuring prints
@@ -465,11 +475,14 @@ def _footer(rows: Sequence[BenchRow], quieted: Sequence[str], strict: bool) -> l
         common = ", ".join(f"{text[:70]!r} ×{n}" for text, n in Counter(quieted).most_common(2))
         lines.append(f"quieted while measuring: {len(quieted)} warning line(s), e.g. {common}")
     claims = [r for r in rows if r.role == "claim"]
-    fragile = sum(1 for r in claims if not r.robust and not r.failed)
+    fragile = sum(1 for r in claims if not r.robust and not r.failed and not r.inconclusive)
     lines.append(
-        f"claims: {sum(1 for r in claims if not r.failed)} of {len(claims)} met"
+        f"claims: {sum(1 for r in claims if not r.failed and not r.inconclusive)} of {len(claims)} met"
         + (f" ({fragile} fragile: rounds disagreed{', failing under --strict' if not strict else ''})" if fragile else "")
-        + f", {sum(1 for r in claims if r.met is False)} missed, {sum(1 for r in claims if r.suspect)} suspect. "
+        + f", {sum(1 for r in claims if r.met is False and not r.inconclusive)} missed, "
+        f"{sum(1 for r in claims if r.suspect and not r.inconclusive)} suspect"
+        + (f", {sum(1 for r in claims if r.inconclusive)} inconclusive" if any(r.inconclusive for r in claims) else "")
+        + ". "
         "Toolkit and info rows never decide the exit code.")
     return lines
 

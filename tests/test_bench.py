@@ -196,3 +196,19 @@ def test_a_bench_that_raises_is_a_failing_row_with_the_error(monkeypatch, capfd)
     assert code == 1 and err == "" and "Traceback" not in out
     assert "bench failed: RuntimeError: the table is missing. Its output: refused" in out and "✗ runs" in out
     assert "RuntimeError at test_bench.py:" in out
+
+
+def test_a_round_the_lesson_calls_inconclusive_gives_no_verdict(monkeypatch, capsys):
+    busy = "other programs used 1.3 of 2 cores"
+    rounds = [[_claim(1.1, 1.35, inconclusive=busy)], [_claim(1.6, 1.35)], [_claim(1.5, 1.35)]]
+    row = bench.merge_rounds(rounds)[0]
+    assert row.met is True and row.value == 1.5 and row.round_met == [True, True] and not row.inconclusive
+    assert "1 inconclusive round(s) set aside" in row.goal_cell() and bench.exit_code([row]) == 0
+    code, out = _run(monkeypatch, capsys, lessons=[_script(*[[_claim(v, 1.35, inconclusive=busy)] for v in (1.1, 1.2, 1.0)])])
+    text = " ".join(out.out.split())
+    assert code == 0 and f"? inconclusive: {busy} (goal ≥ 1.35×)" in text and "1 inconclusive" in text
+    code, _ = _run(monkeypatch, capsys, lessons=[_script(*[[_claim(v, 1.35, inconclusive=busy)] for v in (1.1, 1.2, 1.0)])],
+                   strict=True)
+    assert code == 1
+    missed = bench.merge_rounds([[_claim(1.1, 1.35, inconclusive=busy)], [_claim(1.2, 1.35)], [_claim(1.3, 1.35)]])[0]
+    assert missed.failed and bench.exit_code([missed]) == 1  # the quiet rounds missed: a real miss
