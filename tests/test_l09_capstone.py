@@ -336,3 +336,16 @@ def test_function_middleware_passes(tmp_path: Path) -> None:
         "def make_app(database_url: str) -> FastAPI:"))
     result = grade(EX, write(tmp_path, "function_middleware", source))
     assert result.passed, result.message
+
+
+def test_hints_are_progressive_and_never_the_answer() -> None:
+    from course_lib.grading import hint
+
+    levels = [hint(EX, level=n) for n in (1, 2, 3)]
+    assert len(set(levels)) == 3
+    assert "audit_bookshop" in levels[0] and "compare_behaviour" in levels[0]  # 1: what to measure
+    assert "GZip" in levels[1] and "migrate(database_url)" in levels[1]  # 2: which tool, by lesson
+    assert levels[2].startswith("Shape") and "..." in levels[2]  # 3: a skeleton with gaps
+    answer = reference_source()
+    for line in ("selectinload(Book.author)", "asyncio.wait_for(", "minimum_size=", "index.create(engine"):
+        assert line in answer and not any(line in text for text in levels), line
