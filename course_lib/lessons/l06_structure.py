@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -145,11 +146,20 @@ def hanging_database(db: DemoDB, seconds: float) -> Iterator[None]:
 
 
 async def time_health(app: Any, path: str = "/health") -> tuple[int, float]:
-    """Start `app`, GET `path` once; return (status, seconds the answer took)."""
+    """Start `app`, GET `path` once; return (status, seconds the answer took).
+
+    Like timeit, the garbage collector is paused during the request: a full collection of a kernel's heap took
+    0.5 s here, under load, and landed inside one measurement of ten."""
     async with app_client(app) as client:
-        start = time.perf_counter()
-        response = await client.get(path)
-        return response.status_code, time.perf_counter() - start
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            response = await client.get(path)
+            return response.status_code, time.perf_counter() - start
+        finally:
+            if enabled:
+                gc.enable()
 
 
 def show_server_log() -> None:
@@ -174,7 +184,7 @@ def run_package_tests() -> tuple[str, int]:
 
 # ---------------------------------------------------------------- exercise 06.refactor
 
-HANG_S = 2.0
+HANG_S = 3.0  # the reference answers in ~0.5 s; under half of this (1.5 s) leaves 1 s for a loaded machine
 
 
 def _parts(answer: Any, checking: Checking) -> tuple[Callable[..., Any], Callable[..., Any]]:

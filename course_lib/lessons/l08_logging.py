@@ -33,7 +33,7 @@ LESSON = "08_logging"
 __all__ = [
     "json_logger", "AccessLogMiddleware", "add_article_log", "NoopASGIMiddleware", "add_http_access_log", "add_http_noop",
     "make_demo_app", "quiet_client", "LogCapture", "per_route", "middleware_overhead", "bench",
-    "bare_app", "asgi_logged_app", "http_logged_app", "styles_app",
+    "bare_app", "asgi_logged_app", "http_logged_app", "styles_app", "make_grading_app", "SENSITIVE_WORDS",
 ]
 
 Scope = MutableMapping[str, Any]
