@@ -146,7 +146,9 @@ _SETUP_EXACT = {
 def is_setup(statement: str) -> bool:
     """True for a statement that reads no table: transaction control, PRAGMA/SHOW/SET, a `SELECT 1` ping, or
     one of the fixed statements SQLAlchemy's dialects send when an engine first connects."""
-    flat = " ".join(statement.split()).rstrip(";").strip().lower()
+    flat = " ".join(statement.split()).rstrip("; ").strip().lower()
+    if ";" in flat:  # several statements in one string (PostgreSQL's simple protocol): something else rides along
+        return False
     return bool(_SETUP_KIND.match(flat)) or flat in _SETUP_EXACT or re.fullmatch(r"select \d+", flat) is not None
 
 

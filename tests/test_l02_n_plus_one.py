@@ -626,3 +626,26 @@ def test_raise_on_lazy_odd_answers() -> None:
         raise ValueError("nope")
 
     _fails("02.raise-on-lazy", boom, "ValueError", "nope")
+
+
+@pytest.mark.skipif(dialect() == "sqlite", reason="several statements in one string: PostgreSQL's simple protocol")
+def test_fix_sees_queries_hidden_behind_a_setup_statement() -> None:
+    def make_app(db: DemoDB) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/users")
+        def listing() -> Any:
+            with _raw_connect(db) as conn:
+                users = _rows(conn, "SELECT id, name FROM users ORDER BY id")
+                out = []
+                for user_id, name in users:  # one query per user, dressed up as connection setup
+                    cursor = conn.execute(f"SET application_name = 'x'; SELECT id, title, likes FROM posts "
+                                          f"WHERE user_id = {int(user_id)} ORDER BY id")
+                    cursor.nextset()
+                    out.append({"id": user_id, "name": name,
+                                "posts": [{"id": i, "title": t, "likes": k} for i, t, k in cursor.fetchall()]})
+                return out
+
+        return app
+
+    _fails("02.fix-n-plus-one", make_app, "ran 4 queries")

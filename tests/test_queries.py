@@ -199,6 +199,8 @@ def test_observer_counts_threads_and_removes_its_patches(db):
     ("select pg_catalog.version()", True), ("show standard_conforming_strings", True),
     ("SELECT * FROM posts", False), ("select 1 union select id from posts", False),
     ("select pg_catalog.version() union select title from posts", False),
+    ("SELECT 1;", True), ("SET search_path TO public; SELECT title FROM posts", False),
+    ("BEGIN; SELECT * FROM posts WHERE user_id = 3", False),
 ])
 def test_setup_statements_are_matched_exactly(sql, setup):
     assert is_setup(sql) is setup
