@@ -13,10 +13,11 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -527,6 +528,22 @@ def workers_bar(cores: int) -> float:
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+PARALLEL_CORES = 1.15  # one worker (one process, one GIL) measured 0.79-0.97 cores under load, syscalls included
+PARALLEL_RATIO = 1.1
+
+
+def _group_cpu(running: Server) -> float:
+    """CPU seconds (user + system, every thread) used so far by the server's live processes."""
+    total = 0.0
+    for pid in running.processes():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(stat[11]) + int(stat[12])) / _HZ
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def _cpu_seconds(servers: list[Server]) -> tuple[float, float]:
     """(CPU seconds the whole machine has been busy, CPU seconds used by this process and the servers' processes)."""
     try:
@@ -554,6 +571,14 @@ class ConfigMeasure:
     one_mib: float
     mine_mib: float
     other_cores: float
+    prioritised: bool = False  # the servers and the load generator ran ahead of other programs (nice -10)
+    one_cores: float = 0.0  # cores one worker's server kept busy while loaded (never much above 1: one GIL)
+    mine_cores: float = 0.0  # cores the configuration's server kept busy while loaded
+
+    @property
+    def parallel(self) -> bool:
+        """The configuration ran CPU work on more cores at once than one worker can (proof its workers help)."""
+        return self.mine_cores >= PARALLEL_CORES and self.ratio >= PARALLEL_RATIO
 
     @property
     def ratio(self) -> float:
@@ -561,7 +586,66 @@ class ConfigMeasure:
         return statistics.median(self.mine_rps) / statistics.median(self.base_rps)
 
 
-async def measure_config(server: str, workers: int, rounds: int = 2, seconds: float = 1.5) -> ConfigMeasure:
+MEASURING_NICE = -10  # CFS weight ≈ 9× a default process: background programs barely dent the measurement
+
+
+def _threads_of(pid: int) -> list[int]:
+    try:
+        return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return []
+
+
+def _autogroup_nice(pid: int | str) -> int | None:
+    """The nice value of a process's scheduling autogroup (Linux: one group per session), or None."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _set_autogroup_nice(pid: int | str, nice: int) -> bool:
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def measuring_priority(servers: list[Server]) -> Iterator[bool]:
+    """Where allowed (root, e.g. in a container), run the measured servers and this thread (the load generator)
+    ahead of other programs, then put this thread back; yields False where the OS refuses (an ordinary user).
+
+    Linux shares the CPU between sessions first (autogroups), then between the threads of a session: a server in
+    its own session gets one session's share however many workers it has, so both levels are raised."""
+    me = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, me)
+    own_group = _autogroup_nice("self")
+    try:
+        os.setpriority(os.PRIO_PROCESS, me, MEASURING_NICE)
+    except (OSError, AttributeError):
+        yield False
+        return
+    try:
+        if own_group is not None:
+            _set_autogroup_nice("self", MEASURING_NICE)
+        for running in servers:
+            for pid in running.processes():
+                _set_autogroup_nice(pid, MEASURING_NICE)
+                for tid in _threads_of(pid):  # threads a worker starts later inherit its main thread's value
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, tid, MEASURING_NICE)
+                    except OSError:
+                        continue
+        yield True
+    finally:
+        os.setpriority(os.PRIO_PROCESS, me, before)
+        if own_group is not None:
+            _set_autogroup_nice("self", own_group)
+
+
+async def measure_config(server: str, workers: int, rounds: int = 3, seconds: float = 1.2) -> ConfigMeasure:
     """Serve cpu_app with one worker and with the given configuration, load them in turn, measure all costs."""
     base_rps: list[float] = []
     mine_rps: list[float] = []
@@ -569,21 +653,27 @@ async def measure_config(server: str, workers: int, rounds: int = 2, seconds: fl
             serve_app("cpu_app", workers=workers, server=server) as mine:  # type: ignore[arg-type]
         for running in (one, mine):  # warm every worker up
             await load_test(f"{running.url}/cpu", concurrency=20, requests=10 * workers, seconds=1, progress=False)
-        busy0, ours0 = _cpu_seconds([one, mine])
-        wall0 = time.perf_counter()
-        for _ in range(rounds):
-            for running, bucket in ((one, base_rps), (mine, mine_rps)):
-                result = await load_test(f"{running.url}/cpu", concurrency=20, requests=100_000, seconds=seconds,
-                                         progress=False)
-                if result.errors or set(result.statuses) != {200}:
-                    raise RuntimeError(f"load test errors: {result!r}")
-                bucket.append(result.throughput)
-        busy1, ours1 = _cpu_seconds([one, mine])
-        wall = time.perf_counter() - wall0
+        with measuring_priority([one, mine]) as boosted:
+            busy0, ours0 = _cpu_seconds([one, mine])
+            wall0 = time.perf_counter()
+            used = {id(one): [0.0, 0.0], id(mine): [0.0, 0.0]}  # CPU seconds, wall seconds under load
+            for _ in range(rounds):
+                for running, bucket in ((one, base_rps), (mine, mine_rps)):
+                    cpu0, t0 = _group_cpu(running), time.perf_counter()
+                    result = await load_test(f"{running.url}/cpu", concurrency=20, requests=100_000, seconds=seconds,
+                                             progress=False)
+                    used[id(running)][0] += _group_cpu(running) - cpu0
+                    used[id(running)][1] += time.perf_counter() - t0
+                    if result.errors or set(result.statuses) != {200}:
+                        raise RuntimeError(f"load test errors: {result!r}")
+                    bucket.append(result.throughput)
+            busy1, ours1 = _cpu_seconds([one, mine])
+            wall = time.perf_counter() - wall0
         one_mib = sum(one.processes().values())
         mine_mib = sum(mine.processes().values())
     other = max(0.0, ((busy1 - busy0) - (ours1 - ours0)) / wall) if wall > 0 else 0.0
-    return ConfigMeasure(base_rps, mine_rps, one_mib, mine_mib, other)
+    one_cores, mine_cores = (cpu / wall_s if wall_s else 0.0 for cpu, wall_s in (used[id(one)], used[id(mine)]))
+    return ConfigMeasure(base_rps, mine_rps, one_mib, mine_mib, other, boosted, one_cores, mine_cores)
 
 
 @exercise(
@@ -615,12 +705,16 @@ async def check_workers(config: Any, checking: Checking) -> str:
     cores = usable_cores()
     bar = workers_bar(cores)
     measured = await measure_config(server, workers)
+
+    def good(m: ConfigMeasure) -> bool:
+        return m.ratio >= bar or (cores >= 2 and m.parallel)
+
     close_call = bar * 0.9 <= measured.ratio < bar
-    if measured.ratio < bar and (measured.other_cores > 0.5 or close_call):
+    if not good(measured) and (measured.other_cores > 0.5 or close_call):
         # other programs took the spare cores, or a few % of noise decides: measure once more, keep the clearer run
         await asyncio.sleep(2)
         again = await measure_config(server, workers)
-        measured = again if again.ratio > measured.ratio else measured
+        measured = again if (good(again), again.ratio) > (good(measured), measured.ratio) else measured
     base, mine, one_mib, mine_mib, ratio = (measured.base_rps, measured.mine_rps, measured.one_mib,
                                             measured.mine_mib, measured.ratio)
     checking.record("usable_cores", cores)
@@ -629,22 +723,29 @@ async def check_workers(config: Any, checking: Checking) -> str:
     checking.record("ratio", ratio)
     checking.record("your_memory_mib", round(mine_mib))
     checking.record("other_programs_cores", round(measured.other_cores, 2))
+    checking.record("prioritised", int(measured.prioritised))
+    checking.record("one_worker_cores_used", round(measured.one_cores, 2))
+    checking.record("your_cores_used", round(measured.mine_cores, 2))
     note = ("" if cores >= 2 else " Only 1 core is usable here (e.g. Binder's CPU quota), so no worker count can beat "
             "one worker on CPU-bound work: the bar is only 'not slower than 0.8× one worker'.")
     if measured.other_cores > 0.5:
         note += (f" Other programs on this machine used {measured.other_cores:.1f} of its {cores} cores during the "
                  "test, leaving your extra workers little to run on: run this check again when it is quieter.")
-    checking.expect(ratio >= bar,
+    checking.expect(good(measured),
                     f"{server} with {workers} worker(s) served {statistics.median(mine):,.0f} req/s vs "
                     f"{statistics.median(base):,.0f} req/s for one worker ({ratio:.2f}×) on {cores} usable core(s); "
-                    f"expected at least {bar:g}×.{note}")
+                    f"expected at least {bar:g}×, or your server running on more than {PARALLEL_CORES:g} cores at "
+                    f"once (it used {measured.mine_cores:.2f}; one worker cannot exceed about 1).{note}")
     memory_budget = one_mib * (cores + 1) * 1.15
     checking.expect(mine_mib <= memory_budget,
                     f"{workers} workers reached {ratio:.2f}× one worker's throughput but the server used "
                     f"{mine_mib:,.0f} MiB vs {one_mib:,.0f} MiB for one worker: with {cores} usable core(s), "
                     f"workers beyond {cores} add memory (each has its own app, thread pool and DB pool) and no "
                     "throughput on CPU-bound work.")
-    return f"{workers} {server} worker(s): {ratio:.2f}× one worker on {cores} usable core(s), {mine_mib:,.0f} MiB"
+    how = (f"{ratio:.2f}× one worker" if ratio >= bar else
+           f"{ratio:.2f}× one worker while other programs used {measured.other_cores:.1f} cores, running on "
+           f"{measured.mine_cores:.2f} cores at once (one worker: {measured.one_cores:.2f})")
+    return f"{workers} {server} worker(s): {how} on {cores} usable core(s), {mine_mib:,.0f} MiB"
 
 
 # --------------------------------------------------------------------------- benchmark rows
