@@ -153,29 +153,38 @@ class RedisCommand:
 
 
 class _RespParser:
-    """Split the bytes a client sends into commands (RESP arrays of bulk strings, or inline commands)."""
+    """Split the bytes a client sends into commands (RESP arrays of bulk strings, or inline commands), each with the
+    bytes it came as. Bytes that are not RESP as clients send it turn the parser off (`broken`): pass them on as
+    they are."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
+        self.broken = False
 
-    def feed(self, data: bytes) -> list[tuple[bytes, ...]]:
-        """Add received bytes; return the commands now complete."""
+    def feed(self, data: bytes) -> list[tuple[tuple[bytes, ...], bytes]]:
+        """Add received bytes; return the commands now complete, as (arguments, raw bytes)."""
         self.buffer += data
         found = []
-        while (command := self._one()) is not None:
-            if command:
+        while not self.broken and (command := self._one()) is not None:
+            if command[0]:
                 found.append(command)
         return found
 
-    def _one(self) -> tuple[bytes, ...] | None:
+    def rest(self) -> bytes:
+        """Take the bytes not parsed (all of them once broken)."""
+        rest = bytes(self.buffer)
+        self.buffer.clear()
+        return rest
+
+    def _one(self) -> tuple[tuple[bytes, ...], bytes] | None:
         buf = self.buffer
         end = buf.find(b"\r\n")
         if end < 0:
             return None
         if buf[:1] != b"*":  # an inline command: one line, words separated by spaces
-            line = bytes(buf[:end])
+            raw = bytes(buf[:end + 2])
             del buf[:end + 2]
-            return tuple(line.split())
+            return tuple(raw.split()), raw
         try:
             count, pos, args = int(buf[1:end]), end + 2, []
             for _ in range(count):
@@ -190,16 +199,24 @@ class _RespParser:
                     return None
                 args.append(bytes(buf[start:stop]))
                 pos = stop + 2
-        except ValueError:  # not RESP as clients send it: stop parsing this connection, keep forwarding
-            buf.clear()
+        except ValueError:
+            self.broken = True
             return None
+        raw = bytes(buf[:pos])
         del buf[:pos]
-        return tuple(args)
+        return tuple(args), raw
+
+
+# commands the proxy records but does not pass on, so that an answer cannot wipe or stop a Redis others share; the
+# client gets a harmless reply in their place (ECHO OK), in order with the replies to its other commands
+REFUSED = frozenset({"FLUSHDB", "FLUSHALL", "SWAPDB", "SHUTDOWN"})
+_HARMLESS = b"*2\r\n$4\r\nECHO\r\n$2\r\nOK\r\n"
 
 
 class RecordingProxy:
     """A TCP proxy on 127.0.0.1 in front of a Redis server that records every command sent through it, from any
-    process: connect clients to `proxy.url` instead of the server's. Runs in its own thread; use it in a `with`."""
+    process: connect clients to `proxy.url` instead of the server's. Commands in `REFUSED` (FLUSHDB …) are recorded,
+    not passed on. Runs in its own thread; use it in a `with`."""
 
     def __init__(self, upstream_url: str) -> None:
         parts = urlsplit(upstream_url)
@@ -311,9 +328,16 @@ class RecordingProxy:
                                 upstream: asyncio.StreamWriter) -> None:
         parser = _RespParser()
         while data := await reader.read(65536):
-            now = time.monotonic()
-            self.commands.extend(RedisCommand(now, connection, args) for args in parser.feed(data))
-            upstream.write(data)
+            if parser.broken:
+                upstream.write(data)
+            else:
+                now = time.monotonic()
+                for args, raw in parser.feed(data):
+                    command = RedisCommand(now, connection, args)
+                    self.commands.append(command)
+                    upstream.write(_HARMLESS if command.name in REFUSED else raw)
+                if parser.broken:
+                    upstream.write(parser.rest())
             await upstream.drain()
 
     @staticmethod

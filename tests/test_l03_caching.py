@@ -42,7 +42,7 @@ from course_lib.lessons.l03_caching import (
 )
 from course_lib.queries import count_queries, simulated_latency
 import course_lib.redis as course_redis
-from course_lib.redis import get_redis
+from course_lib.redis import RecordingProxy, get_redis, serve_redis
 from course_lib.servers import running_servers
 
 AppFactory = Callable[[DemoDB, Redis, str, int], FastAPI]
@@ -270,7 +270,7 @@ def test_cache_endpoint_other_right_answers_pass(answer):
 
 @pytest.mark.parametrize(("answer", "says"), [
     (_stats_app(_never_expires), "with no expiry (PTTL -1)"),
-    (_stats_app(_ttl_in_the_wrong_unit), "expires in 2,000 s, but the TTL asked for is 2 s"),
+    (_stats_app(_ttl_in_the_wrong_unit), "expires in 3,000 s, but the TTL asked for is 3 s"),
     (_stats_app(_local_copy_in_front), "the entry should have expired"),
     (_stats_app(_no_param_in_key), "query parameter is not in your key"),
     (_stats_app(_uncached), "50 calls to GET /stats?min_likes=0 ran 50 database queries"),
@@ -816,6 +816,34 @@ def test_graders_on_fakeredis_over_tcp(fakeredis_server, exercise_id, answer, pa
     result = _grade(exercise_id, answer)
     assert result.passed == passes, result.message
     assert says in result.message, result.message
+    _assert_nothing_left_running()
+
+
+def test_recording_proxy_sees_every_command_and_passes_no_flush_on():
+    async def scenario() -> None:
+        prefix = new_prefix("proxy03")
+        with serve_redis() as url, RecordingProxy(url) as proxy:
+            client, direct = Redis.from_url(proxy.url), Redis.from_url(url)
+            try:
+                await client.set(f"{prefix}:big", b"x" * 200_000, px=5000)  # arrives in several reads
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.set(f"{prefix}:b", 1)
+                    pipe.sadd(f"{prefix}:tag", "k")
+                    await pipe.execute()
+                await client.flushdb()
+                assert await direct.get(f"{prefix}:b") == b"1"  # recorded, not passed on
+                assert await client.get(f"{prefix}:b") == b"1"  # the connection still answers in order
+                seen = proxy.since()
+                assert [c.name for c in seen if c.keys()] == ["SET", "SET", "SADD", "GET"]
+                big = seen[[c.name for c in seen].index("SET")]
+                assert len(big.args[2]) == 200_000 and {"PX"} <= big.options()
+                assert "FLUSHDB" in [c.name for c in seen]
+            finally:
+                await drop_keys(direct, prefix)
+                await client.aclose()
+                await direct.aclose()
+
+    asyncio.run(scenario())
     _assert_nothing_left_running()
 
 
