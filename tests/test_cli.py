@@ -29,7 +29,7 @@ def test_progress_ticks_a_passed_exercise(capsys, tmp_path, monkeypatch):
 
 
 def test_hint_levels(capsys):
-    main(["hint", "00.first-endpoint", "--level", "1"])
+    main(["hint", "00.first-endpoint", "--level", "2"])
     assert "session.get" in capsys.readouterr().out
 
 
