@@ -552,7 +552,7 @@ class _SecondWorker:
         """Ask the worker to stop, then terminate and kill it if it does not. Safe to call twice."""
         with suppress(OSError, ValueError):
             self._conn.send(("stop", "", None))
-        self.process.join(5)
+        self.process.join(3)
         for end in (self.process.terminate, self.process.kill):
             if self.process.is_alive():
                 end()
@@ -596,7 +596,7 @@ async def _two_workers(checking: Checking, make_app: Any, db: DemoDB, ttl: int, 
             if held:
                 held.watch(redis)
             worker = _SecondWorker(make_app, db, proxy.url, prefix, ttl, latency_ms, held, ctx)
-            await worker.reply(checking)  # ready, or why not
+            await worker.reply(checking, timeout=15)  # ready, or why not
             with held.holding(db.engine) if held else nullcontext():
                 yield _Rig(prefix, upstream, proxy, redis, direct, held.wrap(app) if held else app, worker, held)
         finally:
