@@ -17,7 +17,7 @@ def _root() -> Path:
     return cwd if (cwd / "solutions").is_dir() else ROOT
 
 
-_MARK = {"passed": "✓", "failed": "✗", "missing": "·"}
+_MARK = {"passed": "✓", "failed": "✗", "missing": "·", "error": "!"}
 
 
 def cmd_progress(_: argparse.Namespace) -> int:
@@ -54,7 +54,8 @@ def _print_grade_rows(rows: list[GradeRow]) -> None:
 def cmd_grade(args: argparse.Namespace) -> int:
     """Run exercise notebooks in a kernel and grade every exercise in them."""
     if args.class_dir:
-        return _grade_class(Path(args.class_dir), Path(args.csv) if args.csv else None)
+        return _grade_class(Path(args.class_dir), Path(args.csv) if args.csv else None,
+                            cpu_seconds=args.cpu_seconds, cell_timeout=args.cell_timeout)
     paths = [Path(p) for p in args.paths] or sorted((_root() / "exercises").glob("*.ipynb"))
     all_rows: list[GradeRow] = []
     for path in paths:
@@ -81,14 +82,16 @@ def _csv_cell(value: object) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
-def _grade_class(folder: Path, csv_path: Path | None) -> int:
-    """Grade a class (one folder per learner), print a summary per learner, write every row to a CSV."""
+def _grade_class(folder: Path, csv_path: Path | None, *, cpu_seconds: int = 900, cell_timeout: int = 300) -> int:
+    """Grade a class (one folder per learner, each notebook in a sandbox), print a summary, write every row to a CSV."""
     import csv
+
+    from .classroom import Limits
 
     if not folder.is_dir():
         print(f"{folder}: no such folder", file=sys.stderr)
         return 2
-    rows = grade_class(folder, _root())
+    rows = grade_class(folder, _root(), Limits(cpu_seconds=cpu_seconds, cell_timeout=cell_timeout))
     if csv_path is not None:
         with csv_path.open("w", newline="", encoding="utf-8") as out:
             writer = csv.writer(out)
@@ -96,12 +99,12 @@ def _grade_class(folder: Path, csv_path: Path | None) -> int:
             for learner, row in rows:
                 writer.writerow([_csv_cell(v) for v in (learner, row.notebook, row.exercise, row.status == "passed",
                                                          row.status, row.figures, row.message)])
+    statuses = ("passed", "failed", "missing", "error")
     summary: dict[str, list[int]] = {}
     for learner, row in rows:
-        counts = summary.setdefault(learner, [0, 0, 0])
-        counts[("passed", "failed", "missing").index(row.status)] += 1
-    print(text_table(("learner", "passed", "failed", "missing"),
-                 [(_csv_cell(name), str(p), str(f), str(m)) for name, (p, f, m) in summary.items()]))
+        counts = summary.setdefault(learner, [0] * len(statuses))
+        counts[statuses.index(row.status) if row.status in statuses else statuses.index("error")] += 1
+    print(text_table(("learner", *statuses), [(_csv_cell(name), *map(str, counts)) for name, counts in summary.items()]))
     print(f"\n{len(summary)} learners, {len(rows)} exercise results" +
           (f"; every row is in {csv_path}" if csv_path else ""))
     return 0
@@ -172,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("paths", nargs="*", help="exercise notebooks (default: all of exercises/)")
     p.add_argument("--class", dest="class_dir", metavar="DIR", help="grade DIR/<learner>/*.ipynb for each learner")
     p.add_argument("--csv", help="with --class: write every result to this CSV file")
+    p.add_argument("--cpu-seconds", type=int, default=900, help="with --class: CPU seconds per process of a learner")
+    p.add_argument("--cell-timeout", type=int, default=300, help="with --class: wall seconds per cell")
     p.set_defaults(run=cmd_grade)
     p = sub.add_parser("hint", help=cmd_hint.__doc__)
     p.add_argument("exercise")

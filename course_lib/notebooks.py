@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
 import re
 import shutil
-import tempfile
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -190,7 +191,7 @@ class GradeRow:
     notebook: str
     exercise: str
     title: str
-    status: str  # "passed", "failed" or "missing"
+    status: str  # "passed", "failed", "missing" (no result) or "error" (a result that cannot be trusted)
     figures: str
     message: str
 
@@ -210,66 +211,189 @@ def _role(cell: NotebookNode) -> tuple[str, str]:
     return lab.get("role", ""), lab.get("exercise", "")
 
 
-def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None) -> list[GradeRow]:
+def _output_size(content: Any) -> int:
+    try:
+        return len(json.dumps(content, default=str))
+    except (TypeError, ValueError):
+        return 1 << 30
+
+
+def _capped_client(output_bytes: int) -> type:
+    """A NotebookClient that keeps at most `output_bytes` of output, and keeps aside the grader's result outputs
+    (so a `clear_output` cannot remove them and a flood of output cannot crowd them out)."""
+    from nbclient import NotebookClient
+
+    from .classroom import MIME
+
+    class CappedClient(NotebookClient):
+        kept = 0
+        cut = False
+
+        def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
+                   cell_index: int) -> NotebookNode | None:
+            content = msg.get("content") if isinstance(msg.get("content"), dict) else {}
+            size = _output_size(content)
+            data = content.get("data")
+            if isinstance(data, dict) and MIME in data:
+                records = self.records.setdefault(cell_index, [])
+                if size <= 65536 and len(records) < 8:
+                    records.append(data[MIME])
+                return None
+            if self.kept + size > output_bytes:
+                if not self.cut:
+                    self.cut = True
+                    outs.append(nbformat.v4.new_output("stream", name="stderr", text=(
+                        f"[the grader kept the first {output_bytes} bytes of this notebook's output]")))
+                return None
+            self.kept += size
+            return super().output(outs, msg, display_id, cell_index)
+
+    return CappedClient
+
+
+def _execute_graded(nb: NotebookNode, folder: Path, *, timeout: int, output_bytes: int,
+                    sandbox: Any = None, hide: Sequence[Path] = ()) -> dict[int, list[Any]]:
+    """Run a notebook (in the sandbox's kernel when given); return the grader's result outputs by cell index."""
+    client_class = _capped_client(output_bytes)
+    for attempt in range(3):  # a kernel that dies while starting (a port taken under load) gets another try
+        options: dict[str, Any] = {}
+        if sandbox is not None:
+            options = {"km": sandbox.kernel_manager(hide), "on_notebook_start": lambda **_: sandbox.watch()}
+        client = client_class(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                              resources={"metadata": {"path": str(folder)}}, **options)
+        client.records = {}
+        try:
+            client.execute(cleanup_kc=True)
+            return client.records
+        except RuntimeError as error:
+            if "died before replying to kernel_info" not in str(error) or attempt == 2:
+                raise
+        finally:
+            atexit.unregister(client._cleanup_kernel)
+            if sandbox is not None:
+                sandbox.close_kernel()
+    return {}
+
+
+_STATUSES = ("passed", "failed", "error")
+
+
+def _valid_record(record: Any, exercise_id: str, nonce: str) -> bool:
+    return (isinstance(record, dict) and record.get("nonce") == nonce and record.get("exercise") == exercise_id
+            and record.get("status") in _STATUSES and isinstance(record.get("message"), str)
+            and isinstance(record.get("hint", ""), str) and isinstance(record.get("figures"), dict)
+            and all(isinstance(v, (int, float, str)) for v in record["figures"].values()))
+
+
+def _text(value: Any, limit: int = 2000) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, sandbox: Any = None,
+                   hide: Sequence[Path] = (), output_bytes: int = 2 << 20) -> list[GradeRow]:
     """Grade a learner's exercise notebook: run its cells, with its own check cells replaced by the *shipped*
-    check of each exercise, run right after that exercise's last answer cell (found by metadata, not position)."""
+    check of each exercise, run right after that exercise's last answer cell (found by metadata, not position).
+
+    A result is read only from the grader's own check cell: one output of a private MIME type carrying a nonce
+    made for that cell (`course_lib.classroom`); files and prints of the learner's code are never read. With a
+    `sandbox` (class grading) the kernel runs isolated (`classroom.Sandbox`)."""
+    from .classroom import check_cell, fingerprint, new_nonce
+
     lesson = path.stem
     expected = exercises(lesson)
     checks = _official_checks(lesson, root or ROOT)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, GradeRow] = {}
     answered: set[str] = set()
     problem = ""
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "results.jsonl"
-        log.touch()
-        try:
-            nb = nbformat.read(path, as_version=4)
-            learner_cells = [c for c in nb.cells if c.cell_type == "code" and _role(c)[0] != "check"]
-            answered = {_role(c)[1] for c in learner_cells if _role(c)[0] == "answer"}
-            last_answer = {_role(c)[1]: i for i, c in enumerate(learner_cells) if _role(c)[0] == "answer"}
-            cells: list[NotebookNode] = []
-            for i, cell in enumerate(learner_cells):  # each shipped check right after its exercise's answer
-                cells.append(cell)
-                cells += [nbformat.v4.new_code_cell(checks[ex_id]) for ex_id, last in last_answer.items()
-                          if last == i and ex_id in checks]
-            nb.cells = cells
-            # check() in the kernel appends each result to this file
-            _run(nb, path.parent, timeout=timeout, allow_errors=True, env={"COURSE_LAB_RESULTS": str(log)})
-        except Exception as error:  # corrupt file, dead kernel, a cell over the time limit
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
-            problem = f"the notebook could not be graded: {type(error).__name__}: {first_line}"
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines()[:1000]:
-            try:  # a line the kernel did not write as a result (or wrote garbled) is skipped, never a crash
-                record = json.loads(line)
-                if (isinstance(record, dict) and record.get("exercise") in checks and isinstance(record.get("passed"), bool)
-                        and isinstance(record.get("message"), str) and isinstance(record.get("figures"), dict)):
-                    results[record["exercise"]] = record
-            except ValueError:
-                continue
-    rows = []
-    for ex in expected:
-        record = results.get(ex.id)
-        if record is None:
-            why = problem or ("its answer cell is missing (deleted, or pasted into a new cell): "
-                              f"`python -m course_lib reset {lesson}` restores the notebook"
-                              if ex.id not in answered else "its check did not run")
-            rows.append(GradeRow(path.name, ex.id, ex.title, "missing", "", why))
+    injected: dict[int, tuple[str, str]] = {}  # cell index -> (exercise id, nonce)
+    try:
+        nb = nbformat.read(path, as_version=4)
+        learner_cells = [c for c in nb.cells if c.cell_type == "code" and _role(c)[0] != "check"]
+        answered = {_role(c)[1] for c in learner_cells if _role(c)[0] == "answer"}
+        last_answer = {_role(c)[1]: i for i, c in enumerate(learner_cells) if _role(c)[0] == "answer"}
+        cells: list[NotebookNode] = []
+        for i, cell in enumerate(learner_cells):  # each shipped check right after its exercise's answer
+            cell.outputs = []
+            cells.append(cell)
+            for ex_id, last in last_answer.items():
+                if last == i and ex_id in checks:
+                    nonce = new_nonce()
+                    injected[len(cells)] = (ex_id, nonce)
+                    cells.append(nbformat.v4.new_code_cell(check_cell(checks[ex_id], nonce, ex_id,
+                                                                         fingerprint(ex_id))))
+        nb.cells = cells
+        records = _execute_graded(nb, sandbox.work if sandbox is not None else path.parent, timeout=timeout,
+                                  output_bytes=output_bytes, sandbox=sandbox, hide=hide)
+    except Exception as error:  # corrupt file, dead kernel, a cell over the time limit, a CPU limit reached
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        problem = f"the notebook could not be graded: {type(error).__name__}: {first_line}"
+        why = sandbox.why_it_died() if sandbox is not None else ""
+        problem += f" ({why})" if why else ""
+        records = {}
+    titles = {ex.id: ex.title for ex in expected}
+    for index, (ex_id, nonce) in injected.items():
+        found = records.get(index, [])
+        if not found:
+            continue
+        record = found[0]
+        if len(found) != 1 or not _valid_record(record, ex_id, nonce):
+            results[ex_id] = GradeRow(path.name, ex_id, titles.get(ex_id, ""), "error", "",
+                                      f"the grader's check cell showed {len(found)} result(s) that do not match "
+                                      "what it sent (a forged or garbled result): not graded")
             continue
         figures = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in record["figures"].items())
         message = record["message"] + (f" Hint: {record['hint']}" if record.get("hint") else "")
-        rows.append(GradeRow(path.name, ex.id, ex.title, "passed" if record["passed"] else "failed", figures, message))
+        results[ex_id] = GradeRow(path.name, ex_id, titles.get(ex_id, ""), record["status"], _text(figures),
+                                  _text(message))
+    rows = []
+    for ex in expected:
+        row = results.get(ex.id)
+        if row is None:
+            why = problem or ("its answer cell is missing (deleted, or pasted into a new cell): "
+                              f"`python -m course_lib reset {lesson}` restores the notebook"
+                              if ex.id not in answered else "its check did not run (the kernel died or was stopped "
+                                                            "before it, or a limit was reached)")
+            row = GradeRow(path.name, ex.id, ex.title, "missing", "", why)
+        rows.append(row)
     return rows
 
 
-def grade_class(folder: Path, root: Path | None = None) -> list[tuple[str, GradeRow]]:
-    """Grade every learner's folder (one per learner) of exercise notebooks: (learner, row) for each exercise."""
+def _hidden_from_learners(folder: Path, root: Path) -> list[Path]:
+    """What a learner's kernel must not see: the class folder (everyone's originals), the course's answers
+    and tests, the instructor notes, the history, and the instructor's own progress."""
+    from .grading import progress_file
+
+    course = [base / name for base in {root.resolve(), ROOT} for name in ("solutions", "tests", "instructors", ".git")]
+    return [folder.resolve(), *course, progress_file().parent]
+
+
+def grade_class(folder: Path, root: Path | None = None, limits: Any = None) -> list[tuple[str, GradeRow]]:
+    """Grade every learner's folder (one per learner) of exercise notebooks: (learner, row) for each exercise.
+
+    Each notebook runs in a sandbox of its own (`course_lib.classroom.Sandbox`): a private copy of that
+    learner's folder only, a temporary COURSE_LAB_HOME, no network, limits, and everything killed after."""
+    from .classroom import Limits, Sandbox
+
+    limits = limits or Limits()
+    root = root or ROOT
+    hide = _hidden_from_learners(folder, root)
     rows: list[tuple[str, GradeRow]] = []
-    for learner in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for notebook in sorted(learner.glob("*.ipynb")):
-            if not exercises(notebook.stem):
+    for learner in sorted(p for p in folder.iterdir()
+                          if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
+        names = sorted(n.name for n in learner.glob("*.ipynb") if n.is_file() and not n.is_symlink())
+        for name in names:
+            if not exercises(Path(name).stem):
                 continue  # not an exercise notebook of this course
-            rows += [(learner.name, row) for row in grade_notebook(notebook, timeout=300, root=root)]
+            with Sandbox(limits) as sandbox:
+                work = sandbox.copy_in(learner)
+                graded = grade_notebook(work / name, timeout=limits.cell_timeout, root=root, sandbox=sandbox,
+                                        hide=hide, output_bytes=limits.output_bytes)
+                left = sandbox.close()
+            if left:
+                print(f"warning: {len(left)} process(es) of {learner.name!r} survived grading: {left}", file=sys.stderr)
+            rows += [(learner.name, row) for row in graded]
     return rows
 
 

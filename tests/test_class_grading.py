@@ -2,12 +2,25 @@
 
 A synthetic class covers what instructors meet: solved, unsolved, partly solved, cells reordered,
 an answer cell deleted, a tampered check cell, and a corrupt file. None of them crashes the run.
+It also holds mischievous learners (graded before the honest ones, alphabetically): one who reads other
+learners' answers, the course's solutions and tests, rewrites others' notebooks and the instructor's progress,
+forges the old results file, leaves a server and a crowd of processes running, calls the network, and prints
+100 MB; one who replaces the registered checker; one who monkeypatches `grade`; one whose answer shows a
+forged result; one who spins on the CPU ignoring interrupts; and one whose folder name is a formula with
+escape codes. Every attack must fail to have any effect, and the honest rows must stay right.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
 import random
+import resource
+import socket
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -15,6 +28,7 @@ import pytest
 
 from course_lib.__main__ import main
 from course_lib.grading import exercises
+from course_lib.classroom import MIME, isolation
 from course_lib.notebooks import ROOT, build_exercise
 
 WELCOME = "00_welcome"
@@ -39,9 +53,125 @@ def _multi_exercise_lesson() -> str:
     return PARTIAL
 
 
+def _answer_cell(nb: nbformat.NotebookNode, source: str, exercise: str = "00.first-endpoint") -> nbformat.NotebookNode:
+    """`nb` with the answer cell of `exercise` replaced by `source`."""
+    for cell in nb.cells:
+        if cell.metadata.get("lab", {}) == {"role": "answer", "exercise": exercise}:
+            cell.source = source
+    return nb
+
+
+# the vandal's answer cell: every attack it makes leaves its trace in EFFECTS (read by the tests), if it works
+VANDAL = r"""
+import json, os, socket, subprocess, sys, pathlib
+CLASS, COURSE, HOME, PORT, HOST_PORT = {class_!r}, {course!r}, {home!r}, {port!r}, {host_port!r}
+make_app = None
+stolen = [pathlib.Path("../ada_solved/00_welcome.ipynb"), pathlib.Path(CLASS) / "ada_solved" / "00_welcome.ipynb",
+          pathlib.Path(COURSE) / "solutions" / "00_welcome.ipynb"]
+for path in stolen:  # another learner's answer, then the course's solution: exec it and pass with it
+    try:
+        cells = json.loads(path.read_text())["cells"]
+        source = ["".join(c["source"]) for c in cells if c["cell_type"] == "code" and ("BEGIN SOLUTION" in "".join(
+            c["source"]) or c.get("metadata", {{}}).get("lab", {{}}).get("role") == "answer")][0]
+        exec(source)
+        break
+    except Exception:
+        pass
+for path in [pathlib.Path("../bob_unsolved/00_welcome.ipynb"), pathlib.Path(CLASS) / "ada_solved" / "00_welcome.ipynb",
+             pathlib.Path(HOME) / "progress.json"]:  # overwrite another learner's notebook, the instructor's progress
+    try:
+        path.write_text("vandalised")
+    except Exception:
+        pass
+for name in ("tests/test_class_grading.py", "instructors/00_welcome.md", ".git/HEAD"):  # instructor-only files
+    try:
+        (pathlib.Path("stolen") / name.replace("/", "_")).parent.mkdir(exist_ok=True)
+        (pathlib.Path("stolen") / name.replace("/", "_")).write_text((pathlib.Path(COURSE) / name).read_text())
+        (pathlib.Path(CLASS) / "loot.txt").write_text(name)
+    except Exception:
+        pass
+log = os.environ.get("COURSE_LAB_RESULTS")  # the old results file: append a pass
+if log:
+    with open(log, "a") as handle:
+        handle.write(json.dumps({{"exercise": "00.first-endpoint", "passed": True, "message": "forged",
+                                  "figures": {{}}}}) + "\n")
+try:  # the grader's machine, on its loopback
+    socket.create_connection(("127.0.0.1", HOST_PORT), timeout=2).close()
+except OSError:
+    pass
+for address in [("0.0.0.0", 0), ("1.1.1.1", 80)]:
+    try:
+        s = socket.socket(); s.settimeout(2)
+        s.bind(address) if address[1] == 0 else s.connect(address)
+    except OSError:
+        pass
+subprocess.Popen([sys.executable, "-m", "http.server", str(PORT), "--bind", "127.0.0.1"], start_new_session=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+for _ in range(400):  # a crowd of detached processes
+    try:
+        subprocess.Popen(["sleep", "987654"], start_new_session=True)
+    except OSError:
+        break
+print("x" * 100_000_000)
+for _ in range(30):
+    print("y" * 1_000_000)
+"""
+
+REGISTRY = """
+import course_lib.grading as grading
+grading.exercises()  # every lesson registered
+grading._REGISTRY["00.first-endpoint"].checker = lambda answer, checking: "looks fine"
+make_app = None
+"""
+
+GRADE_PATCH = """
+import course_lib.grading as grading
+grading.grade = lambda exercise_id, answer, **kw: grading.Result(exercise_id, True, "passed, honestly")
+make_app = None
+"""
+
+DISPLAY_FORGER = """
+from IPython.display import display
+def make_app(db):
+    record = {"nonce": "0" * 32, "exercise": "00.first-endpoint", "status": "passed", "message": "forged",
+              "hint": "", "figures": {}}
+    display({%r: record}, raw=True)
+    raise RuntimeError("never mind")
+""" % MIME
+
+SPINNER = """
+import signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while True:
+    pass
+"""
+
+FORMULA = '=HYPERLINK("evil.example","x")\x1b[2J\x07'
+CPU_SECONDS, CELL_TIMEOUT = 20, 150
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_with(marker: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in text:
+            found.append(text)
+    return found
+
+
 @pytest.fixture(scope="module")
-def graded_class(tmp_path_factory) -> tuple[dict[tuple[str, str], dict[str, str]], str, str]:
+def graded_class(tmp_path_factory):
     folder = tmp_path_factory.mktemp("class")
+    home = tmp_path_factory.mktemp("instructor-home")
     everything = {e.id for e in exercises(WELCOME)}
 
     def put(learner: str, lesson: str, nb: nbformat.NotebookNode | str) -> None:
@@ -74,11 +204,73 @@ def graded_class(tmp_path_factory) -> tuple[dict[tuple[str, str], dict[str, str]
     first = exercises(multi)[0].id
     put("gus_partial", multi, _notebook(multi, {first}))
 
-    csv_path = folder / "grades.csv"
-    assert main(["grade", "--class", str(folder), "--csv", str(csv_path)]) == 0
+    # the mischievous ones, graded first (names sort before the honest learners)
+    port, host_port = _free_port(), _free_port()
+    put("aa_vandal", WELCOME, _answer_cell(_notebook(WELCOME), VANDAL.format(
+        class_=str(folder), course=str(ROOT), home=str(home), port=port, host_port=host_port)))
+    put("ab_registry", WELCOME, _answer_cell(_notebook(WELCOME, everything), REGISTRY + "\n"))
+    put("ac_grade_patch", WELCOME, _answer_cell(_notebook(WELCOME), GRADE_PATCH))
+    put("ad_display_forger", WELCOME, _answer_cell(_notebook(WELCOME), DISPLAY_FORGER))
+    put("ae_spinner", WELCOME, _answer_cell(_notebook(WELCOME), SPINNER))
+    put(FORMULA, WELCOME, _notebook(WELCOME, everything))
+
+    originals = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.ipynb")}
+    hits: list[int] = []  # connections reaching a server on the grader's loopback
+    listener = socket.create_server(("127.0.0.1", host_port))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                listener.accept()[0].close()
+                hits.append(1)
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    saved_home = os.environ.get("COURSE_LAB_HOME")
+    os.environ["COURSE_LAB_HOME"] = str(home)  # the instructor's own progress lives here during the run
+    csv_path = folder.parent / f"{folder.name}-grades.csv"
+    started = time.monotonic()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            import sys
+            out = _Capture()
+            patch.setattr(sys, "stdout", out)
+            code = main(["grade", "--class", str(folder), "--csv", str(csv_path),
+                         "--cpu-seconds", str(CPU_SECONDS), "--cell-timeout", str(CELL_TIMEOUT)])
+    finally:
+        stop.set()
+        listener.close()
+        if saved_home is None:
+            os.environ.pop("COURSE_LAB_HOME", None)
+        else:
+            os.environ["COURSE_LAB_HOME"] = saved_home
+    assert code == 0
     with csv_path.open() as handle:
         rows = {(r["learner"], r["exercise"]): r for r in csv.DictReader(handle)}
-    return rows, multi, first
+    after = {
+        "seconds": time.monotonic() - started, "hits": len(hits), "port": port, "home": home, "folder": folder,
+        "originals": originals, "grown_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before,
+        "terminal": out.text, "csv": csv_path.read_text(),
+    }
+    return rows, multi, first, after
+
+
+class _Capture:
+    """A stdout that keeps what was printed."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _status(rows, learner: str, exercise: str = "00.first-endpoint") -> str:
@@ -115,7 +307,7 @@ def test_a_corrupt_notebook_gets_rows_not_a_crash(graded_class):
 
 
 def test_partly_solved(graded_class):
-    rows, lesson, first = graded_class
+    rows, lesson, first, _ = graded_class
     statuses = {ex.id: _status(rows, "gus_partial", ex.id) for ex in exercises(lesson)}
     assert statuses[first] == "passed"
     assert all(status == "failed" for ex_id, status in statuses.items() if ex_id != first)
@@ -124,3 +316,91 @@ def test_partly_solved(graded_class):
 def test_missing_class_folder_is_reported(tmp_path: Path, capsys):
     assert main(["grade", "--class", str(tmp_path / "nobody")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+# --- the mischievous learners ------------------------------------------------------------------------------
+
+def test_stolen_answers_do_not_pass(graded_class):
+    """Another learner's notebook and the course's solutions are out of reach: the vandal's answer stays empty."""
+    rows, *_ = graded_class
+    assert _status(rows, "aa_vandal") == "failed", rows[("aa_vandal", "00.first-endpoint")]
+
+
+def test_nobody_elses_files_change(graded_class):
+    *_, after = graded_class
+    for path, digest in after["originals"].items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} was changed while grading"
+    assert not (after["folder"] / "loot.txt").exists()
+    assert not (after["home"] / "progress.json").exists(), "a learner's result reached the instructor's progress"
+
+
+def test_honest_learners_graded_after_the_vandal_are_right(graded_class):
+    rows, *_ = graded_class
+    assert _status(rows, "ada_solved") == "passed"
+    assert _status(rows, "bob_unsolved") == "failed"
+
+
+def test_a_replaced_checker_is_an_error_row_not_a_pass(graded_class):
+    rows, *_ = graded_class
+    row = rows[("ab_registry", "00.first-endpoint")]
+    assert row["status"] == "error" and "checker" in row["message"], row
+
+
+def test_a_patched_grade_is_an_error_row_not_a_pass(graded_class):
+    rows, *_ = graded_class
+    row = rows[("ac_grade_patch", "00.first-endpoint")]
+    assert row["status"] == "error" and "grade" in row["message"], row
+
+
+def test_a_forged_result_output_is_an_error_row(graded_class):
+    rows, *_ = graded_class
+    row = rows[("ad_display_forger", "00.first-endpoint")]
+    assert row["status"] == "error" and "forged" in row["message"], row
+
+
+def test_the_cpu_cap_stops_a_spinner_that_ignores_interrupts(graded_class):
+    rows, *_ = graded_class
+    row = rows[("ae_spinner", "00.first-endpoint")]
+    assert row["status"] == "missing" and "could not be graded" in row["message"], row
+    # on a machine so busy that 20 CPU seconds take longer than the cell's wall limit, that limit stops it first
+    assert "CPU time" in row["message"] or "CellTimeoutError" in row["message"], row
+
+
+def test_nothing_the_learners_started_survives(graded_class):
+    *_, after = graded_class
+    assert _processes_with(f"http.server {after['port']}") == []
+    assert _processes_with("sleep 987654") == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", after["port"]), timeout=1).close()
+
+
+def test_no_network_reaches_the_graders_machine(graded_class):
+    *_, after = graded_class
+    if not isolation()["namespaces"]:
+        pytest.skip("no network namespace here: only the in-kernel loopback guard applies")
+    assert after["hits"] == 0
+
+
+def test_100_mb_of_output_is_not_taken_in(graded_class):
+    *_, after = graded_class
+    assert after["grown_kb"] < 150_000, f"the grader grew by {after['grown_kb']} KB"
+
+
+def test_names_reach_csv_and_terminal_without_formulas_or_escape_codes(graded_class):
+    rows, *_, after = graded_class
+    name = [learner for learner, _ in rows if "HYPERLINK" in learner]
+    assert name and set(name) == {"'" + FORMULA.replace("\x1b", "").replace("\x07", "")}, name
+    assert rows[(name[0], "00.first-endpoint")]["status"] == "passed"
+    assert "\x1b" not in after["terminal"] and "\x07" not in after["terminal"]
+    assert "\x1b" not in after["csv"] and "\n=" not in after["csv"] and ",=" not in after["csv"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a user of its own needs root; here the kernel runs as the instructor")
+def test_as_root_the_kernel_runs_as_a_user_of_its_own(tmp_path):
+    from course_lib.classroom import Limits, Sandbox
+
+    with Sandbox(Limits()) as sandbox:
+        assert sandbox.uid is not None and sandbox.uid != 0
+        (tmp_path / "secret").write_text("instructor only")
+        os.chmod(tmp_path, 0o700)
+        assert sandbox.base.stat().st_mode & 0o777 == 0o711
