@@ -121,6 +121,7 @@ _SHARED_WHY = ("A Session is a unit of work for ONE request: it is not thread-sa
 
 
 def _expect_not_shared(checking: Checking, sharing: SessionSharing) -> None:
+    """Fail, saying why, if a Session or Connection has served two requests so far."""
     found = sharing.first_sharing()
     if found is not None:
         what, first, later = found
@@ -129,6 +130,7 @@ def _expect_not_shared(checking: Checking, sharing: SessionSharing) -> None:
 
 
 async def _get(client: httpx.AsyncClient, path: str, label: str) -> httpx.Response:
+    """GET `path`, attributing every statement it runs to the request `label`."""
     with SessionSharing.request(label):
         return await client.get(path)
 
