@@ -633,6 +633,32 @@ async def _set_nx_forever(redis: Redis, lock_key: str) -> bool:
     return bool(await redis.set(lock_key, "1", nx=True))
 
 
+async def _set_nx_px_too_short(redis: Redis, lock_key: str) -> bool:
+    """Wrong: a lock that expires after 5 ms, long before the 40 ms query it guards ends."""
+    return bool(await redis.set(lock_key, "1", nx=True, px=5))
+
+
+def _no_second_look() -> AppFactory:
+    """Wrong: a Redis lock, but the winner queries without reading the cached key again."""
+
+    async def body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
+        key = url_key(prefix, request)
+        pause = 0.005
+        while (cached := await redis.get(key)) is None:
+            if await redis.set(key + ":lock", "1", nx=True, px=10_000):
+                try:
+                    cached = await _compute(session, min_likes)
+                    await redis.set(key, cached, ex=ttl)
+                    return cached
+                finally:
+                    await redis.delete(key + ":lock")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        return cached
+
+    return _stats_app(body)
+
+
 async def _setnx_then_expire(redis: Redis, lock_key: str) -> bool:
     if await redis.setnx(lock_key, "1"):
         await redis.expire(lock_key, 10)
@@ -777,13 +803,14 @@ def test_stampede_other_right_answers_pass(answer):
     (_stats_app(_module_thread_lock), "one per process"),
     (_pending_futures_app(), "one per process"),
     (_locked(_set_nx_forever), "NX`, which never expires"),
+    (_locked(_set_nx_px_too_short), "your lock (SET NX) expires after 5 ms"),
     (_locked(_setnx_then_expire), "SETNX cannot set an expiry"),
     (_stats_app(_redis_py_lock_no_timeout), "which never expires"),
     (_locked(_incr_lock), "existed with no expiry"),
     (_locked(_set_nx_ex, lock_name="lock:{key}"), "outside the prefix"),
     (_locked(_set_nx_ex, store=_store_for_ever), "with no expiry (PTTL -1)"),
 ], ids=["no-lock", "uncached", "asyncio-lock", "thread-lock", "pending-futures", "set-nx-no-expiry",
-        "setnx-then-expire", "redis-py-lock-no-timeout", "incr-lock", "lock-outside-prefix", "cache-never-expires"])
+        "lock-expires-too-soon", "setnx-then-expire", "redis-py-lock-no-timeout", "incr-lock", "lock-outside-prefix", "cache-never-expires"])
 def test_stampede_wrong_answers_fail_saying_why(answer, says):
     result = _grade("03.stampede", answer)
     assert not result.passed

@@ -878,6 +878,31 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
     return "a write on one worker refreshed both /stats variants on both workers and left the /users keys cached"
 
 
+def _lock_expiry_ms(command: RedisCommand) -> int | None:
+    """The expiry a `SET … NX EX/PX n` gives its lock, in milliseconds (None for any other command)."""
+    if command.name != "SET" or "NX" not in command.options():
+        return None
+    words = [a.decode(errors="replace").upper() for a in command.args[3:]]
+    for unit, scale in (("PX", 1), ("EX", 1000)):
+        if unit in words and words.index(unit) + 1 < len(words) and words[words.index(unit) + 1].isdigit():
+            return int(words[words.index(unit) + 1]) * scale
+    return None
+
+
+def _why_several(rig: _Rig) -> str:
+    """Why a burst ran several queries, from the locks the answer took (if any)."""
+    expiries = [ms for command in rig.proxy.since() if (ms := _lock_expiry_ms(command)) is not None]
+    if expiries and min(expiries) < 1000:
+        return (f": your lock (SET NX) expires after {min(expiries)} ms, before the query it guards ends (here 40 ms "
+                "plus the wait for the burst; in production the slowest query), so the next waiter takes it and "
+                "queries too. Give the lock a TTL longer than the slowest computation.")
+    if expiries:
+        return (": your lock is in Redis, yet several requests queried. After winning the lock, read the cached key "
+                "once more before querying: a waiter can win it just after the first winner stored and released.")
+    return (": they missed before the first one stored the answer. Let one request compute while the others wait "
+            "for its result.")
+
+
 def _locks_without_expiry(rig: _Rig) -> list[RedisCommand]:
     """Commands that take a lock (NX) that never expires: SETNX, MSETNX, SET … NX with no EX/PX/EXAT/PXAT."""
     found = []
@@ -948,8 +973,7 @@ async def check_stampede(make_app: Any, checking: Checking) -> str:
                                 "memory (an asyncio.Lock, a threading.Lock, a dict of pending results), so it cannot "
                                 "stop the other worker. Take the lock in Redis (SET NX with an expiry), which every "
                                 "worker shares.")
-                checking.expect(total == 1, burst + ": they missed before the first one stored the answer. Let one "
-                                                    "request compute while the others wait for its result.")
+                checking.expect(total == 1, burst + _why_several(rig))
                 _check_commands(rig, checking)
                 never = _locks_without_expiry(rig)
                 checking.expect(not never, f"your app took a lock with `{never[0] if never else ''}`, which never "
