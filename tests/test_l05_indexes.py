@@ -377,5 +377,7 @@ def test_bench_rows_name_their_database(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(lesson, "composite_ratio", lambda *a, **k: 2.0)
     monkeypatch.setattr(lesson, "write_cost_ratio", lambda *a, **k: 2.0)
     rows = bench()
-    assert len(rows) == 5 and all(row.effect.startswith(f"[{dialect()}]") for row in rows)
-    assert ("raw sqlite3" if ON_SQLITE else "raw psycopg") in rows[1].effect
+    assert len(rows) == 6 and all(row.effect.startswith(f"[{dialect()}]") for row in rows)
+    assert ("raw sqlite3" if ON_SQLITE else "raw psycopg") in rows[0].effect
+    assert rows[0].level == "SQL" and rows[0].goal == "≥ 100×" and rows[0].role == "claim"
+    assert all(row.role == "info" for row in rows[1:])
