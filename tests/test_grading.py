@@ -734,3 +734,26 @@ def test_the_give_away_criterion_catches_the_full_answer():
     assert all(_given_away(line, full) for line in secret)
     shape = " ".join(hint("00.first-endpoint", 3).split())
     assert 2 * sum(_given_away(line, shape) for line in secret) < len(secret)
+
+
+def test_a_session_left_open_after_the_request_fails():
+    """A session per request that is never closed (kept alive, e.g. in a list) holds a pooled connection."""
+
+    def never_closed(db):
+        kept = []
+        app = FastAPI()
+
+        @app.get("/users/{user_id}")
+        def read_user(user_id: int) -> dict:
+            session = db.session()
+            kept.append(session)
+            user = session.get(User, user_id)
+            if user is None:
+                raise HTTPException(status_code=404)
+            return _summary(user)
+
+        return app
+
+    result = grade(ID, never_closed, record=False)
+    assert not result.passed and "left its Session open" in result.message, result.message
+    assert "pool runs dry" in result.message

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException
@@ -67,6 +67,8 @@ class SessionSharing:
         self._owner: WeakKeyDictionary[Any, str] = WeakKeyDictionary()
         self._lock = threading.Lock()
         self.shared: list[tuple[str, str, str]] = []  # (what, first request, later request)
+        self._used: dict[str, WeakSet[Any]] = {}  # request → the Sessions and Connections it ran statements on
+        self.pending: str | None = None  # the last request, whose Sessions and Connections must be closed by now
 
     def _seen(self, what: str, obj: Any) -> None:
         label = _REQUEST.get()
@@ -76,6 +78,7 @@ class SessionSharing:
             first = self._owner.setdefault(obj, label)
             if first != label:
                 self.shared.append((what, first, label))
+            self._used.setdefault(label, WeakSet()).add(obj)
 
     def _on_orm_execute(self, state: ORMExecuteState) -> None:
         self._seen("Session", state.session)
@@ -107,6 +110,15 @@ class SessionSharing:
         finally:
             _REQUEST.reset(token)
 
+    def left_open(self, label: str) -> list[str]:
+        """What request `label` left open after its response: a Session still in a transaction, a Connection
+        not closed (each holds a pooled database connection until someone closes it, or the garbage collector)."""
+        with self._lock:
+            used = list(self._used.get(label, ()))
+        sessions = [o for o in used if isinstance(o, Session) and o.in_transaction()]
+        connections = [o for o in used if isinstance(o, Connection) and not o.closed]
+        return ["Session"] * len(sessions) + ["Connection"] * len(connections)  # a Session's own connection too
+
     def first_sharing(self) -> tuple[str, str, str] | None:
         """The first Session or Connection that served two requests, if any."""
         with self._lock:
@@ -120,13 +132,21 @@ _SHARED_WHY = ("A Session is a unit of work for ONE request: it is not thread-sa
                "the end (a `yield` dependency, or `with db.session() as session:` inside the route).")
 
 
-def _expect_not_shared(checking: Checking, sharing: SessionSharing) -> None:
-    """Fail, saying why, if a Session or Connection has served two requests so far."""
+def _expect_not_shared(checking: Checking, sharing: SessionSharing, label: str | None = None) -> None:
+    """Fail, saying why, if a Session or Connection has served two requests so far, or if the request before
+    `label` left one open (checked one request late, so that a shared one is named as shared, not as open)."""
     found = sharing.first_sharing()
     if found is not None:
         what, first, later = found
         checking.fail(f"{later} ran its SQL on the same SQLAlchemy {what} object as {first}, an earlier request: "
                       f"one {what} shared between requests. {_SHARED_WHY}")
+    previous, sharing.pending = sharing.pending, label
+    left = sharing.left_open(previous) if previous else []
+    if left:
+        checking.fail(f"{previous} returned its response but left its {left[0]} open (still in a transaction, holding "
+                      "one of the pool's few database connections until the garbage collector gets to it; under "
+                      "load the pool runs dry and requests wait, then fail). Close it at the end of every request: "
+                      "`with db.session() as session:`, or a `yield` dependency.")
 
 
 async def _get(client: httpx.AsyncClient, path: str, label: str) -> httpx.Response:
@@ -169,8 +189,9 @@ async def check_first_endpoint(make_app: Any, checking: Checking) -> str:
                     for user_id in (1, users // 2 + 1, users):
                         requests += 1
                         with count_queries(db.engine) as queries:
-                            response = await _get(client, f"/users/{user_id}", f"GET /users/{user_id} (request {requests})")
-                        _expect_not_shared(checking, sharing)
+                            label = f"GET /users/{user_id} (request {requests})"
+                            response = await _get(client, f"/users/{user_id}", label)
+                        _expect_not_shared(checking, sharing, label)
                         checking.expect(response.status_code == 200,
                                         f"GET /users/{user_id} answered {response.status_code}, expected 200 "
                                         f"(the database has {users} users). Body: {response.text[:200]}")
@@ -183,8 +204,9 @@ async def check_first_endpoint(make_app: Any, checking: Checking) -> str:
                                         "(one for the user, one for the posts or their count).")
                     for missing in (users + 1, 10_000):
                         requests += 1
-                        response = await _get(client, f"/users/{missing}", f"GET /users/{missing} (request {requests})")
-                        _expect_not_shared(checking, sharing)
+                        label = f"GET /users/{missing} (request {requests})"
+                        response = await _get(client, f"/users/{missing}", label)
+                        _expect_not_shared(checking, sharing, label)
                         checking.expect(response.status_code == 404,
                                         f"GET /users/{missing} (no such user) answered {response.status_code}; "
                                         "a missing resource should be 404 Not Found.")
@@ -196,8 +218,9 @@ async def check_first_endpoint(make_app: Any, checking: Checking) -> str:
                         conn.execute(insert(Post).values(user_id=1, title="new", body="new", likes=0,
                                                          created_at=_NOW))
                     requests += 1
-                    response = await _get(client, "/users/1", f"GET /users/1 (request {requests})")
-                    _expect_not_shared(checking, sharing)
+                    label = f"GET /users/1 (request {requests})"
+                    response = await _get(client, "/users/1", label)
+                    _expect_not_shared(checking, sharing, label)
                     expected = _expected_summary(db, 1)
                     checking.expect(response.status_code == 200 and response.json() == expected,
                                     f"after user 1 was renamed and given one more post (committed by another "
@@ -214,12 +237,16 @@ async def check_first_endpoint(make_app: Any, checking: Checking) -> str:
                     except TimeoutError:
                         checking.fail(f"{len(ids)} concurrent GET /users/… did not all answer within 20 s.")
                     _expect_not_shared(checking, sharing)
+                    for label in labels:
+                        sharing.pending = label
+                        _expect_not_shared(checking, sharing)  # each request of the burst closed its session
                     for user_id, answer in zip(ids, answers, strict=True):
                         expected = _expected_summary(db, user_id)
                         checking.expect(answer.status_code == 200 and answer.json() == expected,
                                         f"with {len(ids)} concurrent requests, GET /users/{user_id} returned "
                                         f"{answer.status_code} {answer.text[:200]}, expected {expected}.")
                     requests += len(ids)
+        _expect_not_shared(checking, sharing)  # the last request's session is closed too
     checking.record("max_queries", most_queries)
     checking.record("requests", requests)
     return "right bodies on 2 database sizes, 404 for unknown users, a session per request"
