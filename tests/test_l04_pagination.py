@@ -164,8 +164,14 @@ def test_explain_page_on_the_live_database():
         assert loose == "SCAN items; USE TEMP B-TREE FOR ORDER BY"
 
 
-def test_bench_rows_name_their_database_and_hold_the_tie_figures():
+def test_bench_rows_name_their_database_and_hold_the_tie_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    import course_lib.lessons.l04_pagination as lesson
+
+    monkeypatch.setattr(lesson, "KEYSET_DEEP_ROWS", 200_000)  # the bench itself builds 1M rows (~10-30 s)
     rows = {r.effect: r for r in bench()}
+    levels = {r.effect.split("] ", 1)[1].split(" at depth")[0]: r.level for r in rows.values()}
+    assert levels["OFFSET vs keyset, the SQL alone (raw driver)"] == "SQL"
+    assert levels["OFFSET vs keyset, GET page of 20"] == "endpoint"
     name = dialect()
     assert all(effect.startswith(f"[{name}] ") for effect in rows)
     assert rows[f"[{name}] same walk by (created_at, id): distinct seen"].value == 1_000

@@ -40,7 +40,7 @@ __all__ = [
     "Item", "ItemOut", "Page", "make_items_db", "add_items", "newest_ids",
     "make_unbounded_app", "make_article_app", "make_offset_app", "make_keyset_app", "make_feed_app",
     "make_catalog_app", "make_archive_app", "feed_index", "encode_cursor", "decode_cursor", "walk_offset", "walk_cursor", "wire_bytes",
-    "depth_profile", "page_query_times", "with_gzip", "watch_database", "DatabaseWatch", "gzip_cost", "sort_method", "explain_page", "bench",
+    "depth_profile", "page_query_times", "page_sql_times", "keyset_levels", "with_gzip", "watch_database", "DatabaseWatch", "gzip_cost", "sort_method", "explain_page", "bench",
 ]
 
 
@@ -408,6 +408,56 @@ def page_query_times(db: DemoDB, depth: int, *, limit: int = 20, n: int = 5) -> 
             f"keyset id < {total - depth + 1:,}": lambda: session.scalars(
                 select(Item).where(Item.id < total - depth + 1).order_by(Item.id.desc()).limit(limit)).all(),
         }, n=n, warmup=1)
+
+
+def page_sql_times(db: DemoDB, depth: int, *, limit: int = 20, n: int = 9) -> Comparison:
+    """One page's SQL at `depth` rows deep, OFFSET vs keyset, through the raw DB-API driver on one held connection (as
+    a request holds one): the database's own work, without the ORM building objects. Interleaved."""
+    total = db.counts["items"]
+    depth = max(0, min(int(depth), max(total - limit, 0)))
+    mark = "?" if db.engine.dialect.paramstyle == "qmark" else "%s"
+    connection = db.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+
+        def run(sql: str, parameters: tuple[int, ...]) -> Callable[[], Any]:
+            def call() -> Any:
+                cursor.execute(sql, parameters)
+                return cursor.fetchall()
+            return call
+
+        return compare_sync({
+            f"OFFSET {depth:,}": run(f"SELECT * FROM items ORDER BY id DESC LIMIT {mark} OFFSET {mark}", (limit, depth)),
+            f"keyset id < {total - depth + 1:,}": run(
+                f"SELECT * FROM items WHERE id < {mark} ORDER BY id DESC LIMIT {mark}", (total - depth + 1, limit)),
+        }, n=n, warmup=1)
+    finally:
+        connection.close()
+
+
+async def keyset_levels(db: DemoDB, depth: int | None = None, *, limit: int = 20, n: int = 9) -> str:
+    """OFFSET vs keyset for the page `depth` rows deep (default: the last), measured now at two levels, the SQL alone
+    (raw driver) and `GET /items` in-process, side by side with the fixed cost of a request, as Markdown."""
+    from .l02_n_plus_one import levels_markdown, request_floor_ms
+
+    total = db.counts["items"]
+    depth = max(0, min(total - limit if depth is None else int(depth), max(total - limit, 0)))
+    sql = page_sql_times(db, depth, limit=limit, n=n)
+    async with app_client(make_offset_app(db)) as by_offset, app_client(make_keyset_app(db)) as by_key:
+        pages = await compare({
+            "offset": lambda: by_offset.get("/items", params={"limit": limit, "offset": depth}),
+            "keyset": lambda: by_key.get("/items", params={"limit": limit, "cursor": total - depth + 1}),
+        }, n=n, warmup=2)
+    floor_ms = await request_floor_ms()
+    slow, fast = (t.median_ms for t in sql.timings.values())
+    return levels_markdown(f"page of {limit}, {depth:,} rows deep of {total:,}", "OFFSET", "keyset", (slow, fast),
+                           (pages["offset"].median_ms, pages["keyset"].median_ms), floor_ms,
+                           sql_label=f"the SQL alone (raw {_driver(db)})")
+
+
+def _driver(db: DemoDB) -> str:
+    """The DB-API module under `db`: 'sqlite3' or 'psycopg'."""
+    return "sqlite3" if db.engine.dialect.name == "sqlite" else db.engine.dialect.driver
 
 
 def sort_method(document: Any) -> str | None:
@@ -801,7 +851,7 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
     return first, deep
 
 
-KEYSET_DEEP_ROWS = 300_000  # the benchmark's table
+KEYSET_DEEP_ROWS = 1_000_000  # the benchmark's table: the size the lesson's claim names
 KEYSET_MAX_RATIO = 2.5  # the benchmark's bar for keyset's deepest page / first page (GET)
 POSITION_NEWER_ROWS = 2_000
 
@@ -1022,28 +1072,38 @@ async def _bench_rows() -> list[BenchRow]:
             wire, size, _ = await wire_bytes(client, "/items/export")
         rows.append(BenchRow("04", f"[{name}] gzip (level 6) on a {size / 1000:,.0f} KB JSON export: bytes ratio",
                              size / wire, "×", f"≥ {GZIP_MIN_RATIO:g}×", size / wire >= GZIP_MIN_RATIO))
+    from .l01_workers import measuring_priority
+
     started = time.perf_counter()
     with make_items_db(KEYSET_DEEP_ROWS) as db:
         built_s = time.perf_counter() - started
         depth = KEYSET_DEEP_ROWS - 20
-        async with app_client(make_offset_app(db)) as by_offset, app_client(make_keyset_app(db)) as by_key:
-            pages = await compare({
-                "offset first": lambda: by_offset.get("/items", params={"limit": 20}),
-                "keyset first": lambda: by_key.get("/items", params={"limit": 20}),
-                "offset deep": lambda: by_offset.get("/items", params={"limit": 20, "offset": depth}),
-                "keyset deep": lambda: by_key.get("/items", params={"limit": 20, "cursor": KEYSET_DEEP_ROWS - depth + 1}),
-            }, n=9, warmup=3)
-        sql = page_query_times(db, depth, n=9)
+        with measuring_priority([]):
+            async with app_client(make_offset_app(db)) as by_offset, app_client(make_keyset_app(db)) as by_key:
+                pages = await compare({
+                    "offset first": lambda: by_offset.get("/items", params={"limit": 20}),
+                    "keyset first": lambda: by_key.get("/items", params={"limit": 20}),
+                    "offset deep": lambda: by_offset.get("/items", params={"limit": 20, "offset": depth}),
+                    "keyset deep": lambda: by_key.get("/items",
+                                                      params={"limit": 20, "cursor": KEYSET_DEEP_ROWS - depth + 1}),
+                }, n=9, warmup=3)
+            raw = page_sql_times(db, depth, n=9)
+            orm = page_query_times(db, depth, n=9)
     med = {label: t.median_ms for label, t in pages.timings.items()}
     rows.append(BenchRow("04", f"[{name}] build the {KEYSET_DEEP_ROWS:,}-row items table "
-                               f"({'COPY' if name == 'postgresql' else 'executemany batches'})", built_s, "s"))
+                               f"({'COPY' if name == 'postgresql' else 'executemany batches'})", built_s, "s",
+                         kind="info"))
+    rows.append(BenchRow("04", f"[{name}] OFFSET vs keyset, the SQL alone (raw driver) at depth {depth:,} "
+                               f"({KEYSET_DEEP_ROWS:,} rows)", raw.ratio, "×", "≥ 100×", raw.ratio >= 100, level="SQL"))
+    rows.append(BenchRow("04", f"[{name}] OFFSET vs keyset, the same page through the ORM at depth {depth:,}",
+                         orm.ratio, "×", level="SQL"))
     rows.append(BenchRow("04", f"[{name}] OFFSET vs keyset, GET page of 20 at depth {depth:,} ({KEYSET_DEEP_ROWS:,} rows)",
-                         med["offset deep"] / med["keyset deep"], "×"))
-    rows.append(BenchRow("04", f"[{name}] OFFSET vs keyset, the SQL alone at depth {depth:,}", sql.ratio, "×"))
-    rows.append(BenchRow("04", f"[{name}] OFFSET: deepest page / first page (GET)", med["offset deep"] / med["offset first"], "×"))
+                         med["offset deep"] / med["keyset deep"], "×", level="endpoint"))
+    rows.append(BenchRow("04", f"[{name}] OFFSET: deepest page / first page (GET)", med["offset deep"] / med["offset first"],
+                         "×", level="endpoint"))
     keyset_flat = med["keyset deep"] / med["keyset first"]
     rows.append(BenchRow("04", f"[{name}] keyset: deepest page / first page (GET)", keyset_flat, "×",
-                         f"≤ {KEYSET_MAX_RATIO}×", keyset_flat <= KEYSET_MAX_RATIO))
+                         f"≤ {KEYSET_MAX_RATIO}×", keyset_flat <= KEYSET_MAX_RATIO, level="endpoint"))
     return rows
 
 
