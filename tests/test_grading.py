@@ -757,3 +757,23 @@ def test_a_session_left_open_after_the_request_fails():
     result = grade(ID, never_closed, record=False)
     assert not result.passed and "left its Session open" in result.message, result.message
     assert "pool runs dry" in result.message
+
+
+def test_a_timed_out_async_check_is_cancelled_and_its_cleanup_runs(synthetic):
+    """An async check waiting past its limit is cancelled: its `finally` (stopping servers, say) runs at once."""
+    import asyncio
+    import threading
+
+    cleaned = threading.Event()
+
+    async def checker(answer, checking):
+        try:
+            await asyncio.sleep(60)
+        finally:
+            cleaned.set()
+        return "ok"
+
+    started = time.monotonic()
+    result = grade(synthetic("99.async-wait", checker), object(), timeout=0.5, record=False)
+    assert "did not finish within 0.5 s" in result.message and "The check was stopped." in result.message
+    assert cleaned.is_set() and time.monotonic() - started < 3
