@@ -170,6 +170,10 @@ def test_bench_rows_name_their_database() -> None:
     ratio = rows[f"[{name}] N+1 endpoint latency lazy / selectinload, + 1 ms simulated RTT"].value
     assert ratio > 2, ratio  # 101 vs 2 round trips of ≥ 1 ms; quiet machines measure 7–11×
     assert rows[f"[{name}] one query's floor (SELECT 1, median)"].value > 0
+    claim = rows[f"[{name}] N+1 time lazy / selectinload, ORM (load 100 users, read posts), + 1 ms simulated RTT"]
+    assert claim.level == "SQL" and claim.goal == "≥ 10×" and claim.value > 3, claim
+    assert rows[f"[{name}] N+1 endpoint latency lazy / selectinload, + 1 ms simulated RTT"].level == "endpoint"
+    assert rows[f"[{name}] in-process request's fixed cost (GET of an empty route, median)"].value > 0
 
 
 def test_simulated_latency_only_where_there_is_no_real_round_trip() -> None:
