@@ -440,3 +440,58 @@ def test_hints_progress_and_never_give_the_answer() -> None:
     assert len(set(hints)) == 3
     assert "every route" in hints[0] and "Depends(get_db)" in hints[1] and "…" in hints[2]
     assert "session_factory() as s: yield s" not in " ".join(hints)
+
+
+# ---------------------------------------------------------------- what the lesson shows (H11)
+
+def test_a_warm_up_query_in_the_lifespan_stops_startup_when_the_database_is_down() -> None:
+    """make_eager_app cannot start on an unreachable database (the package can), and serves on a live one."""
+    async def start(app: Any) -> int:
+        async with lesson.app_client(app) as client:
+            return (await client.get("/health/live")).status_code
+
+    down = lesson.unreachable_url("test")
+    with pytest.raises(Exception, match="unable to open database file"):
+        asyncio.run(start(lesson.make_eager_app(down)))
+    assert asyncio.run(start(create_blog_app(Settings(database_url=down)))) == 200
+    with make_demo_db(users=3, posts_per_user=1) as db:
+        assert asyncio.run(start(lesson.make_eager_app(db.url))) == 200
+
+
+def test_code_after_yield_runs_after_the_response_is_sent() -> None:
+    """The lesson's claim on the installed FastAPI (0.118 or later): cleanup after the last body chunk."""
+    from course_lib.lessons.blog_app.dependencies import get_db
+
+    events: list[str] = []
+    with make_demo_db(users=3, posts_per_user=1) as db:
+        def recording_get_db() -> Iterator[Session]:
+            with db.session() as session:
+                events.append("opened")
+                yield session
+            events.append("closed")
+
+        app = create_blog_app(Settings(database_url=lesson.unreachable_url("test")))
+        app.dependency_overrides[get_db] = recording_get_db
+
+        async def run() -> int:
+            async with lesson.app_client(lesson.record_response_end(app, events)) as client:
+                return (await client.get("/users/1")).status_code
+
+        assert asyncio.run(run()) == 200
+    assert events == ["opened", "response sent to the client", "closed"]
+
+
+def test_layout_and_source_are_shown_as_tables_and_code_blocks() -> None:
+    """Every .py file of the package is a row; the tangled app's source is a python code block."""
+    table = lesson.layout_table().data
+    for path in lesson.PACKAGE.rglob("*.py"):
+        assert f"`blog_app/{path.relative_to(lesson.PACKAGE)}`" in table
+    listing = lesson.source_listing(lesson.make_tangled_app).data
+    assert listing.startswith("```python\ndef make_tangled_app") and listing.endswith("```")
+
+
+def test_prose_helpers_use_the_figures_they_are_given() -> None:
+    """The deadline story quotes the measured statuses, times and their ratio."""
+    story = lesson.deadline_story({0.25: (503, 0.3), None: (200, 1.62)}).data
+    assert "**503** after **0.30 s**" in story and "**200** after **1.62 s**" in story and "**5.4×**" in story
+    assert "said the database was fine" in story

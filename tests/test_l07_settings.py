@@ -339,3 +339,13 @@ def test_hints_progress_and_never_give_the_answer() -> None:
     hints = [hint(EXERCISE, level) for level in (1, 2, 3)]
     assert len(set(hints)) == 3
     assert "env_prefix='SHOP_'" not in " ".join(hints) and "…" in hints[2]
+
+
+def test_cache_story_quotes_the_measured_comparison() -> None:
+    """The prose under the comparison is built from it."""
+    from course_lib.lessons.l07_settings import cache_story
+
+    result = asyncio.run(cached_vs_uncached(n=30))
+    story = cache_story(result).data
+    assert f"**{result.ratio:.1f}×**" in story
+    assert f"**{result['lru_cache get_settings'].median_ms:.2f} ms**" in story

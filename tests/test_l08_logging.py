@@ -661,3 +661,82 @@ def test_grading_leaves_the_learners_logging_as_it_was() -> None:
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+# ---------------------------------------------------------------- what the lesson shows (H11)
+
+def test_call_asgi_answers_and_leaves_no_task_behind() -> None:
+    """The direct call gets the status, and BaseHTTPMiddleware's tasks end inside the call that made them."""
+    from course_lib.lessons.l08_logging import _alone_variants, call_asgi
+    import io
+
+    async def run() -> list[tuple[int, int]]:
+        seen = []
+        for app in _alone_variants(io.StringIO()).values():
+            before = len(asyncio.all_tasks())
+            seen.append((await call_asgi(app), len(asyncio.all_tasks()) - before))
+        return seen
+
+    assert asyncio.run(run()) == [(200, 0)] * 5
+
+
+def test_the_mechanism_costs_at_least_5x_where_it_lives() -> None:
+    """Alone (no client), a do-nothing @app.middleware adds far more than 5× what a pure ASGI one adds."""
+    from course_lib.lessons.l08_logging import NOISE_FLOOR_US, middleware_alone
+
+    result = asyncio.run(middleware_alone(n=150))
+    none = result["no middleware"].median_ms
+    http = (result["@app.middleware, no-op"].median_ms - none) * 1000
+    asgi = (result["pure ASGI, no-op"].median_ms - none) * 1000
+    assert http > 5 * max(asgi, NOISE_FLOOR_US), repr(result)  # measured ~140 µs against 0 ± 2 µs here
+
+
+def test_bench_names_its_level_and_holds_the_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim row is measured on the middleware alone, says so, names its level and has a goal."""
+    from course_lib.lessons import l08_logging as lesson
+
+    real = lesson.middleware_costs
+    monkeypatch.setattr(lesson, "middleware_costs", lambda n=300: real(120))
+    rows = lesson.bench()
+    claim = rows[0]
+    assert claim.goal == "≥ 5×" and claim.level == "endpoint" and "called directly" in claim.effect
+    assert claim.met is True, claim
+    assert all(row.level == "endpoint" for row in rows) and all(row.goal == "" for row in rows[1:])
+
+
+def test_a_failed_request_is_shown_short_and_without_this_machines_paths() -> None:
+    """The /boom record: its traceback cut to the last frame, no venv or checkout path, the error kept."""
+    import sys
+
+    from course_lib.lessons.l08_logging import _REPO, show_record, show_records
+
+    capture = LogCapture()
+    app = make_demo_app()
+    app.add_middleware(AccessLogMiddleware, logger=capture.logger)
+
+    async def run() -> None:
+        async with quiet_client(app) as client:
+            await client.get("/boom")
+
+    asyncio.run(run())
+    record = capture.records()[0]
+    assert record["exc_info"].count("File ") > 3  # the raw traceback is long
+    shown = show_record(record)
+    for text in (shown._repr_html_(), repr(shown)):
+        assert sys.prefix not in text and _REPO not in text and "site-packages" not in text
+        assert "RuntimeError: the endpoint failed" in text and text.count("File ") == 1
+        assert "frame(s) of the server and framework" in text
+    table = show_records(capture.records())
+    assert "<table>" in table._repr_html_() and "/boom" in repr(table) and "500" in repr(table)
+
+
+def test_prose_helpers_use_the_figures_they_are_given() -> None:
+    """The Markdown under the tables is built from the measured figures, not typed in."""
+    from course_lib.lessons.l08_logging import route_table, server_story, slowest_route_story
+
+    routes = [{"route": "GET /slow", "requests": 3, "p50_ms": 20.0, "p95_ms": 38.25, "max_ms": 40.0, "errors": 0},
+              {"route": "GET /", "requests": 5, "p50_ms": 0.5, "p95_ms": 0.75, "max_ms": 1.0, "errors": 1}]
+    assert "| `GET /slow` | 3 | 20.00 | 38.25 | 40.00 | 0 |" in route_table(routes).data
+    assert "**38.2 ms**" in slowest_route_story(routes).data and "**0.75 ms**" in slowest_route_story(routes).data
+    story = server_story({"no middleware": 1000, "pure ASGI log": 900, "@app.middleware log": 500}, 1234, 1400, 2)
+    assert "90% of" in story.data and "(50%)" in story.data and "**1,234**" in story.data

@@ -38,6 +38,7 @@ PACKAGE = Path(__file__).parent / "blog_app"
 __all__ = [
     "make_tangled_app", "create_app", "Settings", "PACKAGE", "layout", "probe_paths", "answers",
     "same_answers", "unreachable_url", "hanging_database", "time_health", "Probe", "show_server_log",
+    "source_listing", "layout_table", "make_eager_app", "record_response_end", "deadline_story", "probe_cost_story",
     "run_package_tests",
 ]
 
@@ -180,6 +181,83 @@ def run_package_tests() -> tuple[str, int]:
     run = subprocess.run(command, cwd=PACKAGE.parents[2], capture_output=True, text=True, timeout=300, env=env)
     lines = run.stdout.strip().splitlines()
     return (lines[-1].split(" in ")[0] if lines else run.stderr[-300:]), run.returncode
+
+
+# ---------------------------------------------------------------- showing code, layouts and figures
+
+def source_listing(obj: Any) -> Any:
+    """`obj`'s source as a highlighted code block (long lines scroll instead of wrapping mid-word)."""
+    import inspect
+
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{inspect.getsource(obj)}```")
+
+
+def layout_table(package: Path = PACKAGE) -> Any:
+    """The package's files as a Markdown table, each with the first line of its docstring (read from the files)."""
+    from IPython.display import Markdown
+
+    rows = ["| file | its job (first line of its docstring) |", "|---|---|"]
+    for path in sorted(package.rglob("*.py"), key=lambda p: (p.parent != package, str(p))):
+        doc = (ast.get_docstring(ast.parse(path.read_text())) or "").splitlines()
+        rows.append(f"| `{package.name}/{path.relative_to(package)}` | {doc[0] if doc else ''} |")
+    return Markdown("\n".join(rows))
+
+
+def make_eager_app(database_url: str) -> FastAPI:
+    """The blog app plus a warm-up query in its lifespan: the startup work this lesson advises against."""
+    from contextlib import asynccontextmanager
+
+    from sqlalchemy import text
+
+    app = create_app(Settings(database_url=database_url))
+    package_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        async with package_lifespan(app) as state:
+            with app.state.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))  # warm the pool: fails when the database is down
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def record_response_end(app: Any, events: list[str]) -> Any:
+    """`app` wrapped so that the moment its response's last body chunk is handed to the server joins `events`."""
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        async def watched_send(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                events.append("response sent to the client")
+
+        await app(scope, receive, watched_send if scope["type"] == "http" else send)
+
+    return wrapped
+
+
+def deadline_story(detect: Mapping[float | None, tuple[int, float]], deadline: float = 0.25) -> Any:
+    """The prose under the hung-database chart: the probe with a deadline against the one without."""
+    from IPython.display import Markdown
+
+    short, none = detect[deadline], detect[None]
+    fine = ", and said the database was fine although every query stalled" if none[0] == 200 else ""
+    return Markdown(
+        f"With a {deadline} s deadline the probe answered **{short[0]}** after **{short[1]:.2f} s**; with no "
+        f"deadline it answered **{none[0]}** after **{none[1]:.2f} s**, **{none[1] / short[1]:.1f}×** later{fine}. "
+        "The answer time follows the deadline, so choose one below your load balancer's probe timeout (often 1 s).")
+
+
+def probe_cost_story(probes: Any) -> Any:
+    """The prose under the probe-cost comparison."""
+    from IPython.display import Markdown
+
+    return Markdown(
+        f"Readiness took **{probes['readiness /health'].median_ms:.2f} ms** (median), liveness "
+        f"**{probes['liveness /health/live'].median_ms:.2f} ms**: **{probes.ratio:.1f}×**. Cheap at one probe "
+        "every few seconds; keep it that way (no heavy queries, no calls to other services' readiness).")
 
 
 # ---------------------------------------------------------------- exercise 06.refactor
@@ -447,10 +525,10 @@ async def _health_figures() -> list[BenchRow]:
     ratio = unbounded[1] / bounded[1]
     return [
         BenchRow("06", "hung DB (1.5 s/query): /health answer time, no timeout ÷ 0.25 s timeout", ratio, "×",
-                 "≥ 3× and 503", ratio >= 3 and bounded[0] == 503),
-        BenchRow("06", "readiness (DB + Redis ping) ÷ liveness, in-process median", cost.ratio, "×"),
+                 "≥ 3× and 503", ratio >= 3 and bounded[0] == 503, level="endpoint"),
+        BenchRow("06", "readiness (DB + Redis ping) ÷ liveness, in-process median", cost.ratio, "×", level="endpoint"),
         BenchRow("06", "liveness /health/live, in-process median", cost["liveness /health/live"].median_ms * 1000,
-                 "µs"),
+                 "µs", level="endpoint"),
     ]
 
 
