@@ -63,6 +63,8 @@ __all__ = [
     "request_floor_ms",
     "levels_markdown",
     "strategy_prose",
+    "n_plus_one_levels",
+    "size_prose",
     "bench",
 ]
 
@@ -310,7 +312,8 @@ async def request_floor_ms(n: int = 60) -> float:
 
 
 def levels_markdown(effect: str, slow: str, fast: str, sql: tuple[float, float], endpoint: tuple[float, float],
-                    floor_ms: float, sql_label: str = "the SQL alone") -> str:
+                    floor_ms: float, sql_label: str = "the SQL alone", inner: str = "its SQL",
+                    around: str = "the session, the ORM objects, the response model and JSON") -> str:
     """One effect measured at two levels, as an HTML table and a paragraph on the gap: `sql` and `endpoint` are
     (slow ms, fast ms) medians, `floor_ms` the fixed cost of an in-process request (`request_floor_ms`)."""
     def ms(value: float) -> str:
@@ -323,16 +326,16 @@ def levels_markdown(effect: str, slow: str, fast: str, sql: tuple[float, float],
     body = "".join(f"<tr><td>{level}</td><td align='right'>{ms(a)}</td><td align='right'>{ms(b)}</td>"
                    f"<td align='right'><b>{a / b:,.1f}×</b></td></tr>" for level, a, b in rows)
     table = (f"<table><tr><th>{effect}</th><th>{slow}</th><th>{fast}</th><th>ratio</th></tr>{body}</table>")
-    around = max(endpoint[1] - sql[1], 0.0)  # everything in the fast request that is not its SQL
-    predicted = (sql[0] + around) / (sql[1] + around)
+    fixed = max(endpoint[1] - sql[1], 0.0)  # everything in the fast request that is not the inner level's work
+    predicted = (sql[0] + fixed) / (sql[1] + fixed)
     return (f"{table}\n\nThe saving is the same work at both levels; the ratio is not. In the fast request, everything "
-            f"that is not its SQL costs {ms(endpoint[1])} − {ms(sql[1])} = **{ms(around)}**, "
-            f"**{percent(around / endpoint[1])}** of it: the session, the ORM objects, the response model and JSON, and the "
-            f"in-process client itself (a request to an empty route costs **{ms(floor_ms)}**, measured now: "
+            f"that is not {inner} costs {ms(endpoint[1])} − {ms(sql[1])} = **{ms(fixed)}**, "
+            f"**{percent(fixed / endpoint[1])}** of it: {around}, and the in-process client itself (a request to an "
+            f"empty route costs **{ms(floor_ms)}**, measured now: "
             f"{percent(floor_ms / endpoint[1])} of the fast request). The slow request pays the same fixed cost. "
-            f"Add it to both SQL figures and the ratio becomes ({ms(sql[0])} + {ms(around)}) / ({ms(sql[1])} + "
-            f"{ms(around)}) ≈ **{predicted:,.1f}×**, against **{endpoint[0] / endpoint[1]:,.1f}×** measured through "
-            "the endpoint. The database effect is the SQL figure; the endpoint figure is what a client sees, diluted "
+            f"Add it to both figures of the first row and the ratio becomes ({ms(sql[0])} + {ms(fixed)}) / ({ms(sql[1])} + "
+            f"{ms(fixed)}) ≈ **{predicted:,.1f}×**, against **{endpoint[0] / endpoint[1]:,.1f}×** measured through "
+            "the endpoint. The database effect is the first row's figure; the endpoint figure is what a client sees, diluted "
             "by the cost every request pays whatever its SQL.")
 
 
@@ -354,6 +357,40 @@ def strategy_prose(label: str, floor_ms: float, local: Sequence[dict[str, Any]],
             f"pays the round trip {lazy_queries} times, selectinload twice. (These times include the response model "
             "building the payload, the same work for every strategy.)")
 
+
+
+async def n_plus_one_levels(db: DemoDB, endpoint: Comparison, latency_ms: float = 1.0, n: int = 5) -> str:
+    """Lazy vs selectinload at the ORM level, measured now at `latency_ms` added per query, beside `endpoint` (the same
+    strategies through `GET /users`, measured at the same latency: first lazy, last selectinload), as Markdown."""
+    orm = orm_ratio(db, latency_ms, n=n)
+    floor_ms = await request_floor_ms()
+    slow, fast = (t.median_ms for t in endpoint.timings.values())
+    with count_queries(db.engine) as lazy_log:
+        render_users(db, "lazy")
+    with count_queries(db.engine) as eager_log:
+        render_users(db, "selectinload")
+    return (levels_markdown(f"100 users' posts, + {latency_ms:g} ms per query", f"lazy ({queries(lazy_log.count)})",
+                            f"selectinload ({queries(eager_log.count)})",
+                            (orm["lazy"].median_ms, orm["selectinload"].median_ms), (slow, fast), floor_ms,
+                            sql_label="the ORM alone (load users, read posts)", inner="its ORM work",
+                            around="the response model building the payload, JSON, routing")
+            + f"\n\nYour ratios will differ with your machine, its load and its database; the counts, "
+              f"{queries(lazy_log.count)} against {queries(eager_log.count)}, are exact everywhere.")
+
+
+def size_prose(sizes: Sequence[int], series: dict[str, list[float]], trip_ms: float, server: bool) -> str:
+    """The paragraph under the latency-by-size chart (Markdown), from the series `latency_by_size` measured."""
+    def per_user(strategy: str) -> float:
+        return (series[strategy][-1] - series[strategy][0]) / (sizes[-1] - sizes[0])
+
+    return (f"At {sizes[-1]} users: lazy **{series['lazy'][-1]:.0f} ms**, joinedload **{series['joinedload'][-1]:.1f} ms**, "
+            f"selectinload **{series['selectinload'][-1]:.1f} ms**. Each extra user cost lazy loading "
+            f"**{per_user('lazy'):.2f} ms**, joinedload **{per_user('joinedload'):.2f} ms** and selectinload "
+            f"**{per_user('selectinload'):.2f} ms**: the eager strategies pay for the rows, lazy loading pays a query per "
+            f"user on top. (The dashed line is the round trips alone, (1 + users) × {trip_ms:.2f} ms: lazy loading can "
+            "never go below it"
+            + ("; on a server the per-query Python work is most of lazy's cost, the socket the rest." if server else ".")
+            + ")")
 
 # --- graders -----------------------------------------------------------------------------------------------
 # Every statement is observed at the driver (`observe_statements`): the DemoDB's sessions, an engine or a raw
