@@ -40,7 +40,7 @@ __all__ = [
     "Item", "ItemOut", "Page", "make_items_db", "add_items", "newest_ids",
     "make_unbounded_app", "make_article_app", "make_offset_app", "make_keyset_app", "make_feed_app",
     "make_catalog_app", "make_archive_app", "feed_index", "encode_cursor", "decode_cursor", "walk_offset", "walk_cursor", "wire_bytes",
-    "depth_profile", "page_query_times", "page_sql_times", "keyset_levels", "with_gzip", "watch_database", "DatabaseWatch", "gzip_cost", "sort_method", "explain_page", "bench",
+    "depth_profile", "page_query_times", "page_sql_times", "keyset_levels", "depth_prose", "with_gzip", "watch_database", "DatabaseWatch", "gzip_cost", "sort_method", "explain_page", "bench",
 ]
 
 
@@ -453,6 +453,17 @@ async def keyset_levels(db: DemoDB, depth: int | None = None, *, limit: int = 20
     return levels_markdown(f"page of {limit}, {depth:,} rows deep of {total:,}", "OFFSET", "keyset", (slow, fast),
                            (pages["offset"].median_ms, pages["keyset"].median_ms), floor_ms,
                            sql_label=f"the SQL alone (raw {_driver(db)})")
+
+
+def depth_prose(depths: Sequence[int], profile: dict[str, list[float]]) -> str:
+    """The paragraph under the depth chart (Markdown), from what `depth_profile` measured."""
+    offset, keyset = profile["offset"], profile["keyset"]
+    return (f"First page: OFFSET **{offset[0]:.1f} ms**, keyset **{keyset[0]:.1f} ms**. At depth {depths[-1]:,}: OFFSET "
+            f"**{offset[-1]:.1f} ms**, keyset **{keyset[-1]:.1f} ms**, so the deep OFFSET page is "
+            f"**{offset[-1] / keyset[-1]:.0f}×** slower than the same page by keyset, and **{offset[-1] / offset[0]:.0f}×** "
+            f"slower than its own first page; keyset's deepest page is {keyset[-1] / keyset[0]:.1f}× its first. The "
+            "request's fixed costs (routing, validation, the ORM, JSON) are the floor both share; the growth is the "
+            "skipped rows.")
 
 
 def _driver(db: DemoDB) -> str:
