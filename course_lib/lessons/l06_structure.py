@@ -195,13 +195,14 @@ def source_listing(obj: Any) -> Any:
 
 
 def layout_table(package: Path = PACKAGE) -> Any:
-    """The package's files as a Markdown table, each with the first line of its docstring (read from the files)."""
+    """The package's files as a Markdown table, each with its docstring's first sentence (read from the files)."""
     from IPython.display import Markdown
 
-    rows = ["| file | its job (first line of its docstring) |", "|---|---|"]
+    rows = ["| file | its job (its docstring's first sentence) |", "|---|---|"]
     for path in sorted(package.rglob("*.py"), key=lambda p: (p.parent != package, str(p))):
-        doc = (ast.get_docstring(ast.parse(path.read_text())) or "").splitlines()
-        rows.append(f"| `{package.name}/{path.relative_to(package)}` | {doc[0] if doc else ''} |")
+        paragraph = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split("\n\n")[0].split())
+        first = re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
+        rows.append(f"| `{package.name}/{path.relative_to(package)}` | {first} |")
     return Markdown("\n".join(rows))
 
 
