@@ -91,6 +91,12 @@ def _grade_class(folder: Path, csv_path: Path | None, *, cpu_seconds: int = 900,
     if not folder.is_dir():
         print(f"{folder}: no such folder", file=sys.stderr)
         return 2
+    from .classroom import isolation
+
+    allowed = isolation()
+    print("each notebook is graded in a sandbox: a private copy, no network beyond its own loopback, limits"
+          + ("" if allowed["namespaces"] else " (NO namespaces here: see INSTRUCTORS.md, threat model)")
+          + ("; a user of its own" if allowed["own_user"] else "; run as root to give it a user of its own"), flush=True)
     rows = grade_class(folder, _root(), Limits(cpu_seconds=cpu_seconds, cell_timeout=cell_timeout))
     if csv_path is not None:
         with csv_path.open("w", newline="", encoding="utf-8") as out:

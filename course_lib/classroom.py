@@ -73,9 +73,19 @@ def _namespaces() -> list[str]:
     return options if done.returncode == 0 else []
 
 
+def _needed_by_kernel() -> list[Path]:
+    return [Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).resolve().parent,
+            Path(__file__).resolve().parent]
+
+
+def _own_user_possible() -> bool:
+    """Root can run the kernel as a user of its own, if that user can reach Python (directly, or made visible)."""
+    return os.geteuid() == 0 and (bool(_namespaces()) or not _blocked_for_others(_needed_by_kernel()))
+
+
 def isolation() -> dict[str, bool]:
     """What this machine allows: namespaces (no network, nothing survives), a user of its own (root only)."""
-    return {"namespaces": bool(_namespaces()), "own_user": os.geteuid() == 0}
+    return {"namespaces": bool(_namespaces()), "own_user": _own_user_possible()}
 
 
 def _pid_namespace(pid: int) -> str | None:
@@ -168,7 +178,7 @@ class Sandbox:
         self.limits = limits
         self.base = Path(tempfile.mkdtemp(prefix="course-lab-grade-"))
         self.uid: int | None = None
-        if own_user if own_user is not None else os.geteuid() == 0:
+        if own_user if own_user is not None else _own_user_possible():
             self.uid = 1_600_000_000 + secrets.randbelow(400_000_000)  # a user nobody else is
         self.work, self.home, self.ipc = self.base / "work", self.base / "home", self.base / "ipc"
         for folder in (self.work, self.home, self.ipc):
@@ -219,9 +229,8 @@ class Sandbox:
             "COURSE_LAB_SANDBOX": "1",
         }
         self.spec.write_text(json.dumps({
-            "hide": hidden, "work": str(self.work), "reveal": _blocked_for_others(
-                [Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).resolve().parent,
-                 Path(__file__).resolve().parent]) if self.uid is not None and namespaces else [], "uid": self.uid, "namespaces": namespaces,
+            "hide": hidden, "work": str(self.work), "reveal": _blocked_for_others(_needed_by_kernel())
+            if self.uid is not None and namespaces else [], "uid": self.uid, "namespaces": namespaces,
             "limits": asdict(self.limits), "env": env, "python": sys.executable,
         }))
         os.chmod(self.spec, 0o600)

@@ -278,6 +278,19 @@ def _execute_graded(nb: NotebookNode, folder: Path, *, timeout: int, output_byte
 _STATUSES = ("passed", "failed", "error")
 
 
+_COURSE_FILES: dict[Path, int] = {}
+
+
+def _course_changed() -> list[str]:
+    """Course files changed on disk since the grader loaded them (a kernel would load other code than it did)."""
+    package = Path(__file__).resolve().parent
+    now = {path: path.stat().st_mtime_ns for path in package.rglob("*.py")}
+    if not _COURSE_FILES:
+        _COURSE_FILES.update(now)
+        return []
+    return sorted(str(path.relative_to(package.parent)) for path, mtime in now.items() if _COURSE_FILES.get(path) != mtime)
+
+
 def _valid_record(record: Any, exercise_id: str, nonce: str) -> bool:
     return (isinstance(record, dict) and record.get("nonce") == nonce and record.get("exercise") == exercise_id
             and record.get("status") in _STATUSES and isinstance(record.get("message"), str)
@@ -299,6 +312,8 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, 
     made for that cell (`course_lib.classroom`); files and prints of the learner's code are never read. With a
     `sandbox` (class grading) the kernel runs isolated (`classroom.Sandbox`)."""
     from .classroom import check_cell, fingerprint, new_nonce
+
+    _course_changed()  # the first call notes the course's files as loaded now
 
     lesson = path.stem
     expected = exercises(lesson)
@@ -342,6 +357,10 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, 
                                       f"the grader's check cell showed {len(found)} result(s) that do not match "
                                       "what it sent (a forged or garbled result): not graded")
             continue
+        changed = _course_changed() if record["status"] == "error" else []
+        if changed:  # not the learner: the course itself was edited while grading
+            record = {**record, "message": "not graded: the course's code changed on disk while grading ("
+                      + ", ".join(changed[:5]) + "), so the kernel ran other code than the grader checked: grade again"}
         figures = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in record["figures"].items())
         message = record["message"] + (f" Hint: {record['hint']}" if record.get("hint") else "")

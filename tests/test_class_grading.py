@@ -68,6 +68,10 @@ CLASS, COURSE, HOME, PORT, HOST_PORT = {class_!r}, {course!r}, {home!r}, {port!r
 make_app = None
 stolen = [pathlib.Path("../ada_solved/00_welcome.ipynb"), pathlib.Path(CLASS) / "ada_solved" / "00_welcome.ipynb",
           pathlib.Path(COURSE) / "solutions" / "00_welcome.ipynb"]
+try:  # a file of the instructor's outside the hidden folders, in a folder only its owner may enter
+    exec(pathlib.Path({secret!r}).read_text())
+except Exception:
+    pass
 for path in stolen:  # another learner's answer, then the course's solution: exec it and pass with it
     try:
         cells = json.loads(path.read_text())["cells"]
@@ -206,8 +210,14 @@ def graded_class(tmp_path_factory):
 
     # the mischievous ones, graded first (names sort before the honest learners)
     port, host_port = _free_port(), _free_port()
+    secret = tmp_path_factory.mktemp("instructor-only") / "answer.py"  # the reference answer, readable by root only
+    solution = nbformat.read(ROOT / "solutions" / f"{WELCOME}.ipynb", as_version=4)
+    secret.write_text(next(c.source for c in solution.cells if "### BEGIN SOLUTION" in c.source))
+    os.chmod(secret.parent, 0o700)
+    os.chmod(secret, 0o600)
     put("aa_vandal", WELCOME, _answer_cell(_notebook(WELCOME), VANDAL.format(
-        class_=str(folder), course=str(ROOT), home=str(home), port=port, host_port=host_port)))
+        class_=str(folder), course=str(ROOT), home=str(home), port=port, host_port=host_port,
+        secret=str(secret) if isolation()["own_user"] else "/nonexistent")))
     put("ab_registry", WELCOME, _answer_cell(_notebook(WELCOME, everything), REGISTRY + "\n"))
     put("ac_grade_patch", WELCOME, _answer_cell(_notebook(WELCOME), GRADE_PATCH))
     put("ad_display_forger", WELCOME, _answer_cell(_notebook(WELCOME), DISPLAY_FORGER))
@@ -395,12 +405,9 @@ def test_names_reach_csv_and_terminal_without_formulas_or_escape_codes(graded_cl
     assert "\x1b" not in after["csv"] and "\n=" not in after["csv"] and ",=" not in after["csv"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a user of its own needs root; here the kernel runs as the instructor")
-def test_as_root_the_kernel_runs_as_a_user_of_its_own(tmp_path):
-    from course_lib.classroom import Limits, Sandbox
-
-    with Sandbox(Limits()) as sandbox:
-        assert sandbox.uid is not None and sandbox.uid != 0
-        (tmp_path / "secret").write_text("instructor only")
-        os.chmod(tmp_path, 0o700)
-        assert sandbox.base.stat().st_mode & 0o777 == 0o711
+def test_as_root_the_kernel_runs_as_a_user_of_its_own(graded_class):
+    """The vandal tried to exec the reference answer from a root-only file outside the hidden folders."""
+    if not isolation()["own_user"]:
+        pytest.skip("a user of its own needs root (and Python reachable): here the kernel runs as the instructor")
+    rows, *_ = graded_class
+    assert _status(rows, "aa_vandal") == "failed"
