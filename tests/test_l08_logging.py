@@ -699,7 +699,7 @@ def test_bench_names_its_level_and_holds_the_claim(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(lesson, "middleware_costs", lambda n=300: real(120))
     rows = lesson.bench()
     claim = rows[0]
-    assert claim.goal == "≥ 5×" and claim.level == "endpoint" and "called directly" in claim.effect
+    assert claim.goal == "≥ 5×" and claim.level == "endpoint" and "alone, no client" in claim.effect
     assert claim.met is True, claim
     assert all(row.level == "endpoint" for row in rows) and all(row.goal == "" for row in rows[1:])
 
