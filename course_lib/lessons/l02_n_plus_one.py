@@ -60,6 +60,7 @@ __all__ = [
     "database_label",
     "orm_ratio",
     "queries",
+    "wrapped",
     "request_floor_ms",
     "levels_markdown",
     "strategy_prose",
@@ -274,6 +275,15 @@ def strategy_bars(db: DemoDB, latency_ms: float, n: int = 3) -> Any:
                      ylabel="median ms to build the response",
                      title=f"{users} users × posts on {database_label(db)}, "
                            f"+ {latency_ms:g} ms simulated round trip per query")
+
+
+def wrapped(text: Any, width: int = 100) -> str:
+    """`text` (a statement, an error message) folded at spaces into lines of at most `width` characters, each line
+    of the original kept, continuations indented: long output lines stay readable in a narrow notebook."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="    ", break_long_words=False,
+                                    break_on_hyphens=False) or line for line in str(text).splitlines())
 
 
 def queries(count: int) -> str:
