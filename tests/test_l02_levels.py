@@ -45,3 +45,12 @@ def test_strategy_prose_quotes_the_tables_it_is_given() -> None:
               {"strategy": "selectinload", "queries": 2, "median ms": 13.0}]
     text = strategy_prose("SQLite", 0.02, local, remote)
     assert "**2.0×**" in text and "**10.0×**" in text and "101 bare round trips" in text
+
+
+def test_wrapped_folds_long_lines_at_spaces_and_keeps_short_ones() -> None:
+    from course_lib.lessons.l02_n_plus_one import users_statement, wrapped
+
+    text = wrapped(users_statement("joinedload"))
+    assert all(len(line) <= 100 for line in text.splitlines())
+    assert " ".join(text.split()) == " ".join(str(users_statement("joinedload")).split())
+    assert wrapped("short\nlines") == "short\nlines"
