@@ -40,7 +40,7 @@ class CourseSpawner(SimpleLocalProcessSpawner):
         env = super().user_env(env)
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', os.defpath)}"
         if self.user.name in self.shared_home_users:
-            env["COURSE_LAB_HOME"] = str(Path(self.homes_root) / "shared-progress")
+            env["COURSE_LAB_HOME"] = str(Path(self.homes_root).parent / "shared-progress")
         else:
             env["COURSE_LAB_HOME"] = str(Path(self.home_dir) / ".fastapi-perf-lab")
         return env

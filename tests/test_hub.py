@@ -1,0 +1,213 @@
+"""A class on a real JupyterHub (loopback, configurable-http-proxy, one single-user server per learner): four learners
+run the data lesson and the caching lesson at the same time without meeting each other (ports, files, databases,
+progress), a served app's `link()` works through the hub's proxy for its learner only, stopping a learner's server
+stops everything it started, and the collision watch flags planted collisions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from course_lib.notebooks import ROOT
+
+sys.path.insert(0, str(ROOT / "tools" / "hub"))
+pytest.importorskip("jupyterhub")
+pytest.importorskip("jupyter_server_proxy")
+import collect_class  # noqa: E402
+import hub_lab  # noqa: E402
+
+pytestmark = [
+    pytest.mark.serial,  # six single-user servers and eight kernels: needs the cores to itself
+    pytest.mark.skipif(sys.platform != "linux", reason="the collision watch reads /proc"),
+    pytest.mark.skipif(hub_lab.find_chp() is None, reason="configurable-http-proxy is not installed (see .ci/run)"),
+]
+
+LEARNERS = ["ada", "bob", "cyd", "dee"]
+PLANTED = ["eve", "fay"]  # the hub is told to give these two one shared COURSE_LAB_HOME: a planted collision
+EXERCISE = dict(zip(LEARNERS + PLANTED, ["00.first-endpoint", "01.timeout-client", "02.nested", "03.invalidate",
+                                         "04.gzip", "04.keyset"]))
+LESSONS = ["notebooks/02_n_plus_one.ipynb", "notebooks/03_caching.ipynb"]
+HELLO = "course_lib.lessons.l00_welcome:hello_app"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    root.chmod(0o700)
+    started = hub_lab.Hub(root, LEARNERS + PLANTED, shared_home_users=PLANTED)
+    started.start()
+    try:
+        for user in LEARNERS + PLANTED:  # the course in every home, as nbgitpuller or the image's start script puts it
+            for folder in ("notebooks", "exercises"):
+                shutil.copytree(ROOT / folder, started.home(user) / folder)
+            started.start_server(user)
+        for user in LEARNERS + PLANTED:
+            started.wait_ready(user)
+        started.tokens = {user: started.user_token(user) for user in LEARNERS + PLANTED}
+        yield started
+    finally:
+        started.stop()
+    assert hub_lab.learner_processes(LEARNERS + PLANTED) == {}, "a learner's process outlived the hub"
+
+
+def _in_parallel(work: dict[str, object]) -> dict[str, str]:
+    """Run work[user]() for every user at once; return user → error text for those that raised."""
+    errors: dict[str, str] = {}
+
+    def run(user: str) -> None:
+        try:
+            work[user]()  # type: ignore[operator]
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors[user] = f"{type(error).__name__}: {str(error)[-3000:]}"
+
+    threads = [threading.Thread(target=run, args=(user,)) for user in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.timeout(900)
+def test_four_learners_run_the_data_and_caching_lessons_at_once_without_colliding(hub):
+    def learner(user: str):
+        def work() -> None:
+            for lesson in LESSONS:
+                kernel = hub_lab.RemoteKernel(hub, user, hub.tokens[user], path=lesson)
+                try:
+                    kernel.run_notebook(ROOT / lesson)
+                finally:
+                    kernel.shutdown()
+            kernel = hub_lab.RemoteKernel(hub, user, hub.tokens[user])
+            try:  # each learner grades a different exercise: their progress must hold exactly that one
+                kernel.execute(f"from course_lib import grading; grading.grade({EXERCISE[user]!r}, None)")
+            finally:
+                kernel.shutdown()
+        return work
+
+    started = time.monotonic()
+    with hub_lab.CollisionWatch(LEARNERS, ignore={str(hub.root / "hub.log")}) as watch:
+        errors = _in_parallel({user: learner(user) for user in LEARNERS})
+    elapsed = time.monotonic() - started
+    assert not errors, f"a learner's lesson failed while three others ran it at the same time: {errors}"
+    assert watch.samples >= 10, f"the collision watch looked only {watch.samples} times in {elapsed:.0f} s"
+    assert not watch.found, f"learners met each other: {sorted(watch.found)}"
+    assert hub_lab.progress_mixups(hub, {user: {EXERCISE[user]} for user in LEARNERS}) == []
+    assert all(len(watch.ports[user]) >= 2 for user in LEARNERS), dict(watch.ports)  # server + kernels were seen
+    print(f"4 learners × {len(LESSONS)} lessons at once: {elapsed:.0f} s, {watch.samples} samples")
+
+
+@pytest.mark.timeout(300)
+def test_a_served_apps_link_answers_through_the_hub_proxy_for_its_learner_only(hub):
+    import httpx
+
+    kernels = {user: hub_lab.RemoteKernel(hub, user, hub.tokens[user]) for user in ("ada", "bob")}
+    try:
+        links = {}
+        for user, kernel in kernels.items():
+            out = kernel.execute(f"from course_lib.servers import serve; server = serve({HELLO!r}, announce=False); "
+                                 "print(server.port, server.link('/docs'))")
+            port, link = "".join(out).split()
+            assert link == f"/user/{user}/proxy/{port}/docs", f"{user}'s link() ignores the hub prefix: {link}"
+            links[user] = link
+        for user, link in links.items():
+            other = "bob" if user == "ada" else "ada"
+            own = httpx.get(hub.url + link, headers={"Authorization": f"token {hub.tokens[user]}"}, timeout=60)
+            assert own.status_code == 200 and "swagger" in own.text.lower(), (own.status_code, own.text[:300])
+            foreign = httpx.get(hub.url + link, headers={"Authorization": f"token {hub.tokens[other]}"}, timeout=60)
+            assert foreign.status_code == 403, f"{other} reached {user}'s server: {foreign.status_code}"
+            spec = httpx.get(hub.url + link.replace("/docs", "/openapi.json"),
+                             headers={"Authorization": f"token {hub.tokens[user]}"}, timeout=60)
+            assert spec.status_code == 200 and spec.json()["info"]["title"] == "Hello", spec.text[:300]
+            anonymous = httpx.get(hub.url + link, timeout=60)  # a browser without the learner's login: to the hub
+            where = anonymous.headers.get("location", "")
+            assert anonymous.status_code in (302, 303) and where.startswith(("/hub/login", "/hub/api/oauth2/")), (
+                anonymous.status_code, where)
+    finally:
+        kernels["bob"].shutdown()  # ada's kernel and its server stay up for the next test: stopping must end them
+
+
+@pytest.mark.timeout(300)
+def test_stopping_a_learners_server_stops_everything_it_started(hub):
+    ada = hub_lab.snapshot(["ada"])
+    ada_ports = set(ada.listening)
+    served = [pid for pid in ada.pids if "uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    assert served and len(ada_ports) >= 3, "ada's server, kernel and served app should be running before the stop"
+    hub.stop_server("ada")  # the REST call jupyterhub-idle-culler makes for an idle server
+    deadline = time.monotonic() + 30
+    while hub_lab.learner_processes(["ada"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert hub_lab.learner_processes(["ada"]) == {}, "processes of ada outlived her stopped server"
+    assert [port for port in ada_ports if _listening(port)] == [], "ada's ports still answer after the stop"
+    assert hub.api("GET", "/users/bob").json()["servers"][""]["ready"], "stopping ada's server stopped bob's"
+
+
+@pytest.mark.timeout(300)
+def test_the_collision_watch_flags_planted_collisions(hub):
+    """eve and fay share a COURSE_LAB_HOME (the hub was told so) and both use one fixed port."""
+    kernels = {user: hub_lab.RemoteKernel(hub, user, hub.tokens[user]) for user in PLANTED}
+    port = hub_lab.free_port()
+    fixed = f"import course_lib.servers as s; s.free_port = lambda: {port}\n"
+    try:
+        with hub_lab.CollisionWatch(PLANTED, every=0.1, ignore={str(hub.root / "hub.log")}) as watch:
+            kernels["eve"].execute(fixed + f"server = s.serve({HELLO!r}, announce=False)")
+            kernels["fay"].execute(  # fay's start fails (the port is taken) or finds eve's server answering
+                fixed + f"try:\n    server = s.serve({HELLO!r}, announce=False)\nexcept Exception:\n    pass\n"
+                "import httpx, time\nclient = httpx.Client()\n"
+                f"client.get('http://127.0.0.1:{port}/')\ntime.sleep(1.5)\nclient.close()")
+            for user in PLANTED:
+                kernels[user].execute(f"from course_lib import grading; grading.grade({EXERCISE[user]!r}, None)")
+    finally:
+        for kernel in kernels.values():
+            kernel.shutdown()
+    found = "\n".join(sorted(watch.found))
+    assert "COURSE_LAB_HOME" in found and "['eve', 'fay']" in found, found
+    assert f"fay is connected to port {port}, which ['eve'] listen(s) on" in found, found
+    mixups = hub_lab.progress_mixups(hub, {user: {EXERCISE[user]} for user in PLANTED})
+    assert len(mixups) == 2 and all("no progress of their own" in m for m in mixups), mixups
+    shared = hub.root / "shared-progress" / "progress.json"
+    assert set(__import__("json").loads(shared.read_text())) == {EXERCISE[u] for u in PLANTED}
+
+
+@pytest.mark.timeout(600)
+def test_a_class_is_collected_from_the_learners_homes_and_graded(hub, tmp_path):
+    """From the homes to `grade --class`: regular files only (a planted symlink to a private file is left behind)."""
+    secret, marker = hub.root / "instructor-only.txt", f"only-for-the-instructor-{os.getpid()}-{time.time_ns()}"
+    secret.write_text(marker)
+    sneaky = hub.home("bob") / "exercises" / "99_sneaky.ipynb"
+    sneaky.symlink_to(secret)
+    try:
+        dest = tmp_path / "submissions"
+        skipped = collect_class.collect([hub.home(user) for user in LEARNERS + PLANTED], dest)
+    finally:
+        sneaky.unlink()
+    assert sorted(p.name for p in dest.iterdir()) == sorted(LEARNERS + PLANTED)
+    assert skipped["bob"] == ["99_sneaky.ipynb: not a regular file"], skipped
+    assert not any(p.is_symlink() for p in dest.rglob("*")) and marker not in "".join(
+        p.read_text() for p in dest.rglob("*.ipynb"))
+    assert (dest.stat().st_mode & 0o077) == 0 and all((p.stat().st_mode & 0o077) == 0 for p in dest.rglob("*"))
+    shipped = sorted(p.name for p in (ROOT / "exercises").glob("*.ipynb"))
+    assert sorted(p.name for p in (dest / "ada").iterdir()) == shipped
+
+    from course_lib.notebooks import grade_class
+
+    one = tmp_path / "one-notebook-each"
+    for user in ("ada", "bob"):  # grading every notebook of six learners takes minutes: one each shows the path
+        (one / user).mkdir(parents=True)
+        shutil.copy(dest / user / "00_welcome.ipynb", one / user)
+    rows = grade_class(one)
+    assert sorted({learner for learner, _ in rows}) == ["ada", "bob"]
+    assert [row.status for _, row in rows] == ["failed", "failed"], rows  # the shipped starters, graded: not passed
