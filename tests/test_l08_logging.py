@@ -740,3 +740,11 @@ def test_prose_helpers_use_the_figures_they_are_given() -> None:
     assert "**38.2 ms**" in slowest_route_story(routes).data and "**0.75 ms**" in slowest_route_story(routes).data
     story = server_story({"no middleware": 1000, "pure ASGI log": 900, "@app.middleware log": 500}, 1234, 1400, 2)
     assert "90% of" in story.data and "(50%)" in story.data and "**1,234**" in story.data
+
+
+def test_the_middleware_source_is_a_code_block() -> None:
+    """The lesson shows AccessLogMiddleware as a python code block, not printed text."""
+    from course_lib.lessons.l08_logging import source_listing
+
+    listing = source_listing(AccessLogMiddleware).data
+    assert listing.startswith("```python\nclass AccessLogMiddleware") and listing.endswith("```")

@@ -36,7 +36,7 @@ __all__ = [
     "json_logger", "AccessLogMiddleware", "add_article_log", "NoopASGIMiddleware", "add_http_access_log", "add_http_noop",
     "make_demo_app", "quiet_client", "LogCapture", "per_route", "middleware_overhead", "bench",
     "middleware_alone", "middleware_costs", "MiddlewareCosts", "middleware_story", "call_asgi", "hello_asgi",
-    "show_record", "show_records", "short_traceback", "route_table", "slowest_route_story", "server_story",
+    "show_record", "show_records", "source_listing", "short_traceback", "route_table", "slowest_route_story", "server_story",
     "bare_app", "asgi_logged_app", "http_logged_app", "styles_app", "make_grading_app", "SENSITIVE_WORDS",
 ]
 
@@ -311,6 +311,13 @@ class HTML:
 
     def __repr__(self) -> str:
         return self.text
+
+
+def source_listing(obj: Any) -> Any:
+    """`obj`'s source as a highlighted code block (long lines scroll instead of wrapping mid-word)."""
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{inspect.getsource(obj)}```")
 
 
 def show_record(record: dict[str, Any]) -> HTML:
