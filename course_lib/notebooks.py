@@ -281,14 +281,21 @@ _STATUSES = ("passed", "failed", "error")
 _COURSE_FILES: dict[Path, int] = {}
 
 
-def _course_changed() -> list[str]:
-    """Course files changed on disk since the grader loaded them (a kernel would load other code than it did)."""
+def _course_changed(exercise_id: str | None = None) -> list[str]:
+    """The files a verdict of `exercise_id` depends on (its checker's module, grading, classroom) that changed on
+    disk since the grader loaded them: a kernel would load other code than the grader fingerprinted."""
     package = Path(__file__).resolve().parent
     now = {path: path.stat().st_mtime_ns for path in package.rglob("*.py")}
     if not _COURSE_FILES:
         _COURSE_FILES.update(now)
         return []
-    return sorted(str(path.relative_to(package.parent)) for path, mtime in now.items() if _COURSE_FILES.get(path) != mtime)
+    relevant = {package / "grading.py", package / "classroom.py"}
+    found = [ex for ex in exercises() if ex.id == exercise_id]
+    module = sys.modules.get(found[0].checker.__module__) if found else None
+    if module is not None and getattr(module, "__file__", None):
+        relevant.add(Path(module.__file__).resolve())
+    return sorted(str(path.relative_to(package.parent)) for path in relevant
+                  if path in now and _COURSE_FILES.get(path) != now[path])
 
 
 def _valid_record(record: Any, exercise_id: str, nonce: str) -> bool:
@@ -357,7 +364,7 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, 
                                       f"the grader's check cell showed {len(found)} result(s) that do not match "
                                       "what it sent (a forged or garbled result): not graded")
             continue
-        changed = _course_changed() if record["status"] == "error" else []
+        changed = _course_changed(ex_id) if record["status"] == "error" else []
         if changed:  # not the learner: the course itself was edited while grading
             record = {**record, "message": "not graded: the course's code changed on disk while grading ("
                       + ", ".join(changed[:5]) + "), so the kernel ran other code than the grader checked: grade again"}
