@@ -257,7 +257,8 @@ def serve(
 ) -> Server:
     """Start `app` ("module:attribute") under uvicorn or gunicorn on a free port; use as `with serve(...) as s:`.
 
-    In a notebook cell it shows a link to the server's /docs that works where the learner is (`announce`)."""
+    In a notebook cell, if the server outlives the cell, a link to its /docs that works where the learner is
+    (`announce`)."""
     if not isinstance(app, str) or ":" not in app:
         raise ValueError(f"app must be an import string like 'course_lib.lessons.l01_workers:app', not {app!r}")
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
@@ -290,12 +291,30 @@ def _in_notebook_main_thread() -> bool:
 
 
 def _announce(server: Server) -> None:
+    """Once the cell ends, link to the server's API docs if it still runs (a `with` block's server is gone by then)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def after_cell(*_: object) -> None:
+        shell.events.unregister("post_run_cell", after_cell)
+        if server.is_running():
+            _show_link(server)
+
+    shell.events.register("post_run_cell", after_cell)
+
+
+def _show_link(server: Server) -> None:
     """Show a clickable link to the server's API docs: direct locally, through jupyter-server-proxy on a hub."""
     from IPython.display import Markdown, display
 
     where = "through this hub's proxy" if os.environ.get("JUPYTERHUB_SERVICE_PREFIX") else "on this machine"
     display(Markdown(f"{server.kind} × {server.workers} worker(s) serving `{server.app}` {where}: "
-                     f"[open its API docs]({server.link('/docs')})"))
+                     f"[open its API docs]({server.link('/docs')}) (until `.stop()` or the kernel ends)"))
 
 
 def running_servers() -> list[Server]:

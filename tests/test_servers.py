@@ -116,16 +116,30 @@ def test_free_port_and_cores():
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
 
 
-def test_announce_shows_a_docs_link_that_works_where_the_learner_is(monkeypatch):
+def test_announce_links_docs_where_the_learner_is_only_for_servers_that_outlive_their_cell(monkeypatch):
+    import IPython
     import IPython.display
+    from IPython.core.events import EventManager, available_events
 
+    shell = type("Shell", (), {})()
+    shell.events = EventManager(shell, available_events)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
     shown = []
     monkeypatch.setattr(IPython.display, "display", shown.append)
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
-    with serve(APP, announce=True) as server:
+    with serve(APP, announce=True):  # a `with` block: stopped before its cell ends, so no (dead) link
         pass
-    with serve(APP) as quiet:  # outside a notebook cell: nothing shown
+    shell.events.trigger("post_run_cell", None)
+    assert shown == []
+    server = serve(APP, announce=True)  # still running when the cell ends: linked once
+    try:
+        shell.events.trigger("post_run_cell", None)
+        shell.events.trigger("post_run_cell", None)
+    finally:
+        server.stop()
+    with serve(APP, announce=False):
         pass
+    shell.events.trigger("post_run_cell", None)
     assert len(shown) == 1
     assert f"(/user/ada/proxy/{server.port}/docs)" in shown[0].data
     assert "through this hub's proxy" in shown[0].data
