@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from .grading import exercises, hint, load_progress
 from .text_table import text_table
-from .notebooks import ROOT, GradeRow, build_exercises, grade_class, grade_notebook, refresh_outputs, reset_exercise
+
+if TYPE_CHECKING:
+    from .notebooks import GradeRow
+
+# nbformat (through .notebooks) takes seconds to import: only the commands that read notebooks import it
 
 
 def _root() -> Path:
+    from .notebooks import ROOT
+
     cwd = Path.cwd()
     return cwd if (cwd / "solutions").is_dir() else ROOT
 
@@ -53,6 +60,8 @@ def _print_grade_rows(rows: list[GradeRow]) -> None:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     """Run exercise notebooks in a kernel and grade every exercise in them."""
+    from .notebooks import grade_notebook
+
     if args.class_dir:
         return _grade_class(Path(args.class_dir), Path(args.csv) if args.csv else None,
                             cpu_seconds=args.cpu_seconds, cell_timeout=args.cell_timeout)
@@ -87,6 +96,7 @@ def _grade_class(folder: Path, csv_path: Path | None, *, cpu_seconds: int = 900,
     import csv
 
     from .classroom import Limits
+    from .notebooks import grade_class
 
     if not folder.is_dir():
         print(f"{folder}: no such folder", file=sys.stderr)
@@ -129,6 +139,8 @@ def cmd_hint(args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     """Restore one exercise notebook to its shipped state, keeping a backup of the learner's copy."""
+    from .notebooks import reset_exercise
+
     try:
         target, backup = reset_exercise(args.name, _root())
     except FileNotFoundError as error:
@@ -140,6 +152,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Generate exercises/ from solutions/ (or, with --check, fail if they differ)."""
+    from .notebooks import build_exercises
+
     stale = build_exercises(_root(), check=args.check, names=args.names)
     for path in stale:
         print(("out of date: " if args.check else "wrote ") + str(path))
@@ -151,6 +165,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     """Re-run notebooks and store only the outputs nbval compares (cells marked NBVAL_CHECK_OUTPUT)."""
+    from .notebooks import refresh_outputs
+
     for name in args.paths:
         print(f"refreshing {name} …", flush=True)
         refresh_outputs(Path(name))

@@ -21,6 +21,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from .grading import exercises
+from .layout import BEGIN, CHECKED, END, ROOT, STARTER
 
 __all__ = [
     "ROOT",
@@ -36,10 +37,6 @@ __all__ = [
     "reset_exercise",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-STARTER = "#> "
-CHECKED = "NBVAL_CHECK_OUTPUT"
 _CHECK_CALL = re.compile(r"""check\(\s*["']([\w.\-]+)["']""")
 
 

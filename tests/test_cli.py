@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 
 from course_lib.__main__ import main
 from course_lib.notebooks import ROOT
@@ -72,3 +74,15 @@ def test_class_csv_cells_cannot_be_formulas_or_escape_codes():
     assert _csv_cell("@SUM(A1)").startswith("'@")
     assert "\x1b" not in _csv_cell("ada\x1b[31mred")
     assert _csv_cell("ada") == "ada"
+
+
+def test_help_and_progress_do_not_import_the_notebook_machinery():
+    """nbformat takes seconds to import (its JSON-schema formats): only commands that read notebooks pay for it."""
+    code = ("import sys, contextlib, io\n"
+            "from course_lib.__main__ import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['progress'])\n"
+            "print('nbformat' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COURSE_LAB_HOME": tempfile.mkdtemp()})
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

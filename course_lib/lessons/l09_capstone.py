@@ -25,7 +25,7 @@ from ..client import app_client
 from ..grading import Checking, exercise
 from ..load import load_test
 from ..servers import serve
-from ..notebooks import BEGIN, END, ROOT, STARTER
+from ..layout import BEGIN, END, ROOT, STARTER
 from . import bookshop as _bookshop
 from .bookshop import DEMO_API_KEY, RATES, BookshopDB, Review, engine_args, load_answer, make_bookshop_db
 from .bookshop.app import make_app
