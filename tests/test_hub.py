@@ -144,7 +144,7 @@ def test_a_served_apps_link_answers_through_the_hub_proxy_for_its_learner_only(h
 def test_stopping_a_learners_server_stops_everything_it_started(hub):
     ada = hub_lab.snapshot(["ada"])
     ada_ports = set(ada.listening)
-    served = [pid for pid in ada.pids if "uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    served = [pid for pid in ada.pids if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert served and len(ada_ports) >= 3, "ada's server, kernel and served app should be running before the stop"
     hub.stop_server("ada")  # the REST call jupyterhub-idle-culler makes for an idle server
     deadline = time.monotonic() + 30

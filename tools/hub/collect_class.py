@@ -29,7 +29,7 @@ def learner_name(home: Path, strip: str = "jupyter-") -> str:
 
 
 def collect(homes: list[Path], dest: Path) -> dict[str, list[str]]:
-    """Copy each home's exercises/*.ipynb (regular files only) to dest/<learner>/; return learner → what was skipped."""
+    """Copy each home's exercises/*.ipynb (regular files only) to dest/<learner>/; return learner → skipped files."""
     dest.mkdir(parents=True, exist_ok=True)
     dest.chmod(0o700)
     skipped: dict[str, list[str]] = {}
