@@ -486,10 +486,6 @@ def load_progress() -> dict[str, dict[str, Any]]:
 
 def _save(result: Result) -> None:
     record = {**asdict(result), "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    results_log = os.environ.get("COURSE_LAB_RESULTS")
-    if results_log:  # set by `python -m course_lib grade` while it executes a notebook
-        with open(results_log, "a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
     try:
         path = progress_file()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -184,17 +184,13 @@ def test_check_raises_with_hint_and_prints_on_pass(capsys):
     assert capsys.readouterr().out.startswith(f"✓ {ID} passed")
 
 
-def test_progress_and_results_log(tmp_path, monkeypatch):
+def test_progress_is_kept_in_the_learners_home(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_LAB_HOME", str(tmp_path))
-    log = tmp_path / "results.jsonl"
-    monkeypatch.setenv("COURSE_LAB_RESULTS", str(log))
     grade(ID, no_404)
     assert load_progress()[ID]["passed"] is False
     grade(ID, reference)
     assert load_progress()[ID]["passed"] is True
     assert progress_file().parent == tmp_path
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["passed"] for r in records] == [False, True]
 
 
 def test_every_exercise_has_a_nudge_and_a_lesson():
