@@ -26,3 +26,18 @@ def test_keyset_levels_shows_both_levels_side_by_side() -> None:
     assert text.startswith("<table>") and "19,980 rows deep of 20,000" in text
     assert "the SQL alone (raw " in text and "the endpoint, in-process" in text
     assert "an empty route costs" in text
+
+
+def test_the_prose_helpers_quote_what_they_are_given() -> None:
+    import httpx
+
+    from course_lib.lessons.l04_pagination import limit_prose, ties_prose
+
+    dumped = httpx.Response(200, json=[{"id": i} for i in range(1_234)])
+    refused = httpx.Response(500, text="LIMIT must not be negative")
+    assert "200 with 1,234 items" in limit_prose("sqlite", dumped)
+    assert "answered **500**" in limit_prose("postgresql", refused)
+    assert "**1,000 distinct**" in ties_prose("sqlite", list(range(1_000)), "SCAN items")
+    repeated = list(range(990)) + list(range(10))
+    assert "**990 distinct**" in ties_prose("postgresql", repeated, "Limit") and "**10** items never came" in ties_prose(
+        "postgresql", repeated, "Limit")

@@ -40,7 +40,7 @@ __all__ = [
     "Item", "ItemOut", "Page", "make_items_db", "add_items", "newest_ids",
     "make_unbounded_app", "make_article_app", "make_offset_app", "make_keyset_app", "make_feed_app",
     "make_catalog_app", "make_archive_app", "feed_index", "encode_cursor", "decode_cursor", "walk_offset", "walk_cursor", "wire_bytes",
-    "depth_profile", "page_query_times", "page_sql_times", "keyset_levels", "depth_prose", "with_gzip", "watch_database", "DatabaseWatch", "gzip_cost", "sort_method", "explain_page", "bench",
+    "depth_profile", "page_query_times", "page_sql_times", "keyset_levels", "depth_prose", "limit_prose", "ties_prose", "with_gzip", "watch_database", "DatabaseWatch", "gzip_cost", "sort_method", "explain_page", "bench",
 ]
 
 
@@ -464,6 +464,36 @@ def depth_prose(depths: Sequence[int], profile: dict[str, list[float]]) -> str:
             f"slower than its own first page; keyset's deepest page is {keyset[-1] / keyset[0]:.1f}× its first. The "
             "request's fixed costs (routing, validation, the ORM, JSON) are the floor both share; the growth is the "
             "skipped rows.")
+
+
+def limit_prose(engine_name: str, negative: httpx.Response) -> str:
+    """What `limit=-1` did on this run's database (Markdown), from the response the cell received."""
+    if negative.status_code == 200:
+        return (f"On **{engine_name}**, `limit=-1` answered **200 with {len(negative.json()):,} items**: SQLite reads "
+                "`LIMIT -1` as \"no limit\", so the cap is bypassed and the whole table comes back. (PostgreSQL refuses "
+                "a negative LIMIT instead; run the course with `DATABASE_URL` set to see that.)")
+    return (f"On **{engine_name}**, `limit=-1` answered **{negative.status_code}**: PostgreSQL refuses a negative LIMIT "
+            "(`LIMIT must not be negative`), so the bad value travels all the way to the database and comes back as a "
+            "server error. SQLite, the course's default, reads `LIMIT -1` as \"no limit\" and returns the whole "
+            "table. A crash or a full dump: neither is what a cap is for.")
+
+
+def ties_prose(engine_name: str, loose: Sequence[int], plan: str, total: int = 1_000) -> str:
+    """What an OFFSET walk ordered by `created_at` alone returned on this run's database (Markdown)."""
+    distinct = len(set(loose))
+    if distinct == len(loose):
+        return (f"On **{engine_name}**, ordering by `created_at` alone still gave **{distinct:,} distinct** items of "
+                f"{total:,}. No harm *here*: SQLite happens to return tied rows in rowid order, every time (its plan: "
+                f"`{plan}`). That is an accident of one engine, not a promise of SQL, which leaves the order of ties "
+                "undefined. On PostgreSQL the same walk repeats some rows and never returns others (set `DATABASE_URL` "
+                "to see it).")
+    return (f"On **{engine_name}**, ordering by `created_at` alone gave only **{distinct:,} distinct** items of "
+            f"{total:,}: **{total - distinct}** items never came and as many repeats of items already seen took their "
+            f"place, though every page was full. Each page is its own query, and `EXPLAIN ANALYZE` of one shows why: "
+            f"`{plan}`. PostgreSQL keeps only the first OFFSET + LIMIT rows in a bounded heap, and which of several "
+            "tied rows survive depends on that bound, so tied rows come out in a different order on every page. SQL "
+            "leaves the order of ties undefined; SQLite, the course's default, happens to return them in rowid order "
+            "and hides the bug.")
 
 
 def _driver(db: DemoDB) -> str:
