@@ -31,6 +31,7 @@ pytestmark = [
 
 LEARNERS = ["ada", "bob", "cyd", "dee"]
 PLANTED = ["eve", "fay"]  # the hub is told to give these two one shared COURSE_LAB_HOME: a planted collision
+IDLE = "gus"  # the only learner the hub's jupyterhub-idle-culler may see: culled after 20 s without activity
 EXERCISE = dict(zip(LEARNERS + PLANTED, ["00.first-endpoint", "01.timeout-client", "02.nested", "03.invalidate",
                                          "04.gzip", "04.keyset"]))
 LESSONS = ["notebooks/02_n_plus_one.ipynb", "notebooks/03_caching.ipynb"]
@@ -41,7 +42,8 @@ HELLO = "course_lib.lessons.l00_welcome:hello_app"
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     root.chmod(0o700)
-    started = hub_lab.Hub(root, LEARNERS + PLANTED, shared_home_users=PLANTED)
+    started = hub_lab.Hub(root, LEARNERS + PLANTED + [IDLE], shared_home_users=PLANTED, cull_users=[IDLE],
+                          cull_timeout=20)
     started.start()
     try:
         for user in LEARNERS + PLANTED:  # the course in every home, as nbgitpuller or the image's start script puts it
@@ -54,7 +56,7 @@ def hub(tmp_path_factory):
         yield started
     finally:
         started.stop()
-    assert hub_lab.learner_processes(LEARNERS + PLANTED) == {}, "a learner's process outlived the hub"
+    assert hub_lab.learner_processes(LEARNERS + PLANTED + [IDLE]) == {}, "a learner's process outlived the hub"
 
 
 def _in_parallel(work: dict[str, object]) -> dict[str, str]:
@@ -153,6 +155,29 @@ def test_stopping_a_learners_server_stops_everything_it_started(hub):
     assert hub_lab.learner_processes(["ada"]) == {}, "processes of ada outlived her stopped server"
     assert [port for port in ada_ports if _listening(port)] == [], "ada's ports still answer after the stop"
     assert hub.api("GET", "/users/bob").json()["servers"][""]["ready"], "stopping ada's server stopped bob's"
+
+
+@pytest.mark.timeout(400)
+def test_an_idle_learners_server_is_culled_with_everything_it_started(hub):
+    hub.start_server(IDLE)
+    hub.wait_ready(IDLE)
+    kernel = hub_lab.RemoteKernel(hub, IDLE, hub.user_token(IDLE))
+    kernel.execute(f"from course_lib.servers import serve; server = serve({HELLO!r}, announce=False)")
+    kernel.ws.close()  # the learner walks away, leaving a kernel and a server running
+    idle = hub_lab.snapshot([IDLE])
+    assert len(idle.listening) >= 3 and any(b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                                            for pid in idle.pids), "gus's server, kernel and app should run"
+    deadline = time.monotonic() + 240
+    while hub.api("GET", f"/users/{IDLE}").json().get("servers") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not hub.api("GET", f"/users/{IDLE}").json().get("servers"), "jupyterhub-idle-culler did not cull gus"
+    while hub_lab.learner_processes([IDLE]) and time.monotonic() < deadline + 30:
+        time.sleep(0.2)
+    assert hub_lab.learner_processes([IDLE]) == {}, "processes of gus outlived the culled server"
+    assert [port for port in idle.listening if _listening(port)] == [], "gus's ports still answer after culling"
+    assert "idle-culler" in hub.log() and "Culling server" in hub.log()
+    assert all(hub.api("GET", f"/users/{user}").json()["servers"] for user in ("bob", "cyd")), (
+        "the culler, limited to gus, stopped another learner")
 
 
 @pytest.mark.timeout(300)

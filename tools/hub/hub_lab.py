@@ -47,6 +47,8 @@ class Hub:
     root: Path
     users: list[str]
     shared_home_users: list[str] = field(default_factory=list)
+    cull_users: list[str] = field(default_factory=list)
+    cull_timeout: int = 10
     port: int = 0
     token: str = ""
     process: subprocess.Popen[bytes] | None = None
@@ -71,6 +73,7 @@ class Hub:
                "COURSE_HUB_API_PORT": str(free_port()), "COURSE_HUB_PROXY_API_PORT": str(free_port()),
                "COURSE_HUB_ADMIN_TOKEN": self.token, "COURSE_HUB_USERS": ",".join(self.users),
                "COURSE_HUB_SHARED_HOME_USERS": ",".join(self.shared_home_users), "COURSE_HUB_CHP": chp,
+               "COURSE_HUB_CULL_USERS": ",".join(self.cull_users), "COURSE_HUB_CULL_TIMEOUT": str(self.cull_timeout),
                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
         log = (self.root / "hub.log").open("wb")
         self.process = subprocess.Popen([str(VENV_BIN / "jupyterhub"), "-f", str(HERE / "jupyterhub_config.py")],

@@ -3,7 +3,8 @@
 Everything comes from environment variables set by the test (or tools/hub/hub_lab.py's `Hub`):
 COURSE_HUB_ROOT (a private temporary folder), COURSE_HUB_PORT / COURSE_HUB_API_PORT / COURSE_HUB_PROXY_API_PORT,
 COURSE_HUB_ADMIN_TOKEN, COURSE_HUB_USERS (comma-separated), COURSE_HUB_SHARED_HOME_USERS (planted collision),
-COURSE_HUB_CHP (the configurable-http-proxy executable)."""
+COURSE_HUB_CHP (the configurable-http-proxy executable), COURSE_HUB_CULL_USERS (learners jupyterhub-idle-culler may
+cull: its token's scopes are limited to them) with COURSE_HUB_CULL_TIMEOUT (seconds idle)."""
 
 import os
 import sys
@@ -34,6 +35,15 @@ c.DummyAuthenticator.password = os.urandom(16).hex()  # nobody logs in by form: 
 
 c.JupyterHub.services = [{"name": "course-admin", "api_token": os.environ["COURSE_HUB_ADMIN_TOKEN"]}]
 c.JupyterHub.load_roles = [{"name": "admin", "services": ["course-admin"]}]
+
+cull = [name for name in os.environ.get("COURSE_HUB_CULL_USERS", "").split(",") if name]
+if cull:  # the real culler, as Zero to JupyterHub runs it, seeing only these learners
+    timeout = os.environ.get("COURSE_HUB_CULL_TIMEOUT", "10")
+    c.JupyterHub.services.append({"name": "idle-culler", "command": [
+        sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}", "--cull-every=3"]})
+    c.JupyterHub.load_roles.append({"name": "idle-culler", "services": ["idle-culler"], "scopes": [
+        scope for name in cull for scope in (f"list:users!user={name}", f"read:users:activity!user={name}",
+                                             f"read:servers!user={name}", f"delete:servers!user={name}")]})
 
 c.JupyterHub.spawner_class = "course_spawner.CourseSpawner"
 c.CourseSpawner.homes_root = str(root / "home")
