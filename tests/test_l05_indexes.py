@@ -259,8 +259,8 @@ def test_non_covering_count_fails_on_the_measured_ratio_or_the_plan() -> None:
     assert not result.passed
     assert "'gift orders in a store'" in result.message and "faster than with no index" in result.message
     assert "COVERING" in result.message
-    if ON_SQLITE:  # SQLite: the measured ratio alone fails it (≈1.6×)
-        assert result.figures["gift orders in a store speedup"] < 4
+    if ON_SQLITE:  # SQLite: the plan fails it (the ratio, ≈1.6× on a quiet machine, reached 6.8× under load)
+        assert "ix_orders_store_created" in result.message
     else:  # PostgreSQL: a bitmap heap scan, 2.4–6.5× measured: the plan check fails it either way
         assert "Bitmap Heap Scan on orders" in result.message
 

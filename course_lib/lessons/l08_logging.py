@@ -995,27 +995,42 @@ async def _send_each(client: httpx.AsyncClient, plan: list[tuple[str, str, dict[
                           f"{cause}")
 
 
-async def _overhead_ratio(answer: Any, checking: Checking) -> float:
-    """Learner's middleware vs none vs the reference, interleaved; allow 1.5× the reference's overhead + noise."""
+async def _measure_overheads(answer: Any) -> dict[str, float]:
+    """Median ms per GET / with no middleware, the pure ASGI reference, the same log as @app.middleware, and yours."""
     sink = io.StringIO()
     logger = json_logger(f"lab.grader.{uuid.uuid4().hex[:6]}", sink)
-    apps = {"none": make_demo_app(), "reference": make_demo_app(), "yours": make_demo_app()}
+    apps = {"none": make_demo_app(), "reference": make_demo_app(), "basehttp": make_demo_app(),
+            "yours": make_demo_app()}
     apps["reference"].add_middleware(AccessLogMiddleware, logger=logger)
+    add_http_access_log(apps["basehttp"], logger)
     apps["yours"].add_middleware(answer, logger=logger)
     async with _clients(list(apps.values())) as clients:
         result = await compare({k: (lambda c=c: c.get("/")) for k, c in zip(apps, clients, strict=True)},
                                n=200, warmup=20)
-    none = result["none"].median_ms
-    ref_over = result["reference"].median_ms - none
-    yours_over = result["yours"].median_ms - none
-    ratio = result["yours"].median_ms / none
+    return {name: result[name].median_ms for name in apps}
+
+
+async def _overhead_ratio(answer: Any, checking: Checking) -> float:
+    """Yours vs none, the pure ASGI reference and the same log as BaseHTTPMiddleware, interleaved in one run.
+
+    The bar sits between the two styles (at most 1.5× the reference's overhead plus noise, and below halfway to
+    BaseHTTPMiddleware's), and a miss is measured once more: a busy machine must not fail a pure ASGI answer."""
+    for attempt in range(2):
+        ms = await _measure_overheads(answer)
+        none = ms["none"]
+        ref_over, base_over, yours_over = (max(ms[k] - none, 0.0) for k in ("reference", "basehttp", "yours"))
+        allowed = max(1.5 * ref_over + 0.25 * none, ref_over + 0.5 * max(base_over - ref_over, 0.0))
+        if yours_over <= allowed:
+            break
+    ratio = ms["yours"] / none
     checking.record("yours_vs_none", ratio)
-    checking.record("reference_vs_none", result["reference"].median_ms / none)
+    checking.record("reference_vs_none", ms["reference"] / none)
+    checking.record("basehttp_vs_none", ms["basehttp"] / none)
     checking.record("overhead_us", yours_over * 1000)
-    allowed = 1.5 * max(ref_over, 0.0) + 0.25 * none
     checking.expect(yours_over <= allowed,
                     f"your middleware adds {yours_over * 1000:.0f} µs per request (×{ratio:.2f} of no middleware, "
-                    f"{none * 1000:.0f} µs); the reference pure ASGI access log adds {ref_over * 1000:.0f} µs, "
-                    f"measured interleaved. Allowed: {allowed * 1000:.0f} µs. `@app.middleware('http')` / "
+                    f"{none * 1000:.0f} µs), measured twice; in the same runs the pure ASGI access log added "
+                    f"{ref_over * 1000:.0f} µs and the same log as `@app.middleware('http')` "
+                    f"{base_over * 1000:.0f} µs. Allowed: {allowed * 1000:.0f} µs. `@app.middleware('http')` / "
                     "BaseHTTPMiddleware costs this much: write a pure ASGI middleware.")
     return ratio
