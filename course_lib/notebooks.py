@@ -21,7 +21,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from .grading import exercises
-from .layout import BEGIN, CHECKED, END, ROOT, STARTER
+from .layout import BEGIN, CHECKED, END, KERNELSPEC, ROOT, STARTER, language_info
 
 __all__ = [
     "ROOT",
@@ -85,7 +85,9 @@ def clean_notebook(nb: NotebookNode) -> NotebookNode:
             _clear(cell)
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)
-    nb.metadata["language_info"] = {"name": "python"}  # not the version of whoever ran it last
+    # complete, as the kernel reports it: JupyterLab marks a notebook modified when the kernel's differs
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["language_info"] = language_info()
     return nb
 
 

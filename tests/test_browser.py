@@ -122,6 +122,9 @@ def _replace_answer(page: Page, code: str) -> None:
 
 def test_welcome_notebook_runs_with_counter_output_and_widget(page, lab):
     _open(page, lab, "notebooks/00_welcome.ipynb")
+    page.wait_for_timeout(2_000)  # the kernel's language_info has reached the notebook's metadata by now
+    # complete metadata as shipped: opening a lesson is not a change (no "save your changes?" on close)
+    expect(page.locator(".lm-TabBar-tab.jp-mod-dirty")).to_have_count(0)
     _run_all(page)
     expect(page.get_by_text("users: 50, posts: 250, queries: 51")).to_be_visible(timeout=120_000)
     expect(page.locator(".widget-slider").first).to_be_attached(timeout=120_000)

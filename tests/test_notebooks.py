@@ -5,6 +5,7 @@ These tests discover lessons by their files, so a new lesson is covered the mome
 
 from __future__ import annotations
 
+import platform
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import nbformat
 import pytest
 
 from course_lib.grading import exercises
+from course_lib.layout import language_info
 from course_lib.notebooks import (
     CHECKED,
     ROOT,
@@ -74,7 +76,12 @@ def test_exercises_are_exactly_what_the_solutions_generate():
 def test_stored_notebooks_are_clean(path: Path):
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "python3"
-    assert clean_notebook(nb) == nb, "outputs stored outside NBVAL_CHECK_OUTPUT cells: run refresh-outputs"
+    stored = dict(nb.metadata.get("language_info", {}))
+    expected = language_info()
+    assert set(stored) == set(expected), "incomplete language_info: JupyterLab would open it as modified"
+    cleaned = clean_notebook(nb)
+    cleaned.metadata["language_info"]["version"] = stored["version"]  # whichever Python last stored it
+    assert cleaned == nb, "outputs stored outside NBVAL_CHECK_OUTPUT cells: run refresh-outputs"
     for cell in nb.cells:
         if cell.cell_type == "code" and CHECKED in cell.source:
             assert cell.outputs, f"a {CHECKED} cell has no stored output: run refresh-outputs"
@@ -154,3 +161,13 @@ def test_a_kernel_dying_at_start_gets_another_try(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(nbclient, "NotebookClient", BrokenClient)
     with pytest.raises(RuntimeError, match="something else"):
         notebooks._run(nbformat.v4.new_notebook(), tmp_path, timeout=10, allow_errors=True, env={})
+
+
+def test_stored_language_info_is_what_the_kernel_reports():
+    """JupyterLab replaces language_info with the kernel's on open; equal values leave the notebook unmodified."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    assert language_info() == {**IPythonKernel.language_info, "version": platform.python_version()}
+    stored = dict(nbformat.read(ROOT / "notebooks" / "00_welcome.ipynb", as_version=4).metadata["language_info"])
+    assert stored.pop("version").startswith("3.")
+    assert stored == {k: v for k, v in language_info().items() if k != "version"}

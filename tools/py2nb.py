@@ -17,13 +17,13 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+from course_lib.layout import KERNELSPEC, language_info
 
 
 def to_notebook(source: Path, target: Path) -> None:
     """Write the py:percent `source` as a clean notebook at `target`."""
     nb = jupytext.read(source, fmt="py:percent")
-    nb.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": language_info()}
     prefix = target.stem.split("_", 1)[0]
     for i, cell in enumerate(nb.cells, 1):
         cell.metadata.pop("lines_to_next_cell", None)
