@@ -491,7 +491,12 @@ def _passes_unless_machine_busy(result: Result) -> None:
 def test_workers_reference_gunicorn() -> None:
     result = grade("01.workers", {"server": "gunicorn", "workers": usable_cores()})
     _passes_unless_machine_busy(result)
-    assert result.figures["ratio"] >= workers_bar(usable_cores())  # the pass is backed by the measured figure
+    # the pass is backed by a measured figure: the ratio, or (other programs busy) the workers really ran in parallel
+    from course_lib.lessons.l01_workers import PARALLEL_CORES, PARALLEL_RATIO
+
+    figures = result.figures
+    assert figures["ratio"] >= workers_bar(usable_cores()) or (
+        figures["your_cores_used"] >= PARALLEL_CORES and figures["ratio"] >= PARALLEL_RATIO), figures
 
 
 @needs_quiet_cores
