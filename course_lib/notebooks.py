@@ -353,6 +353,7 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, 
         problem += f" ({why})" if why else ""
         records = {}
     titles = {ex.id: ex.title for ex in expected}
+    stopped = _answer_errors(nb.cells if records else [])
     for index, (ex_id, nonce) in injected.items():
         found = records.get(index, [])
         if not found:
@@ -370,6 +371,8 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, 
         figures = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in record["figures"].items())
         message = record["message"] + (f" Hint: {record['hint']}" if record.get("hint") else "")
+        if ex_id in stopped and record["status"] != "passed":
+            message = f"your answer cell stopped with {stopped[ex_id]}, so the check saw no answer. " + message
         results[ex_id] = GradeRow(path.name, ex_id, titles.get(ex_id, ""), record["status"], _text(figures),
                                   _text(message))
     rows = []
@@ -383,6 +386,21 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, 
             row = GradeRow(path.name, ex.id, ex.title, "missing", "", why)
         rows.append(row)
     return rows
+
+
+def _answer_errors(cells: Sequence[NotebookNode]) -> dict[str, str]:
+    """The first error each exercise's answer cells stopped with, as "SyntaxError: … (answer cell, line 1)"."""
+    errors: dict[str, str] = {}
+    for cell in cells:
+        role, ex_id = _role(cell)
+        if role != "answer" or ex_id in errors:
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                value = (str(output.get("evalue", "")).strip().splitlines() or [""])[0][:160]
+                errors[ex_id] = f"{str(output.get('ename', 'an error'))[:40]}: {value}"
+                break
+    return errors
 
 
 def _hidden_from_learners(folder: Path, root: Path) -> list[Path]:

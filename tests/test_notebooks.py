@@ -122,6 +122,18 @@ def test_grading_a_notebook_reports_deleted_check_cells_as_missing(tmp_path: Pat
     assert [(r.exercise, r.status) for r in rows] == [("00.first-endpoint", "missing")]
 
 
+def test_an_answer_cell_that_stops_with_an_error_is_named_in_the_row(tmp_path: Path):
+    """A SyntaxError in the answer cell is the learner's to fix: the row names it, not only the missing name."""
+    nb = nbformat.read(ROOT / "exercises" / "00_welcome.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.metadata.get("lab", {}).get("role") == "answer":
+            cell.source = "def make_app(db:\n    return None\n"
+    target = tmp_path / "00_welcome.ipynb"
+    nbformat.write(nb, target)
+    (row,) = grade_notebook(target, timeout=120)
+    assert row.status == "failed" and "your answer cell stopped with SyntaxError" in row.message, row.message
+
+
 def test_reset_restores_the_shipped_notebook_and_keeps_a_backup(tmp_path: Path):
     for folder in ("solutions", "exercises"):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns(".backup"))
