@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -255,9 +256,15 @@ def _execute_graded(nb: NotebookNode, folder: Path, *, timeout: int, output_byte
     """Run a notebook (in the sandbox's kernel when given); return the grader's result outputs by cell index."""
     client_class = _capped_client(output_bytes)
     for attempt in range(3):  # a kernel that dies while starting (a port taken under load) gets another try
-        options: dict[str, Any] = {}
         if sandbox is not None:
-            options = {"km": sandbox.kernel_manager(hide), "on_notebook_start": lambda **_: sandbox.watch()}
+            options: dict[str, Any] = {"km": sandbox.kernel_manager(hide),
+                                       "on_notebook_start": lambda **_: sandbox.watch()}
+        else:  # Unix sockets in a private folder: no TCP port, no "running over TCP without encryption" warning
+            from jupyter_client import AsyncKernelManager
+
+            sockets = Path(tempfile.mkdtemp(prefix="lab-kernel-"))
+            atexit.register(shutil.rmtree, sockets, True)
+            options = {"km": AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "k"))}
         client = client_class(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                               resources={"metadata": {"path": str(folder)}}, **options)
         client.records = {}
