@@ -227,7 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="with DATABASE_URL: the data lessons (02, 04, 05) on SQLite and PostgreSQL side by side")
     p.set_defaults(run=cmd_bench)
     args = parser.parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:  # Ctrl-C: a sentence, not the kernel client's traceback
+        print(f"\ninterrupted: `{args.command}` stopped before it finished",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

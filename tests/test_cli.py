@@ -86,3 +86,14 @@ def test_help_and_progress_do_not_import_the_notebook_machinery():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "COURSE_LAB_HOME": tempfile.mkdtemp()})
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_ctrl_c_ends_a_command_with_a_sentence_and_exit_130(monkeypatch, capsys):
+    import course_lib.__main__ as cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_hint", interrupted)
+    assert main(["hint", "00.first-endpoint"]) == 130
+    assert "interrupted: `hint` stopped before it finished" in capsys.readouterr().err
