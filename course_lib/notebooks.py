@@ -206,6 +206,19 @@ def _official_checks(lesson: str, root: Path) -> dict[str, str]:
             if cell.metadata.get("lab", {}).get("role") == "check"}
 
 
+def solution_namespace(lesson: str, root: Path = ROOT) -> dict[str, Any]:
+    """Run solutions/<lesson>.ipynb's code cells up to its first check(...) in a fresh namespace; return it."""
+    nb = nbformat.read(root / "solutions" / f"{lesson}.ipynb", as_version=4)
+    namespace: dict[str, Any] = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if cell.source.startswith("check("):
+            break
+        exec(compile(cell.source, f"<solutions/{lesson}>", "exec"), namespace)  # noqa: S102 - our own notebook
+    return namespace
+
+
 def _role(cell: NotebookNode) -> tuple[str, str]:
     lab = cell.metadata.get("lab", {}) if isinstance(cell.metadata.get("lab"), dict) else {}
     return lab.get("role", ""), lab.get("exercise", "")

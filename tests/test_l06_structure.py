@@ -8,11 +8,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-import nbformat
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
@@ -22,11 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from course_lib.db import Post, User, make_demo_db
 from course_lib.grading import grade
+from course_lib.notebooks import solution_namespace
 from course_lib.lessons import l06_structure as lesson
 from course_lib.lessons.blog_app.config import Settings
 from course_lib.lessons.blog_app.main import create_app as create_blog_app
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------ answers
@@ -34,14 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def reference_answer() -> dict[str, Any]:
     """The answer shipped in solutions/06_structure.ipynb: its cells up to the check, run here."""
-    nb = nbformat.read(ROOT / "solutions" / "06_structure.ipynb", as_version=4)
-    namespace: dict[str, Any] = {}
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        if cell.source.startswith("check("):
-            break
-        exec(compile(cell.source, "<solution-cell>", "exec"), namespace)  # noqa: S102
+    namespace = solution_namespace("06_structure")
     return {"create_app": namespace["create_app"], "get_db": namespace["get_db"]}
 
 

@@ -10,15 +10,14 @@ import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import nbformat
 import pytest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from course_lib.grading import grade, hint
+from course_lib.notebooks import solution_namespace
 from course_lib.lessons.l08_logging import (
     AccessLogMiddleware, LogCapture, add_article_log, make_demo_app, middleware_overhead, per_route, quiet_client,
 )
@@ -28,21 +27,13 @@ EXERCISE = "08.access-log"
 
 # ---------------------------------------------------------------- answers
 
-ROOT = Path(__file__).resolve().parent.parent
 SENSITIVE = ("token", "key", "secret", "password", "auth", "sig")
 _SHARED: dict[str, Any] = {}  # module-global per-request state: what a wrong answer keeps
 
 
 def solution_answer() -> Any:
     """The answer shipped in solutions/08_logging.ipynb: its cells up to the check, run here."""
-    nb = nbformat.read(ROOT / "solutions" / "08_logging.ipynb", as_version=4)
-    namespace: dict[str, Any] = {}
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        if cell.source.startswith("check("):
-            break
-        exec(compile(cell.source, "<solution-cell>", "exec"), namespace)  # noqa: S102
+    namespace = solution_namespace("08_logging")
     return namespace["AccessLog"]
 
 
