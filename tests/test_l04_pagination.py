@@ -255,6 +255,37 @@ def make_opaque_keyset_app(db: Any) -> FastAPI:
     return app
 
 
+def test_a_position_kept_in_the_server_fails_when_two_clients_page_at_once():
+    """A keyset walk whose position lives in the process (the cursor a constant token) is safe for one reader only."""
+    last: dict[str, int] = {}
+
+    def make_server_cursor_app(db: Any) -> FastAPI:
+        app = FastAPI()
+        get_db = db.dependency()
+
+        @app.get("/items")
+        def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+                  session: Session = Depends(get_db)) -> dict[str, Any]:
+            if cursor is None:
+                last.pop("id", None)
+            elif cursor != "next":
+                raise HTTPException(400, "bad cursor")
+            stmt = select(Item).order_by(Item.id.desc()).limit(limit)
+            if "id" in last:
+                stmt = stmt.where(Item.id < last["id"])
+            rows = session.scalars(stmt).all()
+            if rows:
+                last["id"] = rows[-1].id
+            return {"items": [{"id": r.id, "title": r.title} for r in rows],
+                    "next_cursor": "next" if len(rows) == limit else None}
+
+        return app
+
+    result = grade("04.keyset", make_server_cursor_app, record=False)
+    assert not result.passed and "two clients walked 250 items at once" in result.message, result.message
+    assert "put it in the cursor" in result.message
+
+
 def test_keyset_right_answer_written_differently_passes():
     result = grade("04.keyset", make_opaque_keyset_app)
     assert result.passed, result.message

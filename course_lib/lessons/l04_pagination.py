@@ -692,6 +692,24 @@ async def _walk(checking: Checking, client: httpx.AsyncClient, limit: int, expec
     raise AssertionError("unreachable")
 
 
+async def _interleaved_walks(checking: Checking, client: httpx.AsyncClient, limits: tuple[int, ...],
+                             rows: int) -> dict[int, list[int]]:
+    """Walk once per limit, one page of each walk in turn; return each walk's ids."""
+    seen: dict[int, list[int]] = {limit: [] for limit in limits}
+    cursors: dict[int, Any] = {limit: None for limit in limits}
+    active = list(limits)
+    for _ in range(rows + 3):
+        for limit in list(active):
+            items, cursor = await _get_page(checking, client, limit, cursors[limit])
+            seen[limit] += [i["id"] for i in items]
+            cursors[limit] = cursor
+            if cursor is None or not items:
+                active.remove(limit)
+        if not active:
+            break
+    return seen
+
+
 def _describe_ids(seen: list[int], expected: list[int]) -> str:
     dupes = sorted(i for i, n in Counter(seen).items() if n > 1)
     missing = sorted(set(expected) - set(seen))
@@ -944,6 +962,16 @@ async def check_keyset(make_app: Any, checking: Checking) -> str:
                                         f"{wrong[0].get('title') if wrong else ''!r}, expected "
                                         f"{titles[wrong[0]['id']] if wrong else ''!r}: return the item's own fields")
                         walks += 1
+        with make_items_db(250) as db:  # two readers paging at once: the position must travel in the cursor
+            expected = newest_ids(db)
+            app = checking.build_app(make_app, watch.observe(db))
+            async with app_client(app) as client:
+                walked = await _interleaved_walks(checking, client, (20, 7), 250)
+            for limit, ids in walked.items():
+                checking.expect(ids == expected, f"two clients walked 250 items at once, page by page in turn (limits "
+                                f"20 and 7); the one with limit={limit}: {_describe_ids(ids, expected)}. A position "
+                                "kept in the server (a variable, a session) is shared by every client: put it in "
+                                "the cursor.")
         with make_items_db(120) as db:
             expected = newest_ids(db)
             app = checking.build_app(make_app, watch.observe(db))
