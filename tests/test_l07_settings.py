@@ -349,3 +349,16 @@ def test_cache_story_quotes_the_measured_comparison() -> None:
     story = cache_story(result).data
     assert f"**{result.ratio:.1f}×**" in story
     assert f"**{result['lru_cache get_settings'].median_ms:.2f} ms**" in story
+
+
+def test_a_nested_default_shared_by_every_instance_fails():
+    """One module-level CacheSettings handed to every instance: changing one instance's TTL changes them all."""
+    from pydantic import Field
+
+    one_cache = CacheSettings()
+
+    class SharedNested(Reference):
+        cache: CacheSettings = Field(default_factory=lambda: one_cache)
+
+    result = grade("07.settings-class", SharedNested, record=False)
+    assert not result.passed and "share one cache object" in result.message, result.message

@@ -296,6 +296,13 @@ def check_settings_class(answer: Any, checking: Checking) -> str:
         checking.expect(getattr(cache, "ttl_seconds", None) == 60,
                         f"with nothing set, cache.ttl_seconds is {getattr(cache, 'ttl_seconds', None)!r}; "
                         "expected the default 60.")
+        other = _build(answer, checking, "the same environment, a second time")
+        shared = [name for name in ("cache", "allowed_hosts")  # (one whole instance kept: told by check 3)
+                  if other is not s and getattr(other, name, None) is getattr(s, name)]
+        checking.expect(not shared, f"two ShopSettings() share one {' and one '.join(shared)} object: changing it in "
+                        "one (a test lowering the TTL) changes the other. A default must be a fresh value per "
+                        "instance: `cache: CacheSettings = CacheSettings()` or `Field(default_factory=CacheSettings)`, "
+                        "never a module-level object handed to every instance.")
         cases += 1
 
     # 2. the secret never appears in repr, str, model_dump_json (nor in a log line built from them)
