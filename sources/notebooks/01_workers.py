@@ -1,0 +1,338 @@
+# %% [markdown]
+# # 01 · Serving: workers, async vs blocking, the thread pool, timeouts and pools
+#
+# **Teaching:** 35 min · **Exercises:** 25 min
+#
+# **Questions**
+# - How many worker processes should serve a FastAPI app on *this* machine, and what does each one cost?
+# - Why can one blocking call inside `async def` make a whole server crawl?
+# - What are FastAPI's thread pool, an HTTP client's connection pool and a database pool, and when do they run out?
+#
+# **Objectives**
+# - Start an app under `uvicorn --workers N` and gunicorn + `uvicorn_worker.UvicornWorker`; measure throughput,
+#   p50/p99 and memory per worker against an "ideal" line.
+# - See one worker serve many concurrent I/O-bound requests, and the same worker serialise them with one blocking call.
+# - Find the 40-token thread pool's step in latency, and resize it in `lifespan`.
+# - Give outbound calls a timeout and one shared client; see a database pool run dry.
+#
+# Every server below runs on `127.0.0.1` on a free port and is stopped when its `with` block ends, even on an
+# error or an interrupt. The load generator runs in this notebook and competes with the servers for the same
+# cores: each load test reports how much of a core it used.
+
+# %%
+from course_lib import *
+from course_lib.lessons.l01_workers import *
+
+# %% [markdown]
+# ## How many cores may *this* process use?
+#
+# `os.cpu_count()` counts the host's cores. A container, a Binder session or `taskset` may give you fewer:
+# the CPU affinity mask (`os.sched_getaffinity`) and the cgroup CPU quota (`/sys/fs/cgroup/cpu.max`) decide.
+# `usable_cores()` takes the smaller.
+
+# %%
+import os
+from pathlib import Path
+
+quota = Path("/sys/fs/cgroup/cpu.max")
+print("host cores (os.cpu_count):        ", os.cpu_count())
+print("affinity (os.sched_getaffinity):  ", len(os.sched_getaffinity(0)))
+print("cgroup quota (cpu.max):           ", quota.read_text().strip() if quota.exists() else "none set")
+cores = usable_cores()
+print("usable_cores():                   ", cores)
+
+# %% [markdown]
+# ## Starting workers: the current commands
+#
+# | | command |
+# |---|---|
+# | FastAPI's CLI (needs `fastapi[standard]`) | `fastapi run main.py --workers 4` |
+# | uvicorn's own supervisor (since 0.30) | `uvicorn main:app --workers 4` |
+# | gunicorn managing uvicorn workers | `gunicorn main:app -k uvicorn_worker.UvicornWorker -w 4` |
+#
+# The source article uses `--worker-class uvicorn.workers.UvicornWorker`. That module still imports, but it is
+# deprecated: the worker class moved to the `uvicorn-worker` package. Importing the old path in a fresh
+# interpreter prints the warning:
+
+# %%
+print(deprecation_warning_of_uvicorn_workers())
+
+
+# %% [markdown]
+# `serve(...)` starts the same commands in a subprocess (its own process group, a free port, a readiness wait)
+# and stops every process of the group on exit. Here is gunicorn with two uvicorn workers: the exact command
+# line, and the processes it is made of (a master plus one process per worker).
+
+# %%
+def short(command: list[str]) -> str:
+    """A command line with the interpreter's path shortened."""
+    return " ".join(Path(part).name if part.startswith("/") else part for part in command)
+
+
+with serve_app("cpu_app", workers=2, server="gunicorn") as running:
+    print(short(running.command))
+    print(f"  → {len(running.processes())} processes: "
+          + ", ".join(f"{mib:.0f} MiB" for mib in running.processes().values()))
+
+# %% [markdown]
+# ## A CPU-bound endpoint under 1, 2, 3 workers
+#
+# `GET /cpu` chains 20,000 sha256 rounds: pure CPU, a few milliseconds per request. A worker process can keep
+# one core busy and no more (Python's GIL), so the ideal is *one worker's throughput × min(workers, cores)*.
+# `sweep_workers` serves it with `uvicorn --workers 1`, `2` and `3` at once, then loads them in turn
+# (1, 2, 3, 1, 2, 3) with 20 concurrent clients, a new connection per request so the kernel spreads them over
+# the workers. Interleaving means whatever else this machine does hits every configuration alike; each keeps
+# its best round.
+
+# %%
+sweep = await sweep_workers((1, 2, 3), rounds=2, seconds=1.0)
+print(short(sweep[-1].command))
+for run in sweep:
+    print(f"{run.workers} worker(s): {run.load!r}; {run.worker_pids_seen} distinct worker pids answered")
+
+# %%
+workers = [run.workers for run in sweep]
+rps = [run.load.throughput for run in sweep]
+ideal = [rps[0] * min(n, cores) for n in workers]
+plot_curve(workers, {"measured": rps}, reference={f"ideal: 1 worker × min(workers, {cores} cores)": ideal},
+           xlabel="uvicorn workers", ylabel="requests per second", title="CPU-bound endpoint, 20 concurrent clients")
+
+# %%
+plot_curve(workers, {"p50": [r.load.p50_ms for r in sweep], "p99": [r.load.p99_ms for r in sweep]},
+           xlabel="uvicorn workers", ylabel="latency (ms)", title="Latency of the same runs")
+
+# %%
+best = max(sweep, key=lambda r: r.load.throughput)
+generator = max(r.load.generator_cpu_share for r in sweep)
+say(
+    f"One worker served **{rps[0]:,.0f} req/s**; two workers **{rps[1]:,.0f} req/s** "
+    f"(**{rps[1] / rps[0]:.2f}×**), three **{rps[2]:,.0f} req/s** ({rps[2] / rps[0]:.2f}×) on **{cores}** usable "
+    f"core(s). The best here was {best.workers} worker(s)"
+    + (". Past the cores, extra workers only take turns on the same cores" if 3 > cores else "")
+    + f". The load generator used at most **{generator:.0%}** of a core"
+    + (", so it took little from the servers." if generator < 0.25 else
+       f", a real share of {cores} core(s): the servers had less than the whole machine.")
+)
+
+# %% [markdown]
+# ### "2 × cores + 1"?
+#
+# The article's rule of thumb, `workers = 2 × cores + 1`, is gunicorn's advice for its *sync* workers, which
+# sit idle while they wait on I/O: extra processes fill that idle time. An async (uvicorn) worker already
+# overlaps its waits on one event loop, so for it the number to start from is **the usable cores**, then
+# measure.
+#
+# ### What each worker costs
+#
+# Every worker is a full copy of the app: its own memory, its own thread pool (40 tokens by default, measured below), its own database
+# pool. Memory of each process in the runs above (resident set; `uvicorn --workers` adds a supervisor and a
+# small helper process to the workers):
+
+# %%
+for run in sweep:
+    sizes = sorted(run.memory_mib.values())
+    print(f"{run.workers} worker(s): {len(sizes)} processes, {run.total_mib:,.0f} MiB in total "
+          f"({', '.join(f'{m:.0f}' for m in sizes)} MiB)")
+import inspect
+
+from sqlalchemy.pool import QueuePool  # SQLAlchemy's default pool for a networked database
+
+pool_defaults = inspect.signature(QueuePool).parameters
+pool_size, overflow = pool_defaults["pool_size"].default, pool_defaults["max_overflow"].default
+per_worker = (sweep[-1].total_mib - sweep[1].total_mib) / (sweep[-1].workers - sweep[1].workers)
+say(f"Each extra worker added about **{per_worker:.0f} MiB** here, for this tiny app. With `2 × {cores} + 1 = "
+    f"{2 * cores + 1}` workers and SQLAlchemy's default pool of {pool_size} (+{overflow} overflow) each, the "
+    f"database could see up to **{(2 * cores + 1) * (pool_size + overflow)}** connections from one machine.")
+
+# %% [markdown]
+# ## An I/O-bound endpoint: one worker, many requests at once
+#
+# `GET /io` awaits a 100 ms wait (think: a database or an API answering). While one request waits, the event
+# loop serves the others. One worker, 50 concurrent clients:
+
+# %%
+with serve_app("io_app") as running:
+    io_run = await load_test(f"{running.url}/io?ms=100", concurrency=50, requests=100_000, seconds=1.5)
+io_run
+
+# %%
+say(f"One worker served **{io_run.throughput:,.0f} req/s** with a median of **{io_run.p50_ms:.0f} ms**: "
+    f"about **{io_run.throughput * 0.1:.0f}** requests in flight at once, each waiting 100 ms. "
+    "Waiting costs no CPU when it is awaited.")
+
+# %% [markdown]
+# ## The classic mistake: a blocking call inside `async def`
+#
+# Three versions of the same endpoint wait 50 ms. `time.sleep` stands for any blocking call: `requests.get`,
+# a sync database driver, a slow file read.
+#
+# - `async def` + `time.sleep`: runs *on* the event loop and stops it: nothing else runs meanwhile.
+# - `def` + `time.sleep`: FastAPI runs plain `def` endpoints in a thread pool; the loop stays free.
+# - `async def` + `await asyncio.sleep`: waits without blocking anything.
+#
+# 40 requests at once, in-process (the app runs on this notebook's event loop, just as on a server's):
+
+# %%
+kinds = ["async def + time.sleep", "def + time.sleep", "async def + await asyncio.sleep"]
+bursts = {}
+for kind in kinds:
+    async with app_client(make_sleepy_app(kind, ms=50)) as client:
+        bursts[kind] = await burst(client, "/work", 40)
+for kind, result in bursts.items():
+    print(f"{kind:33} {result!r}")
+
+# %%
+plot_bars({k: b.wall_s * 1000 for k, b in bursts.items()}, ylabel="ms for 40 concurrent requests", logy=True,
+          title="40 concurrent requests, each waiting 50 ms")
+
+# %%
+blocked, threaded, awaited = (bursts[k].wall_s for k in kinds)
+say(f"Blocking inside `async def`: **{blocked * 1000:,.0f} ms** for 40 requests, about 40 × 50 ms: one after "
+    f"another. The same code in `def`: **{threaded * 1000:,.0f} ms**; awaited: **{awaited * 1000:,.0f} ms** — "
+    f"**{blocked / awaited:.0f}×** faster. Rule: in `async def`, only `await` slow things; otherwise write `def`.")
+
+# %% [markdown]
+# ## The thread pool has 40 tokens
+#
+# Plain `def` endpoints run in AnyIO's default thread pool, which has **40 tokens**: at most 40 of them run at
+# once *per worker*. The 41st waits for a free thread. A blocking endpoint that sleeps 100 ms, hit by bursts
+# of growing size:
+
+# %%
+sizes = [20, 40, 41, 60, 80, 81, 100]
+async with app_client(make_threadpool_app(ms=100)) as client:
+    default_pool = [await burst(client, "/work", n) for n in sizes]
+    tokens_default = thread_tokens()
+async with app_client(make_threadpool_app(ms=100, tokens=200)) as client:
+    bigger_pool = [await burst(client, "/work", n) for n in sizes]
+    tokens_resized = thread_tokens()
+print("tokens:", tokens_default, "then, inside the resized app's lifespan,", tokens_resized,
+      "and after it:", thread_tokens())
+for n, a, b in zip(sizes, default_pool, bigger_pool):
+    print(f"{n:4} concurrent: {a.wall_s * 1000:5.0f} ms with 40 tokens, {b.wall_s * 1000:5.0f} ms with 200")
+
+# %%
+plot_curve(sizes, {"40 tokens (default)": [b.wall_s * 1000 for b in default_pool],
+                   "200 tokens (resized in lifespan)": [b.wall_s * 1000 for b in bigger_pool]},
+           reference={"100 ms × ⌈n / 40⌉": [100 * -(-n // 40) for n in sizes]},
+           xlabel="concurrent blocking requests", ylabel="ms until all answered", title="The thread pool's steps")
+
+# %%
+at40, at41 = default_pool[1].wall_s, default_pool[2].wall_s
+say(f"40 concurrent requests took **{at40 * 1000:.0f} ms**, 41 took **{at41 * 1000:.0f} ms** "
+    f"(**{at41 / at40:.1f}×**): the 41st waited for a thread. With 200 tokens, 100 requests took "
+    f"**{bigger_pool[-1].wall_s * 1000:.0f} ms**.")
+
+# %% [markdown]
+# The resize lives in `lifespan`, so it happens once, in the worker, before the first request:
+#
+# ```python
+# @asynccontextmanager
+# async def lifespan(app: FastAPI):
+#     anyio.to_thread.current_default_thread_limiter().total_tokens = 200
+#     yield
+# ```
+#
+# More threads are not free: each one holds memory, they share one GIL, and every blocking call in them may
+# hold a database connection (see the pool below). Prefer `async` drivers for I/O; resize when you must.
+
+# %% [markdown]
+# ## Outbound calls: timeouts and one shared client
+#
+# An endpoint that calls another service is only as fast as that service, *unless* it sets a timeout. The
+# upstream below runs under uvicorn on loopback; its `/hang` never answers in time.
+# (httpx's default timeout is 5 s; `timeout=None` means wait forever.)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import asyncio
+import time
+
+with serve_upstream() as upstream:
+    for timeout in (None, 0.5):
+        app = make_gateway_app(f"{upstream.url}/hang", timeout=timeout, shared_client=True)
+        async with app_client(app) as client:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(2):
+                    response = await client.get("/weather")
+                outcome = f"{response.status_code} {response.json()}"
+            except TimeoutError:
+                outcome = "still waiting after 2 s (we gave up; a real client would too)"
+            hang_s = time.perf_counter() - started
+        print(f"timeout={timeout}: {outcome}")
+
+# %%
+say(f"With `httpx.Timeout(0.5)` the endpoint answered a clear **504** after **{hang_s:.2f} s**; without a timeout "
+    "it would hold the request (and a worker's resources) as long as the upstream hangs.")
+
+# %% [markdown]
+# Creating an `httpx.AsyncClient` costs something (an SSL context, a connection pool), and a new client cannot
+# reuse a connection. One client created in `lifespan` and shared by every request keeps its connections
+# open. The upstream reports which TCP connection (client port) carried each request:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with serve_upstream() as upstream:
+    url = f"{upstream.url}/data"
+    async with app_client(make_gateway_app(url, timeout=1.0, shared_client=False)) as per_request, \
+            app_client(make_gateway_app(url, timeout=1.0, shared_client=True)) as shared:
+        seen = {"new client per request": set(), "one shared client": set()}
+        for _ in range(20):
+            seen["new client per request"].add((await per_request.get("/weather")).json()["connection"])
+            seen["one shared client"].add((await shared.get("/weather")).json()["connection"])
+        pooling = await compare({"new client per request": lambda: per_request.get("/weather"),
+                                 "one shared client": lambda: shared.get("/weather")}, n=40)
+for name, ports in seen.items():
+    print(f"{name}: 20 requests over {len(ports)} TCP connection(s)")
+
+# %%
+plot_timings(pooling, title="GET /weather relaying a loopback upstream")
+
+# %%
+say(f"A new client per request: **{pooling['new client per request'].median_ms:.2f} ms** per request (median); one "
+    f"shared client: **{pooling['one shared client'].median_ms:.2f} ms** — **{pooling.ratio:.1f}×** faster, even on "
+    "loopback. Across a real network a new TCP (and TLS) handshake per request costs far more.")
+
+# %% [markdown]
+# ## The database pool runs dry
+#
+# SQLAlchemy keeps a pool of connections per engine, so per worker: `pool_size` (5 by default) plus
+# `max_overflow` (10). A request that holds a connection while it is slow keeps it from everyone else. Below,
+# a pool of 2 (no overflow, 0.2 s `pool_timeout`), an endpoint holding its connection 1 s, and 6 requests at once:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with make_demo_db(users=10, posts_per_user=0) as db:
+    for pool_size in (2, 6):
+        app = make_pool_app(db.url, pool_size=pool_size, pool_timeout=0.2, hold_s=1.0)
+        async with app_client(app) as client:
+            result = await burst(client, "/report", 6)
+        print(f"pool_size={pool_size}: statuses {dict(sorted(result.statuses.items()))}")
+        errors = {b["detail"] for b in result.bodies if "detail" in b}
+        for detail in errors:
+            print("  ", detail.split(" (Background")[0])
+
+# %% [markdown]
+# Size the pool for the concurrency one worker really has (its thread pool and its awaits), and multiply by
+# the workers to know what the database must accept. Hold connections briefly.
+#
+# ## Key points
+# - Start from **usable cores** (affinity, cgroup quota), not the host's count and not "2 × cores + 1"
+#   (that is for gunicorn's sync workers): measure throughput and p99 against one worker.
+# - Use `uvicorn --workers N` / `fastapi run --workers N`, or gunicorn with `-k uvicorn_worker.UvicornWorker`;
+#   `uvicorn.workers` is deprecated.
+# - Each worker multiplies memory, the 40-token thread pool and the database pool.
+# - Never block inside `async def`: write `def`, or `await` an async library (or `asyncio.to_thread`).
+# - Every outbound call gets a timeout and one shared client created in `lifespan`.
+#
+# Now open **`exercises/01_workers.ipynb`**.
+
+# %%
+say(
+    f"**Measured in this notebook** ({cores} usable cores): CPU-bound endpoint {rps[0]:,.0f} req/s on one worker, "
+    f"{rps[1]:,.0f} on two ({rps[1] / rps[0]:.2f}×), load generator ≤ {generator:.0%} of a core; one async worker "
+    f"{io_run.throughput:,.0f} req/s on 100 ms waits; 40 × 50 ms blocking in `async def` {blocked * 1000:,.0f} ms vs "
+    f"{awaited * 1000:,.0f} ms awaited ({blocked / awaited:.0f}×); thread pool step {at41 / at40:.1f}× from 40 to 41 "
+    f"requests; shared client {pooling.ratio:.1f}× faster than a client per request."
+)
