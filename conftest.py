@@ -15,16 +15,19 @@ if "COURSE_LAB_HOME" not in os.environ:  # xdist workers inherit the controller'
 
 
 # Files whose tests need the machine's cores to themselves (real servers under load) or run several kernels at
-# once: `./course test` runs them after the parallel phase, one at a time. Single tests elsewhere carry
-# @pytest.mark.serial themselves (lesson 01's worker-count tests).
-SERIAL = ("01_workers.ipynb", "09_capstone", "test_audit", "test_classroom")
+# once: `./course test` runs them after the parallel phase, one at a time. A lesson says so in its catalogue line
+# (course_lib/catalogue.py, `serial=`); single tests elsewhere carry @pytest.mark.serial themselves.
+SERIAL_TOOLKIT = ("tests/test_audit.py", "tests/test_classroom.py")
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: D103 - pytest hook
     import pytest
 
+    from course_lib.dev import serial_keys
+
+    keys = (*serial_keys(), *SERIAL_TOOLKIT)
     for item in items:
-        if any(key in str(item.path) for key in SERIAL):
+        if any(str(item.path).endswith(key) for key in keys):
             item.add_marker(pytest.mark.serial)
 
 

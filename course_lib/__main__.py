@@ -1,4 +1,4 @@
-"""Terminal entry point: `python -m course_lib {progress,grade,hint,reset,audit,bench,build-exercises,refresh-outputs}`."""
+"""Terminal entry point: `python -m course_lib {progress,grade,hint,reset,audit,bench,build-exercises,refresh-outputs,dev}`."""
 
 from __future__ import annotations
 
@@ -188,6 +188,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return audit_main([args.app, *[arg for path in args.probe for arg in ("--probe", path)]])
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Maintainers' tools: `dev check` the course's shape, `dev build` notebooks, `dev new` a lesson."""
+    try:
+        from .dev import main as dev_main
+    except ValueError as error:  # the catalogue refused itself (a duplicate lesson or exercise id)
+        print(f"✗ course_lib/catalogue.py: {error}", file=sys.stderr)
+        return 1
+    return dev_main(args.rest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run one command."""
     parser = argparse.ArgumentParser(prog="python -m course_lib", description="FastAPI Performance Lab")
@@ -226,11 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--postgres-column", action="store_true",
                    help="with DATABASE_URL: the data lessons (02, 04, 05) on SQLite and PostgreSQL side by side")
     p.set_defaults(run=cmd_bench)
+    p = sub.add_parser("dev", help=cmd_dev.__doc__, add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="check | build | new NN slug TITLE | files --service S")
+    p.set_defaults(run=cmd_dev)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dev"]:  # its own parser, so `dev check --help` reaches it
+        return cmd_dev(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except KeyboardInterrupt:  # Ctrl-C: a sentence, not the kernel client's traceback
-        print(f"\ninterrupted: `{args.command}` stopped before it finished",
+    except KeyboardInterrupt as stop:  # Ctrl-C: a sentence, not the kernel client's traceback
+        print(f"\n{stop}" if str(stop) else f"\ninterrupted: `{args.command}` stopped before it finished",
               file=sys.stderr)
         return 130
 

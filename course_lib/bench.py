@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import io
 import logging
 import math
 import os
-import pkgutil
 import re
 import statistics
 import sys
@@ -31,133 +29,13 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 
+from . import catalogue
+from .bench_rows import LEVELS, BenchRow, _number
 from .text_table import text_table
 
 __all__ = ["BenchRow", "run_bench", "toolkit_bench", "merge_rounds", "exit_code", "quiet", "LEVELS"]
 
-LEVELS = ("SQL", "endpoint", "server", "toolkit")
-"""Where a row was measured: the SQL alone, an endpoint called in-process, a real server over HTTP, the toolkit."""
-
 ROUNDS = 3
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "—"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-@dataclass
-class BenchRow:
-    """One measured effect: what, the figure, its unit, the goal it is held to, and whether it met it.
-
-    Optional: `level` (where it was measured, one of LEVELS), `kind` ("claim", "toolkit" or "info"; by default a row
-    with a verdict is a claim, a "toolkit" lesson's row is a toolkit row), `limit` (a physical ceiling: a value above
-    it is suspect), `rounds`/`round_met` (each round's value and verdict; `value` is their median), `note`, and
-    `inconclusive` (why this measurement cannot verify the claim now, e.g. "other programs used 1.3 of 2 cores":
-    such a round gives no verdict; a claim with no conclusive round fails only under --strict).
-    """
-
-    lesson: str
-    effect: str
-    value: float
-    unit: str
-    goal: str = ""
-    met: bool | None = None
-    level: str = ""
-    kind: str = ""
-    limit: float | None = None
-    rounds: list[float] = field(default_factory=list)
-    round_met: list[bool] = field(default_factory=list)
-    note: str = ""
-    inconclusive: str = ""
-
-    def cells(self) -> tuple[str, ...]:
-        """The row as table cells: lesson, effect, measured value, verdict and goal."""
-        value = _number(self.value)
-        verdict = {True: "✓", False: "✗", None: ""}[self.met]
-        return (self.lesson, self.effect, f"{value} {self.unit}".strip(), f"{verdict} {self.goal}".strip())
-
-    @property
-    def role(self) -> str:
-        """"claim", "toolkit" or "info": only claims decide the exit code."""
-        if self.kind:
-            return self.kind
-        if self.lesson == "toolkit":
-            return "toolkit"
-        return "claim" if self.met is not None else "info"
-
-    @property
-    def shown_level(self) -> str:
-        """The level the row names, or one read from its wording when the lesson did not say."""
-        return self.level or _guess_level(self)
-
-    @property
-    def suspect(self) -> bool:
-        """True when the value is above the physical limit the row names (a measuring error, not a finding)."""
-        return self.limit is not None and not math.isnan(self.value) and self.value > self.limit * (1 + 1e-9)
-
-    @property
-    def robust(self) -> bool:
-        """True when every round gave the same verdict (or there was one round)."""
-        return len(set(self.round_met)) <= 1
-
-    @property
-    def failed(self) -> bool:
-        """A conclusive claim that missed its goal (in most rounds) or whose figure is suspect."""
-        return self.role == "claim" and not self.inconclusive and (self.met is False or self.suspect)
-
-    def measured_cell(self) -> str:
-        """The value with its unit; a suspect value is shown in parentheses, never as a finding."""
-        text = f"{_number(self.value)} {self.unit}".strip()
-        return f"({text}) suspect" if self.suspect else text
-
-    def spread_cell(self) -> str:
-        """The rounds' range, e.g. "1.6–1.8 ×3", or "" for a single round."""
-        if len(self.rounds) < 2:
-            return ""
-        return f"{_number(min(self.rounds))}–{_number(max(self.rounds))} ×{len(self.rounds)}"
-
-    def goal_cell(self) -> str:
-        """Verdict and goal, with what the verdict means for the exit code."""
-        if self.inconclusive:
-            return f"? inconclusive: {self.inconclusive}" + (f" (goal {self.goal})" if self.goal else "")
-        if self.suspect:
-            above = sum(r > self.limit for r in self.rounds) if self.rounds else 1  # type: ignore[operator]
-            text = (f"? suspect: above the limit {_number(self.limit or 0)} {self.unit}".rstrip()
-                    + (f" in {above} of {len(self.rounds)} rounds" if self.rounds else ""))
-            return text + (f" (goal {self.goal})" if self.goal else "")
-        if self.met is None:
-            return self.goal
-        text = f"{'✓' if self.met else '✗'} {self.goal}".strip()
-        if not self.robust:
-            text += f" (fragile: {sum(self.round_met)}/{len(self.round_met)} rounds met)"
-        if len(self.rounds) > len(self.round_met) > 0 and self.role == "claim":
-            text += f" ({len(self.rounds) - len(self.round_met)} inconclusive round(s) set aside)"
-        if self.role != "claim":
-            text += f" ({self.role}, not graded)"
-        return text
-
-
-_SQL_WORDS = re.compile(r"\bSQL\b|\braw \w|\bORM\b|\bquer(y|ies)\b|\bSELECT\b|\binsert\b|\bindex|\btable\b", re.I)
-_ENDPOINT_WORDS = re.compile(r"\bGET\b|(^|\s)/\w|\bendpoint\b|\bin-process\b|\bmiddleware\b|\bASGI\b|\basync def\b"
-                             r"|\bpages?\b|\bwalk\b|\blist\b|\bgzip\b", re.I)
-_SERVER_WORDS = re.compile(r"\buvicorn\b|\bgunicorn\b|\bthroughput\b|\bload\b", re.I)
-
-
-def _guess_level(row: BenchRow) -> str:
-    """A row's level read from its lesson, unit and wording (lessons may name it with `level=`)."""
-    if row.lesson == "toolkit":
-        return "toolkit"
-    if row.unit == "queries" or re.search(r"\bSQL\b", row.effect):
-        return "SQL"
-    if row.unit == "req/s" or _SERVER_WORDS.search(row.effect):
-        return "server"
-    if _ENDPOINT_WORDS.search(row.effect):
-        return "endpoint"
-    if _SQL_WORDS.search(row.effect):
-        return "SQL"
-    return ""
 
 
 # ---------------------------------------------------------------- rounds and the exit code
@@ -280,14 +158,15 @@ def _section(lesson: str, measure: Callable[[], list[BenchRow]], quieted: list[s
         except Exception as error:  # noqa: BLE001 - a bench section must never hide the table
             where = traceback.extract_tb(error.__traceback__)[-1]
             message = " ".join(f"{type(error).__name__}: {error}".split())
-            rows = [BenchRow(lesson, f"bench failed: {message[:150]}", float("nan"), "",
+            rows = [BenchRow(f"bench failed: {message[:150]}", float("nan"), "",
                              "runs", False, kind="claim",
-                             note=f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno}")]
+                             note=f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno}", lesson=lesson)]
+    rows = [row if row.lesson else replace(row, lesson=lesson) for row in rows]  # a lesson's rows carry its number
     quieted += captured.quieted()
     errors = captured.errors()
     if errors:
         if not rows:
-            rows = [BenchRow(lesson, "bench printed errors", float("nan"), "", kind="info")]
+            rows = [BenchRow("bench printed errors", float("nan"), "", kind="info", lesson=lesson)]
         extra = f" (+{len(errors) - 2} more lines)" if len(errors) > 2 else ""
         rows[0] = replace(rows[0], note="; ".join(filter(None, [rows[0].note, *errors[:2]])) + extra)
     return rows
@@ -309,8 +188,8 @@ def _counter_overhead() -> list[BenchRow]:
 
         result = compare_sync({"counted": counted, "bare": bare}, n=60, warmup=3)
     overhead = (result.ratio - 1) * 100
-    return [BenchRow("toolkit", "count_queries overhead vs bare SQLAlchemy (100 queries)", overhead, "%", "≤ 5 %",
-                     overhead <= 5, level="SQL")]
+    return [BenchRow("count_queries overhead vs bare SQLAlchemy (100 queries)", overhead, "%", "≤ 5 %",
+                     overhead <= 5, level="SQL", lesson="toolkit")]
 
 
 def _in_process_latency() -> list[BenchRow]:
@@ -323,7 +202,7 @@ def _in_process_latency() -> list[BenchRow]:
             timing = await measure(lambda: client.get("/"), n=300, warmup=20)
         return timing.median_ms * 1000
 
-    return [BenchRow("toolkit", "in-process request (app_client), median", asyncio.run(run()), "µs", level="endpoint")]
+    return [BenchRow("in-process request (app_client), median", asyncio.run(run()), "µs", level="endpoint", lesson="toolkit")]
 
 
 def _load_ceiling() -> list[BenchRow]:
@@ -339,12 +218,12 @@ def _load_ceiling() -> list[BenchRow]:
             result = asyncio.run(run(server.url + "/", keep_alive))
             mode = "keep-alive" if keep_alive else "Connection: close"
             rows += [
-                BenchRow("toolkit", f"load generator ceiling, {mode} (trivial endpoint, 1 uvicorn worker)",
-                         result.throughput, "req/s", level="server"),
-                BenchRow("toolkit", f"load generator's own CPU per request, {mode}", result.cpu_per_request_us, "µs",
-                         level="server"),
-                BenchRow("toolkit", f"load generator's share of one core, {mode} (> {SIGNIFICANT_SHARE:.0%}: "
-                                    "significant)", result.generator_cpu_share * 100, "%", level="server"),
+                BenchRow(f"load generator ceiling, {mode} (trivial endpoint, 1 uvicorn worker)",
+                         result.throughput, "req/s", level="server", lesson="toolkit"),
+                BenchRow(f"load generator's own CPU per request, {mode}", result.cpu_per_request_us, "µs",
+                         level="server", lesson="toolkit"),
+                BenchRow(f"load generator's share of one core, {mode} (> {SIGNIFICANT_SHARE:.0%}: "
+                                    "significant)", result.generator_cpu_share * 100, "%", level="server", lesson="toolkit"),
             ]
     return rows
 
@@ -359,25 +238,22 @@ def toolkit_bench() -> list[BenchRow]:
 
 
 def _lesson_sections(only: str | None = None) -> list[tuple[str, Callable[[], list[BenchRow]]]]:
-    """(lesson number, its `bench` function) of each lesson module that has one, in lesson order."""
-    from . import lessons
-
+    """(lesson number, its `bench` function) of each catalogued lesson that has one, in teaching order."""
     sections: list[tuple[str, Callable[[], list[BenchRow]]]] = []
-    for info in sorted(pkgutil.iter_modules(lessons.__path__), key=lambda m: m.name):
-        if only and only not in info.name:
+    for lesson in catalogue.CATALOGUE:
+        if only and only not in lesson.name:
             continue
-        number = re.sub(r"^l(\d+)_.*", r"\1", info.name)
         try:
             with quiet():
-                module = importlib.import_module(f"{lessons.__name__}.{info.name}")
+                module = lesson.module()
         except Exception as error:  # noqa: BLE001 - reported as a failing row by _section
             def broken(error: Exception = error) -> list[BenchRow]:
                 raise error
-            sections.append((number, broken))
+            sections.append((lesson.number, broken))
             continue
         bench = getattr(module, "bench", None)
         if bench is not None:
-            sections.append((number, bench))
+            sections.append((lesson.number, bench))
     return sections
 
 
@@ -406,14 +282,16 @@ def notebook_times(only: str | None = None) -> list[BenchRow]:
             def run(path=path, folder=folder) -> list[BenchRow]:  # type: ignore[no-untyped-def]
                 start = time.perf_counter()
                 execute_notebook(path)
-                return [BenchRow(path.stem[:2], f"{folder}/{path.name} wall time", time.perf_counter() - start, "s",
-                                 kind="info")]
+                return [BenchRow(f"{folder}/{path.name} wall time", time.perf_counter() - start, "s",
+                                 kind="info", lesson=path.stem[:2])]
 
             rows += _section(path.stem[:2], run, quieted)
     return rows
 
 
-DATA_LESSONS = ("02", "04", "05")
+def _data_lessons() -> list[str]:
+    """The lessons measured in-process on both databases (CI runs them on PostgreSQL, and none needs the cores)."""
+    return [lesson.number for lesson in catalogue.CATALOGUE.needing("postgresql") if not lesson.serial]
 
 
 def side_by_side(only: str | None = None) -> list[tuple[str, str, str, str, str]]:
@@ -433,7 +311,7 @@ def side_by_side(only: str | None = None) -> list[tuple[str, str, str, str, str]
         else:
             os.environ["DATABASE_URL"] = url
         course_settings.cache_clear()
-        for lesson in DATA_LESSONS:
+        for lesson in _data_lessons():
             if only and only not in lesson:
                 continue
             for row in lesson_benches(lesson):

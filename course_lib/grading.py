@@ -6,11 +6,9 @@ import asyncio
 import ctypes
 import fcntl
 import html
-import importlib
 import inspect
 import json
 import os
-import pkgutil
 import re
 import sys
 import sysconfig
@@ -21,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from . import catalogue
 
 __all__ = [
     "Result",
@@ -231,20 +231,33 @@ def _explain_exception(error: BaseException, checker_file: str = "") -> str:
 
 
 def exercise(
-    exercise_id: str, *, title: str, lesson: str, expects: str, hints: tuple[str, ...] | list[str], timeout: float = 60.0
+    exercise_id: str, *, title: str, expects: str, hints: tuple[str, ...] | list[str], timeout: float = 60.0,
+    lesson: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a checker `fn(answer, checking)` (sync or async) under a stable id such as "02.fix-n-plus-one"."""
+    """Register a checker `fn(answer, checking)` (sync or async) under an id its lesson declares in the catalogue.
+
+    The lesson is the catalogue's lesson of the checker's module; `lesson` names one only for exercises outside the
+    catalogue (a test's throwaway exercises). An id registered twice, or not declared by its lesson, is refused.
+    """
     if not hints:
         raise ValueError(f"exercise {exercise_id} needs at least one hint")
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        owner = catalogue.CATALOGUE.of_module(fn.__module__)
+        if owner is not None and exercise_id not in owner.exercises:
+            raise ValueError(f"exercise {exercise_id!r} is registered by {fn.__module__} but lesson {owner.name} does "
+                             f"not declare it: add it to the lesson's line in course_lib/catalogue.py")
+        name = owner.name if owner is not None else lesson
+        if name is None:
+            raise ValueError(f"exercise {exercise_id!r} belongs to no lesson of the catalogue: register it from its "
+                             f"lesson's module")
         known = _REGISTRY.get(exercise_id)
         same = known is not None and (known.checker.__module__, known.checker.__qualname__) == (
             fn.__module__, fn.__qualname__)  # the same module imported again (after a failed first import)
         if known is not None and not same:  # a second grader would silently replace another lesson's
             raise ValueError(f"exercise id {exercise_id!r} is already registered by lesson "
                              f"{_REGISTRY[exercise_id].lesson}")
-        _REGISTRY[exercise_id] = Exercise(exercise_id, title, lesson, expects, tuple(hints), fn, timeout)
+        _REGISTRY[exercise_id] = Exercise(exercise_id, title, name, expects, tuple(hints), fn, timeout)
         return fn
 
     return register
@@ -254,19 +267,18 @@ def _load_lessons() -> None:
     global _LOADED
     if _LOADED:
         return
-    from . import lessons
-
-    for module in sorted(pkgutil.iter_modules(lessons.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{lessons.__name__}.{module.name}")
+    for lesson in catalogue.CATALOGUE:
+        lesson.module()
     _LOADED = True
 
 
 def exercises(lesson: str | None = None) -> list[Exercise]:
-    """Every registered exercise in teaching order (lesson, then order of registration), or one lesson's."""
+    """Every registered exercise in teaching order (the catalogue's), or one lesson's ("02" or "02_n_plus_one")."""
     _load_lessons()
-    order = {ex_id: i for i, ex_id in enumerate(_REGISTRY)}  # a lesson registers its exercises in teaching order
-    found = sorted(_REGISTRY.values(), key=lambda e: (e.lesson, order[e.id]))
-    return [e for e in found if lesson is None or e.lesson == lesson]
+    declared = catalogue.CATALOGUE.exercise_order()
+    registered = {ex_id: i for i, ex_id in enumerate(_REGISTRY)}  # exercises outside the catalogue (tests) go last
+    found = sorted(_REGISTRY.values(), key=lambda e: (declared.get(e.id, len(declared)), registered[e.id]))
+    return [e for e in found if lesson is None or lesson in (e.lesson, e.lesson[:2])]
 
 
 def _lookup(exercise_id: Any) -> Exercise | None:

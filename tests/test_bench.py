@@ -20,16 +20,16 @@ def fresh_settings():
 
 
 def test_rows_show_value_unit_and_goal_verdict():
-    assert BenchRow("02", "queries", 2, "queries", "≤ 2", True).cells() == ("02", "queries", "2 queries", "✓ ≤ 2")
-    assert BenchRow("01", "ratio", 1.234, "×", "≥ 1.5×", False).cells()[2:] == ("1.23 ×", "✗ ≥ 1.5×")
-    assert BenchRow("04", "rows", 300_000, "rows").cells()[2:] == ("300,000 rows", "")
+    assert BenchRow("queries", 2, "queries", "≤ 2", True, lesson="02").cells() == ("02", "queries", "2 queries", "✓ ≤ 2")
+    assert BenchRow("ratio", 1.234, "×", "≥ 1.5×", False, lesson="01").cells()[2:] == ("1.23 ×", "✗ ≥ 1.5×")
+    assert BenchRow("rows", 300_000, "rows", lesson="04").cells()[2:] == ("300,000 rows", "")
 
 
 def test_postgres_column_measures_each_database_and_joins_by_effect(monkeypatch):
     def fake(only=None):
         db = "postgresql" if os.environ.get("DATABASE_URL") else "sqlite"
         value = 3.0 if db == "sqlite" else 7.0
-        return [BenchRow(only, f"[{db}] ratio", value, "×", "≥ 2×", True), BenchRow(only, f"[{db}] {db} only", 1, "s")]
+        return [BenchRow(f"[{db}] ratio", value, "×", "≥ 2×", True, lesson=only), BenchRow(f"[{db}] {db} only", 1, "s", lesson=only)]
 
     monkeypatch.setattr(bench, "lesson_benches", fake)
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/postgres")
@@ -58,7 +58,7 @@ def _script(*rounds):
 
 
 def _claim(value, goal=2.0, **extra):
-    return BenchRow("01", "speed-up", value, "×", f"≥ {goal:g}×", value >= goal, **extra)
+    return BenchRow("speed-up", value, "×", f"≥ {goal:g}×", value >= goal, **extra, lesson="01")
 
 
 def _run(monkeypatch, capsys, toolkit=(), lessons=(), **options):
@@ -69,14 +69,14 @@ def _run(monkeypatch, capsys, toolkit=(), lessons=(), **options):
 
 
 def test_old_style_rows_still_construct_and_format():
-    row = BenchRow("02", "queries", 2, "queries", "≤ 2", True)
+    row = BenchRow("queries", 2, "queries", "≤ 2", True, lesson="02")
     assert (row.level, row.kind, row.limit, row.rounds, row.note) == ("", "", None, [], "")
-    assert row.role == "claim" and BenchRow("02", "queries", 101, "queries").role == "info"
-    assert BenchRow("toolkit", "overhead", 12, "%", "≤ 5 %", False).role == "toolkit"
+    assert row.role == "claim" and BenchRow("queries", 101, "queries", lesson="02").role == "info"
+    assert BenchRow("overhead", 12, "%", "≤ 5 %", False, lesson="toolkit").role == "toolkit"
 
 
 def test_a_noisy_toolkit_row_cannot_fail_the_run(monkeypatch, capsys):
-    noisy = _script(*[[BenchRow("toolkit", "counter overhead", v, "%", "≤ 5 %", v <= 5)] for v in (13, 3, 9)])
+    noisy = _script(*[[BenchRow("counter overhead", v, "%", "≤ 5 %", v <= 5, lesson="toolkit")] for v in (13, 3, 9)])
     code, out = _run(monkeypatch, capsys, toolkit=[noisy], lessons=[_script(*[[_claim(v)] for v in (3, 3.2, 2.9)])])
     text = " ".join(out.out.split())
     assert code == 0
@@ -111,35 +111,35 @@ def test_a_ratio_above_its_physical_limit_is_suspect_never_a_finding(monkeypatch
 
 
 def test_informational_rows_never_decide_the_exit_code():
-    assert bench.exit_code([BenchRow("04", "ratio", 0.5, "×"), BenchRow("toolkit", "x", 9, "%", "≤ 5 %", False),
-                            BenchRow("05", "x", 1, "×", "≥ 2×", False, kind="info")]) == 0
-    assert bench.exit_code([BenchRow("05", "x", 1, "×", "≥ 2×", False)]) == 1
+    assert bench.exit_code([BenchRow("ratio", 0.5, "×", lesson="04"), BenchRow("x", 9, "%", "≤ 5 %", False, lesson="toolkit"),
+                            BenchRow("x", 1, "×", "≥ 2×", False, kind="info", lesson="05")]) == 0
+    assert bench.exit_code([BenchRow("x", 1, "×", "≥ 2×", False, lesson="05")]) == 1
 
 
 def test_rounds_merge_to_the_median_round_even_when_wording_quotes_figures():
-    rounds = [[BenchRow("03", f"hit vs miss (miss {m} ms)", v, "×", "≥ 10×", v >= 10), BenchRow("03", "n", 1, "q")]
+    rounds = [[BenchRow(f"hit vs miss (miss {m} ms)", v, "×", "≥ 10×", v >= 10, lesson="03"), BenchRow("n", 1, "q", lesson="03")]
               for m, v in ((40, 28.0), (50, 9.0), (45, 31.0))]
     hit, n = bench.merge_rounds(rounds)
     assert hit.value == 28.0 and hit.effect == "hit vs miss (miss 40 ms)" and hit.met is True
     assert hit.rounds == [28.0, 9.0, 31.0] and hit.round_met == [True, False, True] and not hit.robust
     assert n.rounds == [1, 1, 1] and n.robust
-    uneven = bench.merge_rounds([[BenchRow("03", "a 1", 1, "×")], [BenchRow("03", "a 2", 3, "×"),
-                                                                    BenchRow("03", "b", 5, "×")]])
+    uneven = bench.merge_rounds([[BenchRow("a 1", 1, "×", lesson="03")], [BenchRow("a 2", 3, "×", lesson="03"),
+                                                                    BenchRow("b", 5, "×", lesson="03")]])
     assert [(r.effect, r.rounds) for r in uneven] == [("a 1", [1, 3]), ("b", [])]
 
 
 @pytest.mark.parametrize("row, level", [
-    (BenchRow("02", "GET /users queries, 100 users", 101, "queries"), "SQL"),
-    (BenchRow("04", "OFFSET vs keyset, the SQL alone at depth 999,980", 35, "×"), "SQL"),
-    (BenchRow("04", "OFFSET vs keyset, GET page of 20 at depth 999,980", 11, "×"), "endpoint"),
-    (BenchRow("09", "bookshop fixed, same load", 359, "req/s"), "server"),
-    (BenchRow("01", "CPU-bound throughput, 2 uvicorn workers vs 1", 1.7, "×"), "server"),
-    (BenchRow("05", "email lookup, no index / index (raw sqlite3)", 140, "×"), "SQL"),
-    (BenchRow("04", "[sqlite] same walk by (created_at, id): distinct seen", 1000, "items"), "endpoint"),
-    (BenchRow("04", "[sqlite] build the 300,000-row items table", 2.1, "s"), "SQL"),
-    (BenchRow("04", "OFFSET vs keyset, the SQL alone for a page of 20", 35, "×"), "SQL"),
-    (BenchRow("05", "email lookup", 140, "×", level="SQL"), "SQL"),
-    (BenchRow("04", "OFFSET vs keyset, GET page", 11, "×", level="SQL"), "SQL"),
+    (BenchRow("GET /users queries, 100 users", 101, "queries", lesson="02"), "SQL"),
+    (BenchRow("OFFSET vs keyset, the SQL alone at depth 999,980", 35, "×", lesson="04"), "SQL"),
+    (BenchRow("OFFSET vs keyset, GET page of 20 at depth 999,980", 11, "×", lesson="04"), "endpoint"),
+    (BenchRow("bookshop fixed, same load", 359, "req/s", lesson="09"), "server"),
+    (BenchRow("CPU-bound throughput, 2 uvicorn workers vs 1", 1.7, "×", lesson="01"), "server"),
+    (BenchRow("email lookup, no index / index (raw sqlite3)", 140, "×", lesson="05"), "SQL"),
+    (BenchRow("[sqlite] same walk by (created_at, id): distinct seen", 1000, "items", lesson="04"), "endpoint"),
+    (BenchRow("[sqlite] build the 300,000-row items table", 2.1, "s", lesson="04"), "SQL"),
+    (BenchRow("OFFSET vs keyset, the SQL alone for a page of 20", 35, "×", lesson="04"), "SQL"),
+    (BenchRow("email lookup", 140, "×", level="SQL", lesson="05"), "SQL"),
+    (BenchRow("OFFSET vs keyset, GET page", 11, "×", level="SQL", lesson="04"), "SQL"),
 ])
 def test_rows_name_their_level(row, level):
     assert row.shown_level == level

@@ -22,7 +22,6 @@ from ..db import DemoDB, Post, User, make_demo_db
 from ..grading import Checking, exercise
 from ..queries import count_queries
 
-LESSON = "00_welcome"
 
 
 def make_tour_app(db: DemoDB) -> FastAPI:
@@ -158,7 +157,6 @@ async def _get(client: httpx.AsyncClient, path: str, label: str) -> httpx.Respon
 @exercise(
     "00.first-endpoint",
     title="Your first measured endpoint",
-    lesson=LESSON,
     expects="a function make_app(db) that returns a FastAPI app with GET /users/{user_id}",
     hints=(
         "Look at what one request needs: the user's id and name, how many posts they have, and a 404 when the id "

@@ -25,14 +25,13 @@ from sqlalchemy.orm import (
     subqueryload,
 )
 
-from ..bench import BenchRow
+from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import Comment, DemoDB, Post, User, dialect, make_demo_db
 from ..grading import Checking, exercise
 from ..queries import StatementLog, count_queries, observe_statements
 from ..timing import Comparison, compare, measure, measure_sync
 
-LESSON = "02_n_plus_one"
 
 Strategy = Literal["lazy", "joinedload", "selectinload", "subqueryload"]
 STRATEGIES: tuple[Strategy, ...] = ("lazy", "joinedload", "selectinload", "subqueryload")
@@ -500,7 +499,6 @@ NESTED_SIZES = ((3, 2, 2), (26, 3, 1), (61, 1, 3))
 @exercise(
     "02.fix-n-plus-one",
     title="Fix the N+1 list endpoint",
-    lesson=LESSON,
     expects="a function make_app(db) returning a FastAPI app whose GET /users lists users with their posts",
     hints=(
         "Measure before changing anything: wrap one request in `with count_queries(db.engine) as log:` on a "
@@ -523,7 +521,6 @@ async def check_fix_n_plus_one(make_app: Any, checking: Checking) -> str:
 @exercise(
     "02.nested",
     title="Fix the nested N+1 (users → posts → comments)",
-    lesson=LESSON,
     expects="a function make_app(db) returning a FastAPI app whose GET /users/with-comments lists users, "
             "their posts and each post's comments",
     hints=(
@@ -561,7 +558,6 @@ def _touch(log: StatementLog, read: Callable[[], Any]) -> tuple[BaseException | 
 @exercise(
     "02.raise-on-lazy",
     title="A post feed where a forgotten load fails loudly",
-    lesson=LESSON,
     expects="a function strict_posts(session) returning every Post (ordered by id) with its author and its "
             "comments loaded, where reading any relationship that was not loaded raises instead of querying",
     hints=(
@@ -671,28 +667,28 @@ def bench() -> list[BenchRow]:
         ratio_1, _, _ = asyncio.run(_endpoint_ratio(db, 1.0, n=10))
         request_ms = asyncio.run(request_floor_ms())
     real = "in-process, no round trip" if name == "sqlite" else "real round trips through a socket"
-    rows.append(BenchRow("02", f"[{name}] GET /users queries, 100 users × 10 posts: lazy", lazy_q, "queries",
+    rows.append(BenchRow(f"[{name}] GET /users queries, 100 users × 10 posts: lazy", lazy_q, "queries",
                          level="SQL", kind="info"))
-    rows.append(BenchRow("02", f"[{name}] GET /users queries, same data: selectinload", eager_q, "queries", "≤ 2",
+    rows.append(BenchRow(f"[{name}] GET /users queries, same data: selectinload", eager_q, "queries", "≤ 2",
                          eager_q <= 2, level="SQL"))
-    rows.append(BenchRow("02", f"[{name}] one query's floor (SELECT 1, median)", floor_ms * 1000, "µs", level="SQL"))
-    rows.append(BenchRow("02", f"[{name}] N+1 time lazy / selectinload, ORM (load 100 users, read posts), "
+    rows.append(BenchRow(f"[{name}] one query's floor (SELECT 1, median)", floor_ms * 1000, "µs", level="SQL"))
+    rows.append(BenchRow(f"[{name}] N+1 time lazy / selectinload, ORM (load 100 users, read posts), "
                                "+ 1 ms simulated RTT", orm_1.ratio, "×", "≥ 10×", orm_1.ratio >= 10, level="SQL",
                          inconclusive="" if share >= MIN_CPU_SHARE else
                          f"this process got {share:.0%} of a core between round trips (other programs)"))
-    rows.append(BenchRow("02", f"[{name}] N+1 endpoint latency lazy / selectinload, 0 ms simulated ({real})",
+    rows.append(BenchRow(f"[{name}] N+1 endpoint latency lazy / selectinload, 0 ms simulated ({real})",
                          ratio_0, "×", level="endpoint"))
-    rows.append(BenchRow("02", f"[{name}] N+1 endpoint latency lazy / selectinload, + 1 ms simulated RTT",
+    rows.append(BenchRow(f"[{name}] N+1 endpoint latency lazy / selectinload, + 1 ms simulated RTT",
                          ratio_1, "×", level="endpoint"))
-    rows.append(BenchRow("02", f"[{name}] in-process request's fixed cost (GET of an empty route, median)", request_ms * 1000,
+    rows.append(BenchRow(f"[{name}] in-process request's fixed cost (GET of an empty route, median)", request_ms * 1000,
                          "µs", level="endpoint"))
     with make_demo_db(users=50, posts_per_user=4, comments_per_post=3) as db:
         with count_queries(db.engine) as nested_lazy:
             render_users(db, "lazy", nested=True)
         with count_queries(db.engine) as nested_eager:
             render_users(db, "selectinload", nested=True)
-    rows.append(BenchRow("02", f"[{name}] nested queries, 50 users × 4 posts × 3 comments: lazy", nested_lazy.count,
+    rows.append(BenchRow(f"[{name}] nested queries, 50 users × 4 posts × 3 comments: lazy", nested_lazy.count,
                          "queries", level="SQL", kind="info"))
-    rows.append(BenchRow("02", f"[{name}] nested queries, same data: chained selectinload", nested_eager.count,
+    rows.append(BenchRow(f"[{name}] nested queries, same data: chained selectinload", nested_eager.count,
                          "queries", "≤ 3", nested_eager.count <= 3, level="SQL"))
     return rows

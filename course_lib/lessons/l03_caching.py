@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, event, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from ..bench import BenchRow
+from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import DemoDB, Post, User, make_demo_db, thread_safe_connect_args
 from ..grading import Checking, exercise
@@ -34,7 +34,6 @@ from ..redis import KeyWatch, RecordingProxy, RedisCommand, get_redis, redis_bac
 from ..servers import _die_with_parent
 from ..timing import compare
 
-LESSON = "03_caching"
 
 __all__ = [
     "CountryStats", "NewPost", "UserOut", "country_stats", "stats_json", "user_json", "create_post",
@@ -702,7 +701,6 @@ _NO_QUERY = ("no database query was observed at all: the grader counts the state
 @exercise(
     "03.cache-endpoint",
     title="Cache the slow endpoint in Redis",
-    lesson=LESSON,
     expects=_RESOURCE + " whose GET /stats?min_likes=N is cached in `redis` for `ttl` seconds",
     hints=(
         "Measure first: every GET /stats runs the slow query. Keep its answer where every worker process can read "
@@ -792,7 +790,6 @@ async def check_cache_endpoint(make_app: Any, checking: Checking) -> str:
 @exercise(
     "03.invalidate",
     title="Invalidate on write",
-    lesson=LESSON,
     expects=_RESOURCE + " with cached GET /stats and GET /users/{id}, and POST /posts that invalidates /stats",
     hints=(
         "Ask which cached answers a new post makes wrong: every /stats variant (any min_likes), whichever worker "
@@ -918,7 +915,6 @@ def _locks_without_expiry(rig: _Rig) -> list[RedisCommand]:
 @exercise(
     "03.stampede",
     title="Stop the cache stampede",
-    lesson=LESSON,
     expects=_RESOURCE + " whose GET /stats?min_likes=N runs the query once for any number of concurrent misses",
     hints=(
         "Look at what the 50 requests do between their miss and the first `set`: each one runs the query. Only one "
@@ -1026,11 +1022,11 @@ async def _bench_rows() -> list[BenchRow]:
     ratio = result.ratio
     backend = "fakeredis" if redis_backend() == "fakeredis" else "real Redis"
     return [
-        BenchRow("03", f"GET /stats hit vs miss, 50k posts (miss {result['miss (query)'].median_ms:.1f} ms, "
+        BenchRow(f"GET /stats hit vs miss, 50k posts (miss {result['miss (query)'].median_ms:.1f} ms, "
                        f"hit {result['hit (Redis)'].median_ms:.2f} ms, {backend})", ratio, "×", "≥ 10×",
                  ratio >= 10),
-        BenchRow("03", "50 concurrent misses, no lock: database queries", counts[False], "queries"),
-        BenchRow("03", "50 concurrent misses, Redis lock: database queries", counts[True], "queries", "= 1",
+        BenchRow("50 concurrent misses, no lock: database queries", counts[False], "queries"),
+        BenchRow("50 concurrent misses, Redis lock: database queries", counts[True], "queries", "= 1",
                  counts[True] == 1),
     ]
 

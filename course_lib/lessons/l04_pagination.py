@@ -27,14 +27,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from starlette.middleware.gzip import GZipMiddleware
 
-from ..bench import BenchRow
+from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import DemoDB, dialect, fresh_engine
 from ..grading import Checking, Fail, LearnerCodeError, _learner_frames, exercise
 from ..queries import StatementLog, observe_statements
 from ..timing import Comparison, compare, compare_sync
 
-LESSON = "04_pagination"
 
 __all__ = [
     "Item", "ItemOut", "Page", "make_items_db", "add_items", "newest_ids",
@@ -918,7 +917,6 @@ POSITION_NEWER_ROWS = 2_000
 @exercise(
     "04.keyset",
     title="Keyset pagination with a cap",
-    lesson=LESSON,
     expects="a function make_app(db) returning a FastAPI app with GET /items?limit=&cursor= that answers "
             '{"items": [...], "next_cursor": ...}',
     hints=(
@@ -1032,7 +1030,6 @@ def _app_problem(app: Any) -> str | None:
 @exercise(
     "04.gzip",
     title="Compress what pays, to a stated rule",
-    lesson=LESSON,
     expects="a function add_gzip(app) that returns the app (or an ASGI app wrapping it) with gzip compression",
     hints=(
         "Measure each endpoint with `wire_bytes(client, url)`: the bytes on the wire, the bytes decoded and the "
@@ -1125,9 +1122,9 @@ async def _bench_rows() -> list[BenchRow]:
             loose = await walk_offset(client, limit=12)
         async with app_client(make_offset_app(db, order_by=[Item.created_at.desc(), Item.id.desc()])) as client:
             exact = await walk_offset(client, limit=12)
-    rows.append(BenchRow("04", f"[{name}] OFFSET walk of 1,000 items by created_at only (5 per second): distinct seen",
+    rows.append(BenchRow(f"[{name}] OFFSET walk of 1,000 items by created_at only (5 per second): distinct seen",
                          len(set(loose)), "items"))
-    rows.append(BenchRow("04", f"[{name}] same walk by (created_at, id): distinct seen", len(set(exact)), "items",
+    rows.append(BenchRow(f"[{name}] same walk by (created_at, id): distinct seen", len(set(exact)), "items",
                          "= 1,000", len(set(exact)) == 1_000))
     with make_items_db(10_000) as db:
         async with app_client(make_unbounded_app(db)) as unbounded, app_client(make_keyset_app(db)) as paged:
@@ -1135,11 +1132,11 @@ async def _bench_rows() -> list[BenchRow]:
                                     "page of 20": lambda: paged.get("/items", params={"limit": 20})}, n=9, warmup=1)
             all_bytes = len((await unbounded.get("/items")).content)
             page_bytes = len((await paged.get("/items", params={"limit": 20})).content)
-        rows.append(BenchRow("04", f"[{name}] unbounded list (10k rows) vs page of 20: latency", result.ratio, "×"))
-        rows.append(BenchRow("04", f"[{name}] unbounded list (10k rows) vs page of 20: bytes", all_bytes / page_bytes, "×"))
+        rows.append(BenchRow(f"[{name}] unbounded list (10k rows) vs page of 20: latency", result.ratio, "×"))
+        rows.append(BenchRow(f"[{name}] unbounded list (10k rows) vs page of 20: bytes", all_bytes / page_bytes, "×"))
         async with app_client(with_gzip(make_catalog_app(db))) as client:
             wire, size, _ = await wire_bytes(client, "/items/export")
-        rows.append(BenchRow("04", f"[{name}] gzip (level 6) on a {size / 1000:,.0f} KB JSON export: bytes ratio",
+        rows.append(BenchRow(f"[{name}] gzip (level 6) on a {size / 1000:,.0f} KB JSON export: bytes ratio",
                              size / wire, "×", f"≥ {GZIP_MIN_RATIO:g}×", size / wire >= GZIP_MIN_RATIO))
     from .l01_workers import measuring_priority
 
@@ -1159,19 +1156,19 @@ async def _bench_rows() -> list[BenchRow]:
             raw = page_sql_times(db, depth, n=9)
             orm = page_query_times(db, depth, n=9)
     med = {label: t.median_ms for label, t in pages.timings.items()}
-    rows.append(BenchRow("04", f"[{name}] build the {KEYSET_DEEP_ROWS:,}-row items table "
+    rows.append(BenchRow(f"[{name}] build the {KEYSET_DEEP_ROWS:,}-row items table "
                                f"({'COPY' if name == 'postgresql' else 'executemany batches'})", built_s, "s",
                          kind="info"))
-    rows.append(BenchRow("04", f"[{name}] OFFSET vs keyset, the SQL alone (raw driver) at depth {depth:,} "
+    rows.append(BenchRow(f"[{name}] OFFSET vs keyset, the SQL alone (raw driver) at depth {depth:,} "
                                f"({KEYSET_DEEP_ROWS:,} rows)", raw.ratio, "×", "≥ 100×", raw.ratio >= 100, level="SQL"))
-    rows.append(BenchRow("04", f"[{name}] OFFSET vs keyset, the same page through the ORM at depth {depth:,}",
+    rows.append(BenchRow(f"[{name}] OFFSET vs keyset, the same page through the ORM at depth {depth:,}",
                          orm.ratio, "×", level="SQL"))
-    rows.append(BenchRow("04", f"[{name}] OFFSET vs keyset, GET page of 20 at depth {depth:,} ({KEYSET_DEEP_ROWS:,} rows)",
+    rows.append(BenchRow(f"[{name}] OFFSET vs keyset, GET page of 20 at depth {depth:,} ({KEYSET_DEEP_ROWS:,} rows)",
                          med["offset deep"] / med["keyset deep"], "×", level="endpoint"))
-    rows.append(BenchRow("04", f"[{name}] OFFSET: deepest page / first page (GET)", med["offset deep"] / med["offset first"],
+    rows.append(BenchRow(f"[{name}] OFFSET: deepest page / first page (GET)", med["offset deep"] / med["offset first"],
                          "×", level="endpoint"))
     keyset_flat = med["keyset deep"] / med["keyset first"]
-    rows.append(BenchRow("04", f"[{name}] keyset: deepest page / first page (GET)", keyset_flat, "×",
+    rows.append(BenchRow(f"[{name}] keyset: deepest page / first page (GET)", keyset_flat, "×",
                          f"≤ {KEYSET_MAX_RATIO}×", keyset_flat <= KEYSET_MAX_RATIO, level="endpoint"))
     return rows
 

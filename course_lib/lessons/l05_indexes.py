@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql import Executable
 
-from ..bench import BenchRow
+from ..bench_rows import BenchRow
 from ..db import (
     Base,
     DemoDB,
@@ -44,7 +44,6 @@ from ..settings import course_settings
 from ..client import app_client
 from ..timing import compare, compare_sync
 
-LESSON = "05_indexes"
 
 __all__ = [
     "PlanStep", "QueryPlan", "explain", "parse_sqlite_plan", "parse_postgresql_plan", "EXPLAINERS",
@@ -653,7 +652,6 @@ TOP_N_QUERIES = ("store feed",)  # the shop queries with ORDER BY … LIMIT: a s
 @exercise(
     "05.declare-indexes",
     title="Index what the shop queries (and nothing useless)",
-    lesson=LESSON,
     expects="a SQLAlchemy model class `Order` (the starter's columns, plus your indexes)",
     hints=(
         "Look at each query's WHERE and ORDER BY, and at its plan: `inspect_shop_model(Order)` prints them for your "
@@ -907,17 +905,17 @@ def bench() -> list[BenchRow]:
     with measuring_priority([]):
         sql = lookup_ratio(200_000, 15, raw=True, held=True)
         rows = [
-            BenchRow("05", f"[{db}] email lookup, no index / index, 200k users (the SQL alone: raw {raw}, one connection)",
+            BenchRow(f"[{db}] email lookup, no index / index, 200k users (the SQL alone: raw {raw}, one connection)",
                      sql, "×", "≥ 100×", sql >= 100, level="SQL"),
-            BenchRow("05", f"[{db}] email lookup, no index / index, 200k users (ORM select)", lookup_ratio(200_000), "×",
+            BenchRow(f"[{db}] email lookup, no index / index, 200k users (ORM select)", lookup_ratio(200_000), "×",
                      level="SQL"),
-            BenchRow("05", f"[{db}] email lookup, no index / index, 200k users (raw {raw}, a pooled connection each)",
+            BenchRow(f"[{db}] email lookup, no index / index, 200k users (raw {raw}, a pooled connection each)",
                      lookup_ratio(200_000, raw=True), "×", level="SQL"),
-            BenchRow("05", f"[{db}] email lookup, no index / index, 1M users (raw {raw})",
+            BenchRow(f"[{db}] email lookup, no index / index, 1M users (raw {raw})",
                      lookup_ratio(1_000_000, 7, True), "×", level="SQL"),
-            BenchRow("05", f"[{db}] 10 latest posts of an author, index (user_id) / (user_id, created_at), 100k posts (ORM)",
+            BenchRow(f"[{db}] 10 latest posts of an author, index (user_id) / (user_id, created_at), 100k posts (ORM)",
                      composite_ratio(), "×", level="SQL"),
-            BenchRow("05", f"[{db}] insert time, 4 indexes / none (5k-row batches into 50k users)", write_cost_ratio(), "×",
+            BenchRow(f"[{db}] insert time, 4 indexes / none (5k-row batches into 50k users)", write_cost_ratio(), "×",
                      level="SQL"),
         ]
     return rows

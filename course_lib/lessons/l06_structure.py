@@ -25,14 +25,13 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..bench import BenchRow
+from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import DemoDB, Post, User, make_demo_db
 from ..grading import Checking, exercise
 from .blog_app.config import Settings
 from .blog_app.main import create_app
 
-LESSON = "06_structure"
 PACKAGE = Path(__file__).parent / "blog_app"
 
 __all__ = [
@@ -280,7 +279,6 @@ def _parts(answer: Any, checking: Checking) -> tuple[Callable[..., Any], Callabl
 @exercise(
     "06.refactor",
     title="Untangle the app: router, service, yield dependency, /health",
-    lesson=LESSON,
     expects="{'create_app': create_app, 'get_db': get_db}: create_app(database_url) returns a FastAPI app "
             "whose routes get their Session from the yield dependency get_db",
     hints=(
@@ -525,10 +523,10 @@ async def _health_figures() -> list[BenchRow]:
                                   "liveness /health/live": lambda: client.get("/health/live")}, n=150, warmup=10)
     ratio = unbounded[1] / bounded[1]
     return [
-        BenchRow("06", "hung DB (1.5 s/query): /health answer time, no timeout ÷ 0.25 s timeout", ratio, "×",
+        BenchRow("hung DB (1.5 s/query): /health answer time, no timeout ÷ 0.25 s timeout", ratio, "×",
                  "≥ 3× and 503", ratio >= 3 and bounded[0] == 503, level="endpoint"),
-        BenchRow("06", "readiness (DB + Redis ping) ÷ liveness, in-process median", cost.ratio, "×", level="endpoint"),
-        BenchRow("06", "liveness /health/live, in-process median", cost["liveness /health/live"].median_ms * 1000,
+        BenchRow("readiness (DB + Redis ping) ÷ liveness, in-process median", cost.ratio, "×", level="endpoint"),
+        BenchRow("liveness /health/live, in-process median", cost["liveness /health/live"].median_ms * 1000,
                  "µs", level="endpoint"),
     ]
 

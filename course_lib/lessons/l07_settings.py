@@ -17,12 +17,11 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ..bench import BenchRow
+from ..bench_rows import BenchRow
 from ..client import app_client
 from ..grading import Checking, exercise
 from ..timing import compare
 
-LESSON = "07_settings"
 
 __all__ = [
     "DatabaseSettings", "Settings", "get_settings", "make_settings_app", "settings_app", "env_folder",
@@ -178,11 +177,11 @@ def bench() -> list[BenchRow]:
     result = asyncio.run(cached_vs_uncached(300))
     slow, fast = result["Settings() every request"], result["lru_cache get_settings"]
     return [
-        BenchRow("07", "/info with Settings() per request, median", slow.median_ms * 1000, "µs",
+        BenchRow("/info with Settings() per request, median", slow.median_ms * 1000, "µs",
                  level="endpoint"),
-        BenchRow("07", "/info with lru_cache get_settings, median", fast.median_ms * 1000, "µs",
+        BenchRow("/info with lru_cache get_settings, median", fast.median_ms * 1000, "µs",
                  level="endpoint"),
-        BenchRow("07", "cached settings speed-up on /info (per-request Settings() / lru_cache)", result.ratio, "×",
+        BenchRow("cached settings speed-up on /info (per-request Settings() / lru_cache)", result.ratio, "×",
                  level="endpoint"),
     ]
 
@@ -242,7 +241,6 @@ def _field(settings: Any, name: str, checking: Checking) -> Any:
 @exercise(
     "07.settings-class",
     title="A Settings class to a spec",
-    lesson=LESSON,
     expects="a class `ShopSettings` (a pydantic-settings BaseSettings subclass), not an instance",
     hints=(
         "Read the failing case: which environment (or .env, or keyword argument) did the grader set, and which "

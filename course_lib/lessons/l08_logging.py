@@ -25,12 +25,11 @@ from pythonjsonlogger.json import JsonFormatter
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from ..bench import BenchRow
+from ..bench_rows import BenchRow
 from ..client import app_client
 from ..grading import Checking, Fail, exercise
 from ..timing import Comparison, compare, percentile
 
-LESSON = "08_logging"
 
 __all__ = [
     "json_logger", "AccessLogMiddleware", "add_article_log", "NoopASGIMiddleware", "add_http_access_log", "add_http_noop",
@@ -538,13 +537,13 @@ def bench() -> list[BenchRow]:
     """The style claim where it lives (the middleware alone, no client), with the client-level figures beside it."""
     costs = asyncio.run(middleware_costs(300))
     mechanism = costs.style_ratio("alone", "no-op")
-    rows = [BenchRow("08", f"middleware alone, no client: do-nothing @app.middleware ÷ pure ASGI, µs added "
+    rows = [BenchRow(f"middleware alone, no client: do-nothing @app.middleware ÷ pure ASGI, µs added "
                      f"(floor {NOISE_FLOOR_US:.0f} µs)", mechanism, "×", "≥ 5×", mechanism >= 5, level="endpoint")]
     for level, where in (("alone", "alone"), ("client", "via client")):
         for label in ("@app.middleware, no-op", "pure ASGI + JSON log", "@app.middleware + JSON log"):
-            rows.append(BenchRow("08", f"µs added, {label}, {where}", costs.added_us(level, label), "µs",
+            rows.append(BenchRow(f"µs added, {label}, {where}", costs.added_us(level, label), "µs",
                                  level="endpoint"))
-        rows.append(BenchRow("08", f"access log (line included), {where}: @app.middleware ÷ pure ASGI, µs added",
+        rows.append(BenchRow(f"access log (line included), {where}: @app.middleware ÷ pure ASGI, µs added",
                              costs.style_ratio(level, "+ JSON log"), "×", level="endpoint"))
     return rows
 
@@ -755,7 +754,6 @@ def _query_problem(record: dict[str, Any], query_secrets: dict[str, str]) -> str
 @exercise(
     "08.access-log",
     title="A pure ASGI access log that holds up under load and keeps secrets out",
-    lesson=LESSON,
     expects="a middleware class (or factory) called as `Middleware(app, logger=logger)` that returns an ASGI app",
     hints=(
         "Look at what the grader varies: 30 requests in flight at once (do your id, status and start time belong "

@@ -20,7 +20,7 @@ import httpx
 from sqlalchemy import create_engine, func, insert, select
 
 from ..db import copy_database, temp_folder
-from ..bench import BenchRow
+from ..bench_rows import BenchRow
 from ..client import app_client
 from ..grading import Checking, exercise
 from ..load import load_test
@@ -35,7 +35,6 @@ __all__ = [
     "audit_bookshop", "workspace", "load_mix", "GOAL", "LATENCY_MS", "LARGE_PAGE",
 ]
 
-LESSON = "09_capstone"
 GOAL = 10.0  # the bar: fixed throughput ≥ 10× the original, same load, same machine, one run
 LATENCY_MS = 1.0  # simulated round trip to the database for the servers under load (a database across a network)
 SERVED = "course_lib.lessons.bookshop.served:app"
@@ -374,7 +373,6 @@ async def _check_expiry(client: Any, url: str, checking: Checking) -> None:
 @exercise(
     "09.capstone",
     title="Fix the bookshop: same answers, audit all ✓, ≥ 10× the throughput",
-    lesson=LESSON,
     expects="the path of a Python file that defines make_app(database_url) -> FastAPI (written with %%writefile)",
     hints=(
         "Start from evidence, not from a list of fixes: run `audit_bookshop` on the original and read the evidence "
@@ -500,9 +498,9 @@ def bench() -> list[BenchRow]:
     slow, fast = results["original"], results["fixed"]
     ratio = fast.throughput / slow.throughput
     return [
-        BenchRow("09", f"bookshop original, mixed load (uvicorn ×1, {LATENCY_MS:g} ms/statement; {database})",
+        BenchRow(f"bookshop original, mixed load (uvicorn ×1, {LATENCY_MS:g} ms/statement; {database})",
                  slow.throughput, "req/s"),
-        BenchRow("09", f"bookshop fixed (solutions/09), same load ({database})", fast.throughput, "req/s"),
-        BenchRow("09", f"capstone throughput, fixed vs original ({database})", ratio, "×", f"≥ {GOAL:g}×",
+        BenchRow(f"bookshop fixed (solutions/09), same load ({database})", fast.throughput, "req/s"),
+        BenchRow(f"capstone throughput, fixed vs original ({database})", ratio, "×", f"≥ {GOAL:g}×",
                  ratio >= GOAL),
     ]

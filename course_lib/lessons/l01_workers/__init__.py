@@ -30,14 +30,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .l01_served import CPU_ROUNDS, cpu_app, io_app, upstream_app
 
-from ...bench import BenchRow
+from ...bench_rows import BenchRow
 from ...client import app_client
 from ...db import thread_safe_connect_args
 from ...grading import Checking, Fail, _explain_exception, exercise
 from ...load import LoadResult, load_test
 from ...servers import Server, serve, usable_cores
 
-LESSON = "01_workers"
 
 
 # --------------------------------------------------------------------------- apps served by real servers
@@ -341,7 +340,6 @@ UNBLOCK_RATIO = 4.0
 @exercise(
     "01.unblock",
     title="Stop blocking the event loop",
-    lesson=LESSON,
     expects="a function make_items_app() that returns a FastAPI app with GET /items/{item_id} answering slow_lookup(item_id)",
     hints=(
         "Look at the wall time of the 20 concurrent requests: about 20 × 100 ms means they ran one after "
@@ -427,7 +425,6 @@ TIMEOUT_BOUND_S = 4.0
 @exercise(
     "01.timeout-client",
     title="A timeout and one shared client for an outbound call",
-    lesson=LESSON,
     expects="a function make_weather_app(upstream_url) that returns a FastAPI app with GET /weather relaying upstream_url",
     hints=(
         "Two things are measured: how many TCP connections 8 requests open to the upstream (a new client per "
@@ -679,7 +676,6 @@ async def measure_config(server: str, workers: int, rounds: int = 3, seconds: fl
 @exercise(
     "01.workers",
     title="The worker count that maximises throughput here",
-    lesson=LESSON,
     expects='a dict like {"server": "uvicorn" or "gunicorn", "workers": <a whole number>}',
     hints=(
         "The endpoint is CPU-bound: a worker process can keep one core busy, no more. Count what this process "
@@ -768,11 +764,11 @@ async def _bench_rows() -> list[BenchRow]:
     busy = (f"other programs used {measured.other_cores:.1f} of {cores} cores"
             if measured.other_cores > 0.5 else "")
     return [
-        BenchRow("01", f"CPU-bound throughput, {workers} uvicorn workers vs 1 ({cores} usable cores; other "
+        BenchRow(f"CPU-bound throughput, {workers} uvicorn workers vs 1 ({cores} usable cores; other "
                        f"programs used {measured.other_cores:.1f} cores meanwhile)",
                  workers_ratio, "×", f"≥ {bar:g}×", workers_ratio >= bar, level="server",
                  limit=float(min(workers, cores)), inconclusive=busy),
-        BenchRow("01", "40 concurrent × 50 ms waits: blocking in async def vs awaiting (wall time, median of 3)",
+        BenchRow("40 concurrent × 50 ms waits: blocking in async def vs awaiting (wall time, median of 3)",
                  block_ratio, "×", "≥ 20×", block_ratio >= 20, level="endpoint"),
     ]
 
