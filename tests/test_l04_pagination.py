@@ -17,6 +17,7 @@ from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
+from answers.l04_pagination import add_gzip
 from course_lib.client import app_client
 from course_lib.db import dialect
 from course_lib.grading import grade
@@ -666,10 +667,7 @@ def test_keyset_checker_gives_up_on_a_hanging_answer_within_its_limit():
 XZ = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-xz")
 
 
-def reference_gzip(app: FastAPI) -> FastAPI:
-    """The solution: the stated threshold, and the already-compressed archive's type left alone."""
-    app.add_middleware(GZipMiddleware, minimum_size=1_024, compresslevel=6, exclude_content_types=XZ)
-    return app
+reference_gzip = add_gzip  # the solution (sources/answers/l04_pagination.py, spliced into solutions/04)
 
 
 def path_dispatch_gzip(app: FastAPI) -> Any:

@@ -14,6 +14,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from answers.l07_settings import ShopSettings
 from course_lib.client import app_client
 from course_lib.grading import grade, hint
 from course_lib.lessons.l07_settings import (
@@ -31,17 +32,7 @@ class CacheSettings(BaseModel):
     ttl_seconds: int = 60
 
 
-class Reference(BaseSettings):
-    """The reference answer, as in solutions/07_settings.ipynb."""
-
-    model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", env_nested_delimiter="__")
-
-    database_url: str
-    api_key: SecretStr
-    debug: bool = False
-    workers: int = Field(default=1, ge=1)
-    allowed_hosts: list[str] = ["localhost"]
-    cache: CacheSettings = CacheSettings()
+Reference = ShopSettings  # the solution (sources/answers/l07_settings.py, spliced into solutions/07)
 
 
 class CacheAsSettings(BaseSettings):

@@ -357,3 +357,20 @@ def test_a_broken_snippet_is_a_clear_error(tmp_path: Path, module: str | None, s
         answer.write_text(module, encoding="utf-8")
     with pytest.raises(SourceError, match=says):
         build_notebook(py, ipynb)
+
+
+def test_each_reference_answer_module_is_spliced_into_its_solution() -> None:
+    """A section of sources/answers/ is used by a solution source, and the built solution holds its lines."""
+    import re
+
+    answers = sorted((ROOT / "sources" / "answers").glob("l*.py"))
+    assert answers, "no reference answer modules"
+    for module in answers:
+        sections = re.findall(r"# --8<-- \[start:([\w.-]+)\]", module.read_text(encoding="utf-8"))
+        lesson = module.stem[1:]
+        solution = ROOT / "sources" / "solutions" / f"{lesson}.py"
+        text = solution.read_text(encoding="utf-8")
+        built = nbformat.read(ROOT / "solutions" / f"{lesson}.ipynb", as_version=4)
+        for section in sections:
+            assert f'# --8<-- "answers/{module.name}:{section}"' in text, f"{module.name}:{section} is spliced nowhere"
+        assert not any("--8<--" in c.source for c in built.cells), "a snippet line was left in the built notebook"

@@ -103,12 +103,7 @@ print([i["id"] for i in second["items"]][:5], "…", queries.summary())
 # %%
 def add_gzip(app: FastAPI) -> FastAPI:
     ### BEGIN SOLUTION
-    app.add_middleware(
-        GZipMiddleware,
-        minimum_size=1_024,  # the rule's threshold: 1,024 bytes or more are compressed
-        compresslevel=6,
-        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-xz"),  # already compressed
-    )
+    # --8<-- "answers/l04_pagination.py:add-gzip"
     ### END SOLUTION
     return app
 

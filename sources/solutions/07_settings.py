@@ -44,14 +44,7 @@ class CacheSettings(BaseModel):
 class ShopSettings(BaseSettings):
     ### BEGIN SOLUTION
     #> pass  # replace with model_config and the six fields
-    model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", env_nested_delimiter="__")
-
-    database_url: str
-    api_key: SecretStr
-    debug: bool = False
-    workers: int = Field(default=1, ge=1)
-    allowed_hosts: list[str] = ["localhost"]
-    cache: CacheSettings = CacheSettings()
+    # --8<-- "answers/l07_settings.py:answer"
     ### END SOLUTION
 
 
