@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -160,3 +162,205 @@ def test_logs_of_killed_kernels_are_swept_and_live_ones_kept(tmp_path):
         path.write_text("x")
     assert sweep_orphan_logs(tmp_path) == [orphan]
     assert not orphan.exists() and mine.exists() and alive.exists() and other.exists()
+
+
+# ------------------------------------------------- FastAPI's docs pages through a hub's proxy (jupyter-server-proxy)
+
+PREFIX = "/user/ada/proxy/8123"
+PROBE_APP = '''
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+def _seen(request):
+    return {"path": request.scope["path"], "root_path": request.scope.get("root_path", ""),
+            "url_path": request.url.path}
+
+
+async def _logo(request):
+    return JSONResponse(_seen(request))
+
+
+def make_app(docs_url="/docs", openapi_url="/openapi.json", relative_docs=False):
+    app = FastAPI(title="Probe", docs_url=None if relative_docs else docs_url, openapi_url=openapi_url)
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int, request: Request) -> dict:
+        return _seen(request)
+
+    if relative_docs:  # the docs page names the API definition relative to itself
+        @app.get(docs_url, include_in_schema=False)
+        def docs():
+            return get_swagger_ui_html(openapi_url=openapi_url.rsplit("/", 1)[1], title="Probe")
+
+    app.mount("/static", Starlette(routes=[Route("/logo", _logo)]))
+    return app
+
+
+app = make_app()
+'''
+
+
+def _probe_module(folder=None):
+    """The probe app's module: executed here, or written to `folder` for a real server to import."""
+    if folder is not None:
+        (folder / "probe_app.py").write_text(PROBE_APP)
+    namespace: dict = {}
+    exec(compile(PROBE_APP, "probe_app.py", "exec"), namespace)
+    return namespace
+
+
+async def _proxy_problems(client: httpx.AsyncClient, docs: str = "/docs", prefix: str = PREFIX) -> list[str]:
+    """What breaks for a browser that reaches the probe app through jupyter-server-proxy (which strips `prefix` from
+    the path and sends it as X-Forwarded-Prefix, X-Forwarded-Context and X-ProxyContextPath), and for one that
+    reaches it directly: the docs page, the API definition it names, the server "Try it out" uses, and the paths
+    the app's own routes see (lessons 03 and 08 key cache entries and log lines on them)."""
+    from urllib.parse import urljoin
+
+    proxied = {"X-Forwarded-Prefix": prefix, "X-Forwarded-Context": prefix, "X-ProxyContextPath": prefix}
+
+    async def via_proxy(public: str) -> httpx.Response | None:
+        """The hub sends the app only what is under the prefix; the proxy strips it."""
+        if not public.startswith(prefix + "/"):
+            return None
+        return await client.get(public[len(prefix):], headers=proxied)
+
+    problems = []
+    for where, fetch, page_url in (("through the proxy", via_proxy, prefix + docs), ("directly", client.get, docs)):
+        page = await fetch(page_url)
+        named = re.search(r"url: '([^']*)'", page.text) if page is not None and page.status_code == 200 else None
+        if named is None:
+            problems.append(f"{where}, {page_url} did not answer a Swagger page naming its API definition")
+            continue
+        spec_url = urljoin(page_url, named.group(1))
+        spec = await fetch(spec_url)
+        if spec is None or spec.status_code != 200:
+            problems.append(f"{where}, the docs page at {page_url} asks for its API definition at {spec_url}, which "
+                            f"{'is outside ' + prefix + '/ (the hub sends it elsewhere)' if spec is None else 'answers ' + str(spec.status_code)}: "
+                            "Swagger shows 'Failed to load API definition'")
+            continue
+        servers = [entry.get("url") for entry in spec.json().get("servers", [])]
+        expected = [prefix] if where == "through the proxy" else []
+        if servers[:1] != expected:
+            problems.append(f"{where}, the API definition lists servers {servers}: 'Try it out' would send its requests "
+                            f"to {servers[0] if servers else '/'} instead of {expected[0] if expected else '/'}")
+    for path in ("/items/7", "/static/logo"):
+        for where, response in (("directly", await client.get(path)), ("through the proxy", await via_proxy(prefix + path))):
+            if response is None or response.status_code != 200:
+                problems.append(f"{path} {where} answered {response.status_code if response else 'nothing'}: "
+                                "the app's own route no longer matches")
+                continue
+            seen = response.json()
+            if (seen["path"], seen["url_path"]) != (path, path):
+                problems.append(f"{path} {where}: the app sees path {seen['path']!r} (request.url.path "
+                                f"{seen['url_path']!r}): its cache keys and access-log paths would change")
+    return problems
+
+
+def _in_process_problems(app) -> list[str]:
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lab") as client:
+            return await _proxy_problems(client)
+
+    return asyncio.run(run())
+
+
+def _root_path_everywhere(app, compliant: bool, always: bool = False):
+    """Wrong fixes: the prefix as root_path for every request (uvicorn --root-path does so `always`, with the path
+    `compliant`ly prefixed; a header-reading middleware only for proxied requests)."""
+    async def wrapped(scope, receive, send):
+        headers = dict(scope.get("headers", ()))
+        prefix = PREFIX if always else headers.get(b"x-forwarded-prefix", b"").decode()
+        if scope["type"] == "http" and prefix:
+            scope = {**scope, "root_path": prefix}
+            if compliant:
+                scope["path"] = prefix + scope["path"]
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def test_the_docs_page_through_a_proxy_right_answers():
+    from course_lib.proxy.docs_behind_proxy import DocsBehindProxy
+
+    make_app = _probe_module()["make_app"]
+
+    class Passthrough:  # a learner's pure ASGI middleware around the app: the docs paths are found through `.app`
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            await self.app(scope, receive, send)
+
+    assert _in_process_problems(DocsBehindProxy(make_app())) == []
+    assert _in_process_problems(DocsBehindProxy(Passthrough(make_app()))) == []
+    assert _in_process_problems(DocsBehindProxy(make_app(), paths=["/docs", "/openapi.json"])) == []
+    custom = DocsBehindProxy(make_app(docs_url="/api-docs", openapi_url="/api/schema.json"))
+    assert custom.paths == {"/api-docs", "/api/schema.json", "/redoc"}
+    assert asyncio.run(_run(custom, "/api-docs")) == []
+
+
+async def _run(app, docs: str) -> list[str]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lab") as client:
+        return await _proxy_problems(client, docs=docs)
+
+
+def test_the_docs_page_through_a_proxy_wrong_answers_fail_and_say_why():
+    make_app = _probe_module()["make_app"]
+    plain = _in_process_problems(make_app())  # no fix: the state of issue 16
+    assert any("asks for its API definition at /openapi.json, which is outside" in p for p in plain), plain
+    relative = _in_process_problems(make_app(relative_docs=True))  # the page loads, "Try it out" goes to the root
+    assert any("through the proxy, the API definition lists servers []" in p for p in relative), relative
+    assert not any("Failed to load" in p for p in relative), relative
+    uvicorn_root_path = _in_process_problems(_root_path_everywhere(make_app(), compliant=True, always=True))
+    assert any("/items/7 directly: the app sees path '/user/ada/proxy/8123/items/7'" in p
+               for p in uvicorn_root_path), uvicorn_root_path
+    proxied_root_path = _in_process_problems(_root_path_everywhere(make_app(), compliant=True))
+    assert proxied_root_path and all("through the proxy: the app sees path" in p for p in proxied_root_path), (
+        proxied_root_path)
+    root_path_only = _in_process_problems(_root_path_everywhere(make_app(), compliant=False))
+    assert root_path_only == ["/static/logo through the proxy answered 404: the app's own route no longer matches"]
+
+
+def test_a_forwarded_prefix_that_is_not_a_plain_path_is_ignored():
+    from course_lib.proxy.docs_behind_proxy import forwarded_prefix
+
+    assert forwarded_prefix([(b"x-forwarded-prefix", b"/user/ada%40x/proxy/8123/")]) == "/user/ada%40x/proxy/8123"
+    for bad in (b"/x'</script><script>alert(1)//", b"relative/path", b"/a b", b"", b"\xff", b'/a"b'):
+        assert forwarded_prefix([(b"x-forwarded-prefix", bad)]) == "", bad
+    assert forwarded_prefix([(b"host", b"lab")]) == ""
+
+
+@pytest.mark.parametrize(("kind", "workers"), [("uvicorn", 1), ("gunicorn", 2)])
+def test_served_on_a_hub_the_docs_work_through_the_proxy_and_routes_see_their_own_paths(
+        kind, workers, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    _probe_module(tmp_path)
+    with serve("probe_app:app", server=kind, workers=workers, cwd=tmp_path) as server:
+        assert server.app == "probe_app:app" and "docs_behind_proxy:app" in server.command
+
+        async def check() -> list[str]:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                return await _proxy_problems(client)
+
+        assert asyncio.run(check()) == []
+
+
+def test_served_off_a_hub_the_command_is_unchanged_and_a_callers_pythonpath_is_kept(tmp_path, monkeypatch):
+    _probe_module(tmp_path)
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX", raising=False)
+    with serve("probe_app:app", cwd=tmp_path) as server:
+        assert "probe_app:app" in server.command and "docs_behind_proxy:app" not in server.command
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    with serve("probe_app:app", env={"PYTHONPATH": str(tmp_path)}) as server:  # found on the caller's PYTHONPATH
+        assert httpx.get(server.url + "/items/7").json()["path"] == "/items/7"
+
+
+def test_on_a_hub_a_broken_app_still_fails_fast_with_its_output(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    with pytest.raises(RuntimeError, match="exited with code") as caught:
+        serve("course_lib.no_such_module:app", startup_timeout=20)
+    assert "no_such_module" in str(caught.value)
