@@ -70,6 +70,20 @@ def _command(kind: ServerKind, app: str, port: int, workers: int, extra: Sequenc
     raise ValueError(f"server must be 'uvicorn' or 'gunicorn', not {kind!r}")
 
 
+_PROXY_DIR = Path(__file__).resolve().parent / "proxy"  # holds docs_behind_proxy.py, importable on its own
+
+
+def _behind_proxy(app: str, env: Mapping[str, str] | None) -> tuple[str, Mapping[str, str] | None]:
+    """Where the docs link goes through a hub's proxy, serve `app` wrapped so that its docs pages learn the prefix the
+    proxy strips (`course_lib/proxy/docs_behind_proxy.py`; its other routes see the same paths); elsewhere as is."""
+    if not os.environ.get("JUPYTERHUB_SERVICE_PREFIX"):
+        return app, env
+    merged = {**(env or {}), "COURSE_LAB_PROXIED_APP": app}
+    python_path = (env or {}).get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    merged["PYTHONPATH"] = os.pathsep.join(part for part in (str(_PROXY_DIR), python_path) if part)
+    return "docs_behind_proxy:app", merged
+
+
 @dataclass
 class Server:
     """A server process group started by `serve`: its URL, and `stop()` to end every process in it."""
@@ -263,11 +277,13 @@ def serve(
         raise ValueError(f"app must be an import string like 'course_lib.lessons.l01_workers:app', not {app!r}")
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise ValueError(f"workers must be a whole number from 1 to 64, not {workers!r}")
+    target, child_env = _behind_proxy(app, env)
     for attempt in range(3):  # the free port can be taken between picking and binding: try another
         port = free_port()
         try:
-            started = launch(_command(server, app, port, workers, extra_args), port, kind=server, app=app,
-                             workers=workers, env=env, cwd=cwd, ready_path=ready_path, startup_timeout=startup_timeout)
+            started = launch(_command(server, target, port, workers, extra_args), port, kind=server, app=app,
+                             workers=workers, env=child_env, cwd=cwd, ready_path=ready_path,
+                             startup_timeout=startup_timeout)
         except RuntimeError as error:
             if "address already in use" not in str(error).lower() or attempt == 2:
                 raise
