@@ -149,3 +149,15 @@ def test_dev_new_scaffolds_a_lesson_that_checks_and_grades(tmp_path):
     assert tests.returncode == 0, tests.stdout[-2000:]
     again = _dev(copy, "new", "10", "other", "another")
     assert again.returncode == 2 and "used twice" in again.stderr
+
+
+def test_dev_check_run_grades_solutions_and_shipped_exercises(tmp_path):
+    from course_lib.notebooks import build_exercise
+
+    lesson = CATALOGUE.find("00")
+    assert dev._run_problems(CATALOGUE, ROOT, ["00"]) == []  # the solution passes, the shipped exercise fails
+    copy = _copy_course(tmp_path)
+    solution = nbformat.read(lesson.notebook("solutions", copy), as_version=4)
+    nbformat.write(build_exercise(solution, keep_answers=True), lesson.notebook("exercises", copy))
+    problems = dev._run_problems(CATALOGUE, copy, ["00"])
+    assert problems == ["exercise 00.first-endpoint passes as shipped: its starter code already answers it"]
