@@ -1,6 +1,6 @@
 """App factory and lifespan: engine, pool and Redis client are made at startup and closed at shutdown.
 
-Run it: `BLOG_DATABASE_URL=sqlite:///blog.sqlite3 uvicorn course_lib.lessons.blog_app.main:app`.
+Run it from the folder that holds `blog_app/`: `BLOG_DATABASE_URL=sqlite:///blog.sqlite3 uvicorn blog_app.main:app`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,18 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from course_lib.redis import get_redis as course_redis
-
 from .config import Settings, get_settings
 from .database import make_engine, make_session_factory
 from .routers import health, users
+
+
+def make_redis(url: str | None, timeout: float | None) -> aioredis.Redis:
+    """A Redis client for `url` with socket timeouts; no URL: an in-process fakeredis (development and tests)."""
+    if url:
+        return aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    import fakeredis  # only needed without a Redis server
+
+    return fakeredis.FakeAsyncRedis()
 
 
 @asynccontextmanager
@@ -26,10 +33,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
     timeout = settings.health_timeout_s
-    app.state.redis = (
-        aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        if settings.redis_url else course_redis()
-    )
+    app.state.redis = make_redis(settings.redis_url, timeout)
     try:
         yield
     finally:

@@ -28,7 +28,7 @@ async def _passes(name: str, check: Awaitable[Any], timeout: float | None) -> bo
     try:
         await asyncio.wait_for(check, timeout)
         return True
-    except Exception as error:  # TimeoutError, OperationalError, ConnectionError, …: all mean "not ready"
+    except Exception as error:  # noqa: BLE001 - Timeout-, Operational-, ConnectionError, …: all mean "not ready"
         logger.warning("readiness: %s check failed: %s", name, type(error).__name__)
         return False
 

@@ -1,1 +1,1 @@
-"""The package's own tests: in-process, a fresh database each, the DB dependency overridden where useful."""
+"""The package's own tests: in-process (httpx + asgi-lifespan), a fresh database each, get_db overridden."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from course_lib.db import DemoDB
-
 pytestmark = pytest.mark.anyio
 
 
@@ -17,7 +15,7 @@ async def test_list_is_paginated(client: httpx.AsyncClient) -> None:
     assert (await client.get("/users", params={"limit": 101})).status_code == 422
 
 
-async def test_read_user_counts_posts(client: httpx.AsyncClient, db: DemoDB) -> None:
+async def test_read_user_counts_posts(client: httpx.AsyncClient) -> None:
     """A known user comes back with their post count."""
     body = (await client.get("/users/3")).json()
     assert body["id"] == 3 and body["post_count"] == 3
