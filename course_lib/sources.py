@@ -9,8 +9,9 @@ A source reviews as code; its notebook is built from it. The build is determinis
 already stored in the target for `# NBVAL_CHECK_OUTPUT` cells (kept, matched by cell source, then by position
 among those cells), so rebuilding an unchanged source rewrites nothing.
 
-A code cell line `# --8<-- "answers/l07_settings.py:answer"` (the pymdownx.snippets syntax) is replaced, at its
-indentation, by the lines of that module between `# --8<-- [start:answer]` and `# --8<-- [end:answer]`. Exporting a
+A code cell line `...  # --8<-- "answers/l07_settings.py:answer"` (pymdownx.snippets' syntax; the `...` is optional
+and keeps the source valid Python where the answer is a whole block) is replaced, at its indentation, by the lines of
+that module between `# --8<-- [start:answer]` and `# --8<-- [end:answer]`. Exporting a
 notebook back keeps such a line when the notebook still holds exactly the spliced lines, and refuses otherwise.
 
 Needs `jupytext` (the `dev` extra); the notebooks themselves never import this module.
@@ -34,22 +35,23 @@ from .layout import CHECKED, KERNELSPEC, ROOT, language_info
 __all__ = [
     "FOLDERS",
     "SourceError",
-    "source_path",
+    "build_all",
+    "build_notebook",
+    "drifted",
+    "export_all",
+    "export_notebook",
     "notebook_path",
     "read_source",
     "render_notebook",
-    "export_notebook",
-    "export_all",
-    "build_notebook",
-    "build_all",
-    "drifted",
+    "source_path",
 ]
 
 FOLDERS = ("notebooks", "solutions")
 FORMAT = "py:percent"
 # every cell metadata key is written (tags, jupyter.source_hidden, collapsed, lab, ...); no notebook header
 _TEXT_OPTIONS = {"cell_metadata_filter": "all", "notebook_metadata_filter": "-all"}
-_SNIPPET = re.compile(r'^(?P<indent>[ \t]*)# --8<-- "(?P<file>[^":]+):(?P<section>[\w.-]+)"[ \t]*$')
+# `...  # --8<-- "answers/lNN_name.py:answer"`: the ellipsis (optional) keeps a source whose block is all answer valid
+_SNIPPET = re.compile(r'^(?P<indent>[ \t]*)(?:\.\.\.[ \t]*)?# --8<-- "(?P<file>[^":]+):(?P<section>[\w.-]+)"[ \t]*$')
 _START, _END = '# --8<-- [start:{}]', '# --8<-- [end:{}]'
 
 
@@ -60,7 +62,7 @@ class SourceError(ValueError):
 def _jupytext() -> Any:
     """The jupytext module, or a clear error saying how to install it."""
     try:
-        import jupytext
+        import jupytext  # type: ignore[import-untyped,unused-ignore]
     except ImportError as error:  # pragma: no cover - jupytext is in the dev and test installs
         raise SourceError("building notebooks from sources needs jupytext: "
                           "`.venv/bin/python -m pip install -e '.[dev]'`") from error
@@ -245,7 +247,7 @@ def export_notebook(ipynb: Path, py: Path) -> bool:
         cell.pop("execution_count", None)
     text = _jupytext().writes(text_nb, fmt=FORMAT)
     back = _text_cells(text)
-    for i, (cell, again) in enumerate(zip(nb.cells, back), 1):
+    for i, (cell, again) in enumerate(zip(nb.cells, back, strict=False), 1):
         if _described(cell) != _described(again):
             raise SourceError(f"{ipynb.name} cell {i} ({cell.cell_type}) does not survive py:percent "
                               f"(a line starting '# %%' or '# In[', or trailing blank lines?): "
@@ -309,12 +311,12 @@ def _short(text: str, limit: int = 70) -> str:
 def _difference(built: str, stored: str) -> str:
     """Where a stored notebook first differs from what its source builds, in words."""
     new, old = _cells(built), _cells(stored)
-    for i, (b, s) in enumerate(zip(new, old), 1):
+    for i, (b, s) in enumerate(zip(new, old, strict=False), 1):
         if b.kind != s.kind:
             return f"cell {i} is {s.kind} in the notebook but {b.kind} in the source"
         if b.source != s.source:
             b_lines, s_lines = b.source.split("\n"), s.source.split("\n")
-            for n, (bl, sl) in enumerate(zip(b_lines, s_lines), 1):
+            for n, (bl, sl) in enumerate(zip(b_lines, s_lines, strict=False), 1):
                 if bl != sl:
                     return (f"cell {i} ({b.kind}), line {n}: the notebook has {_short(sl)} "
                             f"where the source builds {_short(bl)}")

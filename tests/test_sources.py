@@ -297,19 +297,23 @@ class Shop:
 '''
 
 
-def _snippet_lesson(tmp_path: Path) -> tuple[Path, Path]:
+MARKERS = ['# --8<-- "answers/l42_demo.py:answer"', '...  # --8<-- "answers/l42_demo.py:answer"']
+
+
+def _snippet_lesson(tmp_path: Path, marker: str = MARKERS[0]) -> tuple[Path, Path]:
     (tmp_path / "sources" / "answers").mkdir(parents=True)
     (tmp_path / "sources" / "answers" / "l42_demo.py").write_text(ANSWER_MODULE, encoding="utf-8")
     py = tmp_path / "sources" / "solutions" / "42_demo.py"
     py.parent.mkdir(parents=True)
     py.write_text('# %%\nclass Shop:\n    ### BEGIN SOLUTION\n    #> pass\n'
-                  '    # --8<-- "answers/l42_demo.py:answer"\n    ### END SOLUTION\n\n\n# %%\ncheck("42.demo", Shop)\n',
+                  f'    {marker}\n    ### END SOLUTION\n\n\n# %%\ncheck("42.demo", Shop)\n',
                   encoding="utf-8")
     return py, tmp_path / "solutions" / "42_demo.ipynb"
 
 
-def test_a_snippet_splices_the_answer_module_at_its_indentation(tmp_path: Path) -> None:
-    py, ipynb = _snippet_lesson(tmp_path)
+@pytest.mark.parametrize("marker", MARKERS, ids=["comment", "ellipsis"])
+def test_a_snippet_splices_the_answer_module_at_its_indentation(tmp_path: Path, marker: str) -> None:
+    py, ipynb = _snippet_lesson(tmp_path, marker)
     build_notebook(py, ipynb)
     cell = nbformat.read(ipynb, as_version=4).cells[0]
     assert cell.source == ('class Shop:\n    ### BEGIN SOLUTION\n    #> pass\n    name: str = "shop"\n\n'
@@ -319,8 +323,9 @@ def test_a_snippet_splices_the_answer_module_at_its_indentation(tmp_path: Path) 
     assert namespace["Shop"]().total() == 1  # type: ignore[operator]
 
 
-def test_exporting_keeps_the_snippet_line(tmp_path: Path) -> None:
-    py, ipynb = _snippet_lesson(tmp_path)
+@pytest.mark.parametrize("marker", MARKERS, ids=["comment", "ellipsis"])
+def test_exporting_keeps_the_snippet_line(tmp_path: Path, marker: str) -> None:
+    py, ipynb = _snippet_lesson(tmp_path, marker)
     text = py.read_text(encoding="utf-8")
     build_notebook(py, ipynb)
     assert export_notebook(ipynb, py) is False
@@ -330,7 +335,7 @@ def test_exporting_keeps_the_snippet_line(tmp_path: Path) -> None:
         nb.cells.insert(0, nbformat.v4.new_markdown_cell("Added in the notebook."))
     _edit(ipynb, markdown_before)
     assert export_notebook(ipynb, py) is True
-    assert '    # --8<-- "answers/l42_demo.py:answer"' in py.read_text(encoding="utf-8")
+    assert f"\n    {marker}\n" in py.read_text(encoding="utf-8")
     assert "Added in the notebook." in py.read_text(encoding="utf-8")
 
 
@@ -361,6 +366,7 @@ def test_a_broken_snippet_is_a_clear_error(tmp_path: Path, module: str | None, s
 
 def test_each_reference_answer_module_is_spliced_into_its_solution() -> None:
     """A section of sources/answers/ is used by a solution source, and the built solution holds its lines."""
+    import ast
     import re
 
     answers = sorted((ROOT / "sources" / "answers").glob("l*.py"))
@@ -373,4 +379,5 @@ def test_each_reference_answer_module_is_spliced_into_its_solution() -> None:
         built = nbformat.read(ROOT / "solutions" / f"{lesson}.ipynb", as_version=4)
         for section in sections:
             assert f'# --8<-- "answers/{module.name}:{section}"' in text, f"{module.name}:{section} is spliced nowhere"
+        compile(text, str(solution), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)  # the source stays valid Python
         assert not any("--8<--" in c.source for c in built.cells), "a snippet line was left in the built notebook"

@@ -103,7 +103,7 @@ print([i["id"] for i in second["items"]][:5], "…", queries.summary())
 # %%
 def add_gzip(app: FastAPI) -> FastAPI:
     ### BEGIN SOLUTION
-    # --8<-- "answers/l04_pagination.py:add-gzip"
+    ...  # --8<-- "answers/l04_pagination.py:add-gzip"
     ### END SOLUTION
     return app
 

@@ -44,7 +44,7 @@ class CacheSettings(BaseModel):
 class ShopSettings(BaseSettings):
     ### BEGIN SOLUTION
     #> pass  # replace with model_config and the six fields
-    # --8<-- "answers/l07_settings.py:answer"
+    ...  # --8<-- "answers/l07_settings.py:answer"
     ### END SOLUTION
 
 
