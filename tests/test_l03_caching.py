@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request, Response
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sqlalchemy.orm import Session
@@ -320,8 +320,9 @@ def test_cache_endpoint_second_worker_failure_is_named():
 
 
 def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool = False, *, expire: bool = True,
-                      tag: str = "{prefix}:tag:posts") -> AppFactory:
-    """A learner's app: cached /stats (tagged) and /users/{id}; POST /posts then `invalidate(redis, prefix)`."""
+                      tag: str = "{prefix}:tag:posts", post: Callable[..., Any] | None = None) -> AppFactory:
+    """A learner's app: cached /stats (tagged) and /users/{id}; POST /posts then `invalidate(redis, tag_key)`, or
+    `post(redis, tag_key, session, new, background_tasks)` instead when given (it writes and returns the id)."""
 
     def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
         app = FastAPI()
@@ -357,7 +358,10 @@ def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool =
             return json_response(body)
 
         @app.post("/posts", status_code=201)
-        async def add_post(new: NewPost, session: Session = Depends(get_db)) -> dict[str, int]:
+        async def add_post(new: NewPost, background_tasks: BackgroundTasks,
+                           session: Session = Depends(get_db)) -> dict[str, int]:
+            if post is not None:
+                return {"id": await post(redis, tag_key, session, new, background_tasks)}
             post_id = await run_in_threadpool(create_post, session, new)
             await invalidate(redis, tag_key)
             return {"id": post_id}
@@ -403,7 +407,111 @@ async def _keys_pattern(redis: Redis, tag_key: str) -> None:
 
 
 async def _only_default_key(redis: Redis, tag_key: str) -> None:
-    await redis.delete(tag_key.rsplit(":tag:", 1)[0] + ":/stats?min_likes=0")
+    await redis.delete(tag_key.rsplit(":tag:", 1)[0] + ":/stats?")  # the key of GET /stats (no min_likes)
+
+
+async def _fixed_list(redis: Redis, tag_key: str) -> None:
+    """Wrong: the variants someone thought of (the default and the lesson's values), not the ones cached."""
+    prefix = tag_key.rsplit(":tag:", 1)[0]
+    await redis.delete(*(f"{prefix}:/stats?{query}" for query in ("", "min_likes=0", "min_likes=100", "min_likes=250")))
+
+
+async def _pattern_missing_the_default(redis: Redis, tag_key: str) -> None:
+    """Wrong: a full SCAN, but its pattern needs `min_likes=`, so GET /stats (no parameter) stays cached."""
+    prefix = tag_key.rsplit(":tag:", 1)[0]
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:/stats?min_likes=*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+async def _version_set_once(redis: Redis, tag_key: str) -> None:
+    """Wrong: the version is SET to 1 instead of incremented: the first write moves every key, the second none."""
+    await redis.set(tag_key.rsplit(":tag:", 1)[0] + ":posts-version", 1)
+
+
+async def _delete_then_write(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    """Wrong: the cached answers are deleted before the write commits."""
+    await _clear_tag(redis, tag_key)
+    return await run_in_threadpool(create_post, session, new)
+
+
+async def _delete_then_write_in_the_loop(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    """Wrong: deleted first, then the write run right in the event loop (blocking it)."""
+    await _clear_tag(redis, tag_key)
+    return create_post(session, new)
+
+
+async def _bump_then_write(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    """Wrong: versioned keys, but the version is bumped before the write commits."""
+    await _bump_version(redis, tag_key)
+    return await run_in_threadpool(create_post, session, new)
+
+
+async def _write_then_delete_in_the_loop(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    """Right (if blocking): the write run in the event loop, then the tag cleared."""
+    post_id = create_post(session, new)
+    await _clear_tag(redis, tag_key)
+    return post_id
+
+
+async def _delete_before_and_after(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    """Right: a delete before the write (useless) and one after its commit (the one that counts)."""
+    await _clear_tag(redis, tag_key)
+    post_id = await run_in_threadpool(create_post, session, new)
+    await _clear_tag(redis, tag_key)
+    return post_id
+
+
+async def _invalidate_in_background(redis: Redis, tag_key: str, session: Session, new: NewPost,
+                                    background_tasks: BackgroundTasks) -> int:
+    """Wrong: invalidation as a BackgroundTask, which runs after the response is sent."""
+    post_id = await run_in_threadpool(create_post, session, new)
+    background_tasks.add_task(_clear_tag, redis, tag_key)
+    return post_id
+
+
+_PENDING: set[Any] = set()
+
+
+async def _invalidate_a_moment_later(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    """Wrong: invalidation fired and forgotten with asyncio.create_task, a few milliseconds after the response."""
+    post_id = await run_in_threadpool(create_post, session, new)
+
+    async def later() -> None:
+        await asyncio.sleep(0.01)
+        await _clear_tag(redis, tag_key)
+
+    task = asyncio.create_task(later())
+    _PENDING.add(task)
+    task.add_done_callback(_PENDING.discard)
+    return post_id
+
+
+def _stats_query(key: bytes, prefix: str) -> int:
+    """The min_likes of a cached /stats key written by `url_key` (0 when it names none)."""
+    query = key.decode().removeprefix(f"{prefix}:/stats?")
+    return int(dict(part.split("=", 1) for part in query.split("&") if "=" in part).get("min_likes", 0))
+
+
+async def _write_through(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    """Right, another way: after the commit, store each cached variant's new answer (write-through), TTL kept."""
+    post_id = await run_in_threadpool(create_post, session, new)
+    prefix = tag_key.rsplit(":tag:", 1)[0]
+    for key in await redis.smembers(tag_key):
+        body = await run_in_threadpool(stats_json, session, _stats_query(key, prefix))
+        await redis.set(key, body, ex=60)
+    return post_id
+
+
+async def _write_through_read_before(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    """Wrong: write-through whose new answers were computed before the commit (a stale read), stored after it."""
+    prefix = tag_key.rsplit(":tag:", 1)[0]
+    keys = await redis.smembers(tag_key)
+    bodies = {key: await run_in_threadpool(stats_json, session, _stats_query(key, prefix)) for key in keys}
+    post_id = await run_in_threadpool(create_post, session, new)
+    for key, body in bodies.items():
+        await redis.set(key, body, ex=60)
+    return post_id
 
 
 async def _nothing(redis: Redis, tag_key: str) -> None:
@@ -521,8 +629,10 @@ def _add_users_and_posts(app: FastAPI, db: DemoDB, redis: Redis, prefix: str, tt
 def test_invalidate_reference_passes():
     result = _grade("03.invalidate", _invalidating_app(_clear_tag))
     assert result.passed, result.message
-    assert result.figures["unrelated_keys_kept"] == 2
-    assert result.figures["stale_after_write"] == 0
+    assert result.figures["unrelated_keys_kept"] == 4
+    assert result.figures["stale_after_write"] == result.figures["stale_at_response"] == 0
+    assert result.figures["commit_held"] == 1  # the reads really arrived while the write was in flight
+    assert result.figures["queries_while_write_in_flight"] == 0  # the old answers were still cached then: right
     _assert_nothing_left_running()
 
 
@@ -530,8 +640,12 @@ def test_invalidate_reference_passes():
                                     _invalidating_app(_clear_tag_in_a_script),
                                     _invalidating_app(_scan_stats_keys),
                                     _invalidating_app(_clear_tag, tag="{prefix}:stats-keys"),
-                                    _response_cache_app(lock=False)],
-                         ids=["versioned-keys", "lua-script", "scan", "other-tag-name", "ResponseCache"])
+                                    _response_cache_app(lock=False),
+                                    _invalidating_app(_noop, post=_write_through),
+                                    _invalidating_app(_noop, post=_delete_before_and_after),
+                                    _invalidating_app(_noop, post=_write_then_delete_in_the_loop)],
+                         ids=["versioned-keys", "lua-script", "scan", "other-tag-name", "ResponseCache",
+                              "write-through-after-commit", "delete-before-and-after", "write-in-the-loop-then-delete"])
 def test_invalidate_other_right_answers_pass(answer):
     result = _grade("03.invalidate", answer)
     assert result.passed, result.message
@@ -541,14 +655,26 @@ def test_invalidate_other_right_answers_pass(answer):
     (_invalidating_app(_clear_everything), "GET /users/1 ran 1 queries on the first worker"),
     (_invalidating_app(_keys_pattern), "your app sent `KEYS"),
     (_invalidating_app(_flush), "your app sent FLUSHDB"),
-    (_invalidating_app(_only_default_key), "GET /stats?min_likes=100 on the second worker"),
+    (_invalidating_app(_only_default_key), "some /stats variants were cleared, not all"),
+    (_invalidating_app(_fixed_list), "some /stats variants were cleared, not all"),
+    (_invalidating_app(_pattern_missing_the_default), "GET /stats on the second worker"),
+    (_invalidating_app(_version_set_once, versioned=True), "the first write cleared them, this one cleared nothing"),
+    (_invalidating_app(_noop, post=_delete_then_write), "before the write and cached it again"),
+    (_invalidating_app(_noop, post=_delete_then_write_in_the_loop), "sent `DEL"),
+    (_invalidating_app(_noop, versioned=True, post=_bump_then_write), "sent `INCR"),
+    (_invalidating_app(_noop, post=_invalidate_in_background), "runs after the response is sent"),
+    (_invalidating_app(_noop, post=_invalidate_a_moment_later), "runs after the response is sent"),
+    (_invalidating_app(_noop, post=_write_through_read_before), "written again with answers read before the commit"),
     (_invalidating_app(_nothing), "nothing was cleared"),
-    (_keys_remembered_in_process(), "min_likes=100 was cached by the second worker"),
+    (_keys_remembered_in_process(), "a list of keys kept in Python memory knows only those its own process wrote"),
     (_version_in_process(), "the worker that handled the write serves fresh answers and the other still serves old"),
     (_local_copy_cleared_in_process(), "what your write changes lives in that process's memory"),
     (_invalidating_app(_clear_tag, expire=False), "with no expiry (PTTL -1)"),
     (_invalidating_app(_clear_tag, tag="tags:posts"), "'tags:posts' (`SADD tags:posts"),
-], ids=["clears-everything", "KEYS", "FLUSHDB", "one-key-only", "no-invalidation", "keys-remembered-in-process",
+], ids=["clears-everything", "KEYS", "FLUSHDB", "one-key-only", "fixed-list", "pattern-missing-a-key",
+        "version-set-not-incremented", "delete-then-write", "delete-then-write-in-the-loop", "version-bumped-first",
+        "background-task", "create-task-later", "write-through-read-before-commit", "no-invalidation",
+        "keys-remembered-in-process",
         "version-in-process", "local-copy", "never-expires", "tag-outside-prefix"])
 def test_invalidate_wrong_answers_fail_saying_why(answer, says):
     result = _grade("03.invalidate", answer)
