@@ -235,6 +235,21 @@ def _described(cell: NotebookNode) -> tuple[str, str, dict[str, Any], Any]:
     return cell.cell_type, cell.source, dict(cell.metadata), cell.get("attachments")
 
 
+_CELL_LINE = re.compile(r"^\s*# (%%|In\[)")
+
+
+def _why_lossy(cell: NotebookNode) -> str:
+    """Why a cell would not come back identical from py:percent text, and what to change in the notebook."""
+    if cell.get("attachments"):
+        return "it has attachments (pasted images), which text cannot hold: link the image file instead"
+    for n, line in enumerate(cell.source.split("\n"), 1):
+        if cell.cell_type == "code" and _CELL_LINE.match(line):
+            return f"its line {n} starts like a cell marker ('# %%' or '# In['), which starts a new cell: reword it"
+    if cell.cell_type == "code" and cell.source != cell.source.rstrip("\n"):
+        return "it ends with a newline, which py:percent cannot keep: remove the trailing blank line(s)"
+    return "jupytext reads it back differently"
+
+
 def export_notebook(ipynb: Path, py: Path) -> bool:
     """Write the notebook `ipynb` as the py:percent source `py` (keeping `py`'s snippet lines); True if it changed.
 
@@ -247,11 +262,12 @@ def export_notebook(ipynb: Path, py: Path) -> bool:
         cell.pop("execution_count", None)
     text = _jupytext().writes(text_nb, fmt=FORMAT)
     back = _text_cells(text)
-    for i, (cell, again) in enumerate(zip(nb.cells, back, strict=False), 1):
-        if _described(cell) != _described(again):
-            raise SourceError(f"{ipynb.name} cell {i} ({cell.cell_type}) does not survive py:percent "
-                              f"(a line starting '# %%' or '# In[', or trailing blank lines?): "
-                              f"{cell.source[:80]!r} comes back as {again.source[:80]!r}")
+    for i, cell in enumerate(nb.cells, 1):
+        again = back[i - 1] if i <= len(back) else None
+        if again is None or _described(cell) != _described(again):
+            raise SourceError(f"{ipynb.name} cell {i} ({cell.cell_type}) does not survive py:percent: "
+                              f"{_why_lossy(cell)}; {cell.source[:60]!r} would come back as "
+                              f"{(again.source if again is not None else '')[:60]!r}")
     if len(back) != len(nb.cells):
         raise SourceError(f"{ipynb.name} has {len(nb.cells)} cells but its py:percent text reads back as "
                           f"{len(back)} (a line starting '# %%' inside a cell?)")

@@ -6,6 +6,7 @@ round-trips every cell's type, source and metadata; drift between a notebook and
 
 from __future__ import annotations
 
+import platform
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -259,10 +260,12 @@ def test_every_cell_type_source_and_metadata_round_trips(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("cell", "says"), [
     (nbformat.v4.new_code_cell("x = 1\n# %% looks like a new cell\ny = 2"), "cell 1 (code)"),
-    (nbformat.v4.new_code_cell("x = 1\n"), "trailing blank lines"),
+    (nbformat.v4.new_code_cell("x = 1\n# %% looks like a new cell\ny = 2"), "its line 2 starts like a cell marker"),
+    (nbformat.v4.new_code_cell("# In[3]:\nx = 1"), "its line 1 starts like a cell marker"),
+    (nbformat.v4.new_code_cell("x = 1\n"), "remove the trailing blank line(s)"),
     (nbformat.v4.new_markdown_cell("![a](attachment:a.png)",
-                                   attachments={"a.png": {"image/png": "iVBORw0KGgo="}}), "cell 1 (markdown)"),
-], ids=["percent-line", "trailing-newline", "attachment"])
+                                   attachments={"a.png": {"image/png": "iVBORw0KGgo="}}), "it has attachments"),
+], ids=["percent-line", "percent-line-named", "in-line", "trailing-newline", "attachment"])
 def test_a_cell_text_cannot_hold_is_refused_by_name(tmp_path: Path, cell: NotebookNode, says: str) -> None:
     ipynb = tmp_path / "99_lossy.ipynb"
     ipynb.write_text(nbformat.writes(nbformat.v4.new_notebook(cells=[cell])), encoding="utf-8")
@@ -270,6 +273,18 @@ def test_a_cell_text_cannot_hold_is_refused_by_name(tmp_path: Path, cell: Notebo
         export_notebook(ipynb, tmp_path / "99_lossy.py")
     assert says in str(error.value) and "99_lossy.ipynb" in str(error.value)
     assert not (tmp_path / "99_lossy.py").exists()
+
+
+def test_a_build_keeps_the_python_version_the_notebook_was_stored_with(tmp_path: Path) -> None:
+    """Built on another Python, an unchanged source still rewrites nothing (language_info.version is kept)."""
+    root = _copy_lesson(tmp_path)
+    ipynb = root / "notebooks" / f"{LESSON}.ipynb"
+    _edit(ipynb, lambda nb: nb.metadata["language_info"].update(version="3.11.0"))
+    assert drifted(root) == []
+    assert build_notebook(source_path(ipynb, root), ipynb) is False
+    fresh = tmp_path / "fresh.ipynb"
+    build_notebook(source_path(ipynb, root), fresh)
+    assert nbformat.read(fresh, as_version=4).metadata["language_info"]["version"] == platform.python_version()
 
 
 def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
