@@ -25,6 +25,7 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
@@ -206,10 +207,10 @@ def _in_process_latency() -> list[BenchRow]:
 
 
 def _load_ceiling() -> list[BenchRow]:
-    from .load import SIGNIFICANT_SHARE, load_test
+    from .load import SIGNIFICANT_SHARE, LoadResult, load_test
     from .servers import serve
 
-    async def run(url: str, keep_alive: bool):  # type: ignore[no-untyped-def]
+    async def run(url: str, keep_alive: bool) -> LoadResult:
         return await load_test(url, concurrency=50, requests=20_000, seconds=2, progress=False, keep_alive=keep_alive)
 
     rows = []
@@ -279,7 +280,7 @@ def notebook_times(only: str | None = None) -> list[BenchRow]:
             if only and only not in path.stem:
                 continue
 
-            def run(path=path, folder=folder) -> list[BenchRow]:  # type: ignore[no-untyped-def]
+            def run(path: Path = path, folder: str = folder) -> list[BenchRow]:
                 start = time.perf_counter()
                 execute_notebook(path)
                 return [BenchRow(f"{folder}/{path.name} wall time", time.perf_counter() - start, "s",

@@ -135,7 +135,7 @@ def _blocked_for_others(needed: Sequence[Path]) -> list[list[Any]]:
 class _TolerantChannel(AsyncZMQSocketChannel):
     """A channel that skips a message it cannot read (garbled, or cut because it was over the size limit)."""
 
-    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:  # type: ignore[override]
         """The next readable message (skipping unreadable ones), or queue.Empty after `timeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -149,9 +149,9 @@ class _TolerantChannel(AsyncZMQSocketChannel):
 class _SandboxClient(AsyncKernelClient):
     """A kernel client whose channels skip unreadable messages instead of failing the whole run."""
 
-    iopub_channel_class = Type(_TolerantChannel)  # type: ignore[assignment]
-    shell_channel_class = Type(_TolerantChannel)  # type: ignore[assignment]
-    control_channel_class = Type(_TolerantChannel)  # type: ignore[assignment]
+    iopub_channel_class = Type(_TolerantChannel)
+    shell_channel_class = Type(_TolerantChannel)
+    control_channel_class = Type(_TolerantChannel)
 
 
 class _SandboxKernelManager(AsyncKernelManager):

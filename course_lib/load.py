@@ -15,6 +15,7 @@ import ipaddress
 import os
 import socket
 import time
+from typing import Any
 from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -177,8 +178,8 @@ def parse_response(buffer: bytearray, eof: bool = False) -> tuple[int, int, bool
         end = body + int(length)
         return (status, end, keep) if len(buffer) >= end else None
     if b"chunked" in (_header_value(head, b"transfer-encoding:") or b""):
-        end = _chunked_end(buffer, body)
-        return None if end is None else (status, end, keep)
+        chunked_end = _chunked_end(buffer, body)
+        return None if chunked_end is None else (status, chunked_end, keep)
     if status in (204, 304) or 100 <= status < 200:
         return status, body, keep
     return (status, len(buffer), False) if eof else None  # the body runs until the server closes
@@ -400,7 +401,7 @@ async def load_test(
     return result
 
 
-def _progress_bar(seconds: float):  # type: ignore[no-untyped-def]
+def _progress_bar(seconds: float) -> Any:
     """An ipywidgets progress bar when running in a Jupyter kernel, else None."""
     try:
         from IPython import get_ipython
