@@ -17,7 +17,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +30,11 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.routing import Match
 
 from .client import app_client
+from .plans import EXPLAIN_PREFIX, explain_driver_sql, parse_postgresql_plan, parse_sqlite_plan
 from .queries import simulated_latency
 from .text_table import text_table
 
-__all__ = ["Check", "AuditReport", "audit", "audit_main", "sqlite_scanned_tables", "postgres_scanned_tables"]
+__all__ = ["Check", "AuditReport", "AuditItem", "AUDIT_ITEMS", "audit", "audit_main", "sqlite_scanned_tables", "postgres_scanned_tables"]
 
 PASS, FAIL, UNKNOWN = "✓", "✗", "?"
 AUDIT_HOST = "audit.lab.test"
@@ -302,6 +303,247 @@ def _kb(size: int) -> str:
     return f"{size / 1024:.1f} KB"
 
 
+@dataclass
+class _Audit:
+    """One audit run: the app, its engine, the limits, and what was probed so far (each check reads and adds to it)."""
+
+    app: Any
+    engine: Engine | None
+    secret_values: list[str]
+    huge_limit: int
+    max_page: int
+    large_response: int
+    min_scan_rows: int
+    slow_ms: float
+    db_latency_ms: float
+    health_path: str
+    rec: _Recorder = field(default_factory=_Recorder)
+    client: httpx.AsyncClient | None = None
+    seen: list[Probe] = field(default_factory=list)  # every request sent, in order
+    ok: list[Probe] = field(default_factory=list)  # the first probe of each path that answered 200
+    lists: list[Probe] = field(default_factory=list)  # of those, the ones that returned a list of items
+
+    async def send(self, path: str) -> Probe:
+        """GET `path` on the app, recording what came back and the statements it ran."""
+        assert self.client is not None, "requests are sent only while the app is being probed"
+        return await _send(self.client, self.app, path, self.rec)
+
+
+Verdict = tuple[str, str]  # (✓ ✗ ?, evidence)
+
+
+@dataclass(frozen=True)
+class AuditItem:
+    """One checklist item: its key, title (may name {health_path} or {large}), lesson to revisit, and its check."""
+
+    key: str
+    title: str
+    lesson: str
+    check: Callable[[_Audit], Awaitable[Verdict]]
+    while_probing: bool  # True: runs while the app is up and being recorded; False: after, on what was recorded
+
+
+AUDIT_ITEMS: list[AuditItem] = []  # in the order they run
+REPORT_ORDER = ("pagination", "n_plus_one", "indexes", "blocking", "middleware", "gzip", "health", "timeouts",
+                "cache", "secrets")
+
+
+def _item(key: str, title: str, lesson: str, *,
+          while_probing: bool = True) -> Callable[[Callable[[_Audit], Awaitable[Verdict]]], Callable[[_Audit], Awaitable[Verdict]]]:
+    """Register a check as a checklist item (refusing a key already taken)."""
+    if key in {item.key for item in AUDIT_ITEMS}:
+        raise ValueError(f"audit item {key!r} is registered twice")
+
+    def register(check: Callable[[_Audit], Awaitable[Verdict]]) -> Callable[[_Audit], Awaitable[Verdict]]:
+        AUDIT_ITEMS.append(AuditItem(key, title, lesson, check, while_probing))
+        return check
+
+    return register
+
+
+@_item("pagination", "List endpoints cap their page size", "04 · pagination")
+async def _check_pagination(a: _Audit) -> Verdict:
+    """A list endpoint answers at most `max_page` items, however many are asked for."""
+    problems, notes = [], []
+    for p in a.lists:
+        name = _limit_param(p.route)
+        items = _items(p.body) or []
+        if name is None:
+            if len(items) > a.max_page:
+                problems.append(f"{p.path}: no limit parameter, {len(items)} items, {_kb(p.size)}")
+            continue
+        over = await a.send(_with_query(p.path, **{name: a.max_page + 1}))
+        a.seen.append(over)
+        n = len(_items(over.body) or [])
+        if over.status < 400 and n > a.max_page:  # no cap: asking for more would only cost more
+            problems.append(f"{p.path}?{name}={a.max_page + 1} → {over.status} with {n} items, {_kb(over.size)}")
+            continue
+        huge = await a.send(_with_query(p.path, **{name: a.huge_limit}))
+        a.seen.append(huge)
+        n = len(_items(huge.body) or [])
+        if huge.status < 400 and n > a.max_page:
+            problems.append(f"{p.path}?{name}={a.huge_limit} → {huge.status} with {n} items, {_kb(huge.size)}")
+        else:
+            notes.append(f"{p.path}?{name}={a.huge_limit} → {huge.status}"
+                         + (f" ({n} items)" if huge.status < 400 else ""))
+    if problems:
+        return FAIL, "; ".join(problems)
+    if notes:
+        return PASS, "; ".join(notes)
+    return (PASS if not a.lists else UNKNOWN,
+            "no list endpoints found" if not a.lists else "list endpoints return few items at this size; "
+            "none has a limit parameter to probe")
+
+
+@_item("n_plus_one", "No N+1 queries", "02 · N+1 queries")
+async def _check_n_plus_one(a: _Audit) -> Verdict:
+    """The queries a list request runs do not grow with the number of items it returns."""
+    if a.engine is None:
+        return UNKNOWN, "no SQLAlchemy engine given or on app.state.engine"
+    grows, flat = [], []
+    for p in a.lists:
+        name = _limit_param(p.route)
+        if name is None:
+            n = len(_items(p.body) or [])
+            (grows if n >= 5 and p.queries >= n else flat).append(f"{p.path}: {n} items, {p.queries} queries")
+            continue
+        small = await a.send(_with_query(p.path, **{name: 5}))
+        big = await a.send(_with_query(p.path, **{name: 20}))
+        n_small, n_big = len(_items(small.body) or []), len(_items(big.body) or [])
+        line = f"{p.path} {name}=5 → {small.queries} queries, {name}=20 → {big.queries}"
+        if n_big > n_small and big.queries - small.queries >= (n_big - n_small) / 2:
+            grows.append(line)
+        else:
+            flat.append(line)
+    return FAIL if grows else PASS, "; ".join(grows or flat) or "no list endpoints to probe"
+
+
+@_item("cache", "Slow, repeatable GETs are cached (hint)", "03 · caching")
+async def _check_cache(a: _Audit) -> Verdict:
+    """A GET that stays slow when asked again, without Cache-Control, is a caching candidate."""
+    slow = []
+    floor = sorted([(await a.send("/__audit_baseline__")).seconds for _ in range(3)])[1] * 1000
+    for p in a.ok:
+        if p.path == a.health_path:
+            continue
+        again = [await a.send(p.path) for _ in range(2)]
+        repeat_ms = min(r.seconds for r in again) * 1000
+        # slow in absolute terms *and* next to a request that does nothing (a 404), measured alongside
+        if repeat_ms >= max(a.slow_ms, 8 * floor) and "cache-control" not in again[-1].headers:
+            slow.append(f"{p.path} {repeat_ms:.0f} ms on repeat")
+    return (UNKNOWN if slow else PASS,
+            ("still slow when asked again, not cached: " + "; ".join(slow)) if slow
+            else f"every GET answered a repeat in under {max(a.slow_ms, 8 * floor):.0f} ms "
+            f"(a 404 takes {floor:.1f} ms here)")
+
+
+@_item("blocking", "No blocking calls in async def routes", "01 · workers, async and blocking")
+async def _check_blocking(a: _Audit) -> Verdict:
+    """No `async def` route stalls the event loop for most of its request (the database made `db_latency_ms` away)."""
+    blocked, lags = [], []
+    for p in a.ok:
+        endpoint = getattr(p.route, "endpoint", None)
+        if not inspect.iscoroutinefunction(endpoint):
+            continue
+        assert a.client is not None
+        measured = []
+        for _ in range(3):  # the least of three: one pause of a busy machine is not a blocking route
+            if a.engine is not None:
+                with simulated_latency(a.engine, a.db_latency_ms):
+                    measured.append(await _loop_lag(a.client, p.path))
+            else:
+                measured.append(await _loop_lag(a.client, p.path))
+        lag = min(m[0] for m in measured)
+        total = min(m[1] for m in measured)
+        lags.append(lag)
+        if lag >= 10 and lag >= 0.5 * total:
+            blocked.append(f"{p.path} (async def) stalled the event loop {lag:.0f} ms of a {total:.0f} ms request")
+    return (FAIL if blocked else PASS,
+            "; ".join(blocked) if blocked else
+            (f"longest event-loop stall {max(lags):.1f} ms" if lags else "no async def GET routes probed")
+            + (f" (each SQL statement made {a.db_latency_ms:g} ms slow)" if a.engine is not None else ""))
+
+
+@_item("health", "{health_path} says whether the app can serve", "06 · structure and /health")
+async def _check_health(a: _Audit) -> Verdict:
+    """The health path answers 200, and not 2xx once the database is unreachable."""
+    health = await a.send(a.health_path)
+    if health.status != 200:
+        return FAIL, f"GET {a.health_path} → {health.status}"
+    if a.engine is None:
+        return UNKNOWN, f"GET {a.health_path} → 200; no engine to take down"
+    with _database_down(a.engine):
+        a.engine.dispose()  # pooled connections must not hide the outage
+        down = await a.send(a.health_path)
+    healthy = 200 <= down.status < 300
+    return (FAIL if healthy else PASS,
+            f"GET {a.health_path} → 200; with the database down → {down.status}"
+            + (" (claims healthy while the database is down)" if healthy else ""))
+
+
+@_item("indexes", "Filtered queries use an index", "05 · indexes", while_probing=False)
+async def _check_indexes(a: _Audit) -> Verdict:
+    """No SELECT … WHERE seen while probing reads a large table (or a whole index of it) from end to end."""
+    dialect = a.engine.dialect.name if a.engine is not None else None
+    if a.engine is None or dialect not in EXPLAIN_PREFIX:
+        return (UNKNOWN, "no SQLAlchemy engine to EXPLAIN with" if a.engine is None else
+                f"reads the query plans of SQLite and PostgreSQL only, not {dialect}")
+    scans, sizes = _full_scans(a.engine, a.rec.statements, a.min_scan_rows)
+    return (FAIL if scans else PASS,
+            "; ".join(f"{how} ({sizes[t]:,} rows) for: {q}" for t, (how, q) in scans.items()) if scans else
+            f"no WHERE query scanned a table of {a.min_scan_rows:,}+ rows ({len(a.rec.statements)} statements seen, "
+            f"{dialect} plans)")
+
+
+@_item("middleware", "No BaseHTTPMiddleware on the hot path", "08 · logging middleware", while_probing=False)
+async def _check_middleware(a: _Audit) -> Verdict:
+    """No middleware is a BaseHTTPMiddleware (`@app.middleware("http")`), which wraps every request."""
+    base_http = [getattr(m.kwargs.get("dispatch"), "__name__", None) or m.cls.__name__
+                 for m in getattr(a.app, "user_middleware", [])
+                 if isinstance(m.cls, type) and issubclass(m.cls, BaseHTTPMiddleware)]
+    return (FAIL if base_http else PASS,
+            ("BaseHTTPMiddleware (@app.middleware('http')) wraps every request: " + ", ".join(base_http)) if base_http
+            else f"{len(getattr(a.app, 'user_middleware', []))} middleware, none BaseHTTPMiddleware")
+
+
+@_item("gzip", "Responses over {large} are compressed", "04 · pagination and GZip", while_probing=False)
+async def _check_gzip(a: _Audit) -> Verdict:
+    """Every 200 response of `large_response` bytes or more was compressed for a client accepting gzip."""
+    large = [p for p in a.seen if p.size >= a.large_response and p.status == 200]
+    plain = [p for p in large if p.encoding not in ("gzip", "br", "zstd", "deflate")]
+    return (FAIL if plain else PASS,
+            "; ".join(f"{p.path} sent {_kb(p.size)} uncompressed to a client accepting gzip" for p in plain[:3])
+            if plain else (f"{len(large)} large responses, all compressed" if large
+                           else f"no response over {_kb(a.large_response)}"))
+
+
+@_item("timeouts", "Outbound HTTP calls have a timeout", "01 · workers: timeouts", while_probing=False)
+async def _check_timeouts(a: _Audit) -> Verdict:
+    """Every outbound httpx request the app sent while probed carried a timeout on each phase."""
+    no_timeout = sorted({url for url, t in a.rec.timeouts if not t or any(v is None for v in t.values())})
+    return (FAIL if no_timeout else PASS,
+            ("httpx request without a timeout: " + ", ".join(no_timeout)) if no_timeout else
+            (f"{len(a.rec.timeouts)} outbound httpx requests, all with timeouts" if a.rec.timeouts
+             else "no outbound httpx request seen while probing"))
+
+
+@_item("secrets", "Secrets stay out of responses and logs", "07 · settings", while_probing=False)
+async def _check_secrets(a: _Audit) -> Verdict:
+    """No secret value appears in a response body, a response header or a log record."""
+    leaks = []
+    for value in a.secret_values:
+        where = [p.path for p in a.seen if value in json.dumps(p.body) or value in str(p.headers)]
+        in_logs = sum(value in line for line in a.rec.logs)
+        if where:
+            leaks.append(f"a secret appears in the response of {', '.join(where[:3])}")
+        if in_logs:
+            leaks.append(f"a secret appears in {in_logs} log record(s)")
+    return (FAIL if leaks else (PASS if a.secret_values else UNKNOWN),
+            "; ".join(leaks) if leaks else (f"{len(a.secret_values)} secret value(s) searched in {len(a.seen)} responses "
+                                            f"and {len(a.rec.logs)} log records: not found" if a.secret_values
+                                            else "no SecretStr found (pass secrets=… or set app.state.settings)"))
+
+
 async def audit(
     app: Any,
     engine: Any = None,
@@ -324,233 +566,50 @@ async def audit(
         raise TypeError(f"engine must be a SQLAlchemy Engine, got {type(engine).__name__}")
     started = time.perf_counter()
     report = AuditReport()
-    add = lambda *a: report.checks.append(Check(*a))  # noqa: E731
+    run = _Audit(app, engine, _secret_values(app, secrets), huge_limit, max_page, large_response, min_scan_rows,
+                 slow_ms, db_latency_ms, health_path)
+    names = {"health_path": health_path, "large": _kb(large_response)}
+
+    async def judge(item: AuditItem) -> None:
+        status, evidence = await item.check(run)
+        report.checks.append(Check(item.key, item.title.format(**names), status, evidence, item.lesson))
+
     paths = _probe_paths(app, probes)
-    secret_values = _secret_values(app, secrets)
+    with _recording(engine) as run.rec:
+        async with app_client(app, base_url=f"http://{AUDIT_HOST}") as run.client:
+            run.seen = [await run.send(p) for p in paths]
+            run.ok = [p for p in run.seen if p.status == 200]
+            run.lists = [p for p in run.ok if _items(p.body) is not None and p.path != health_path]
+            for item in AUDIT_ITEMS:
+                if item.while_probing:
+                    await judge(item)
+        run.client = None
+    for item in AUDIT_ITEMS:
+        if not item.while_probing:
+            await judge(item)
 
-    with _recording(engine) as rec:
-        async with app_client(app, base_url=f"http://{AUDIT_HOST}") as client:
-            seen = [await _send(client, app, p, rec) for p in paths]
-            ok = [p for p in seen if p.status == 200]
-            lists = [p for p in ok if _items(p.body) is not None and p.path != health_path]
-
-            # 1. pagination cap
-            problems, notes = [], []
-            for p in lists:
-                name = _limit_param(p.route)
-                items = _items(p.body) or []
-                if name is None:
-                    if len(items) > max_page:
-                        problems.append(f"{p.path}: no limit parameter, {len(items)} items, {_kb(p.size)}")
-                    continue
-                over = await _send(client, app, _with_query(p.path, **{name: max_page + 1}), rec)
-                seen.append(over)
-                n = len(_items(over.body) or [])
-                if over.status < 400 and n > max_page:  # no cap: asking for more would only cost more
-                    problems.append(f"{p.path}?{name}={max_page + 1} → {over.status} with {n} items, {_kb(over.size)}")
-                    continue
-                huge = await _send(client, app, _with_query(p.path, **{name: huge_limit}), rec)
-                seen.append(huge)
-                n = len(_items(huge.body) or [])
-                if huge.status < 400 and n > max_page:
-                    problems.append(f"{p.path}?{name}={huge_limit} → {huge.status} with {n} items, {_kb(huge.size)}")
-                else:
-                    notes.append(f"{p.path}?{name}={huge_limit} → {huge.status}"
-                                 + (f" ({n} items)" if huge.status < 400 else ""))
-            if problems:
-                add("pagination", "List endpoints cap their page size", FAIL, "; ".join(problems), "04 · pagination")
-            elif notes:
-                add("pagination", "List endpoints cap their page size", PASS, "; ".join(notes), "04 · pagination")
-            else:
-                add("pagination", "List endpoints cap their page size", PASS if not lists else UNKNOWN,
-                    "no list endpoints found" if not lists else "list endpoints return few items at this size; "
-                    "none has a limit parameter to probe", "04 · pagination")
-
-            # 2. N+1: queries per request grow with the number of items returned
-            if engine is None:
-                add("n_plus_one", "No N+1 queries", UNKNOWN, "no SQLAlchemy engine given or on app.state.engine",
-                    "02 · N+1 queries")
-            else:
-                grows, flat = [], []
-                for p in lists:
-                    name = _limit_param(p.route)
-                    if name is None:
-                        n = len(_items(p.body) or [])
-                        (grows if n >= 5 and p.queries >= n else flat).append(f"{p.path}: {n} items, {p.queries} queries")
-                        continue
-                    small = await _send(client, app, _with_query(p.path, **{name: 5}), rec)
-                    big = await _send(client, app, _with_query(p.path, **{name: 20}), rec)
-                    n_small, n_big = len(_items(small.body) or []), len(_items(big.body) or [])
-                    line = f"{p.path} {name}=5 → {small.queries} queries, {name}=20 → {big.queries}"
-                    if n_big > n_small and big.queries - small.queries >= (n_big - n_small) / 2:
-                        grows.append(line)
-                    else:
-                        flat.append(line)
-                add("n_plus_one", "No N+1 queries", FAIL if grows else PASS,
-                    "; ".join(grows or flat) or "no list endpoints to probe", "02 · N+1 queries")
-
-            # 3. the caching hint: a slow GET that stays slow when repeated
-            slow = []
-            floor = sorted([(await _send(client, app, "/__audit_baseline__", rec)).seconds for _ in range(3)])[1] * 1000
-            for p in ok:
-                if p.path == health_path:
-                    continue
-                again = [await _send(client, app, p.path, rec) for _ in range(2)]
-                repeat_ms = min(a.seconds for a in again) * 1000
-                # slow in absolute terms *and* next to a request that does nothing (a 404), measured alongside
-                if repeat_ms >= max(slow_ms, 8 * floor) and "cache-control" not in again[-1].headers:
-                    slow.append(f"{p.path} {repeat_ms:.0f} ms on repeat")
-            add("cache", "Slow, repeatable GETs are cached (hint)", UNKNOWN if slow else PASS,
-                ("still slow when asked again, not cached: " + "; ".join(slow)) if slow
-                else f"every GET answered a repeat in under {max(slow_ms, 8 * floor):.0f} ms "
-                f"(a 404 takes {floor:.1f} ms here)", "03 · caching")
-
-            # 4. blocking calls in async routes: event-loop lag while the route runs (database made 2 ms away)
-            blocked, lags = [], []
-            for p in ok:
-                endpoint = getattr(p.route, "endpoint", None)
-                if not inspect.iscoroutinefunction(endpoint):
-                    continue
-                measured = []
-                for _ in range(3):  # the least of three: one pause of a busy machine is not a blocking route
-                    if engine is not None:
-                        with simulated_latency(engine, db_latency_ms):
-                            measured.append(await _loop_lag(client, p.path))
-                    else:
-                        measured.append(await _loop_lag(client, p.path))
-                lag = min(m[0] for m in measured)
-                total = min(m[1] for m in measured)
-                lags.append(lag)
-                if lag >= 10 and lag >= 0.5 * total:
-                    blocked.append(f"{p.path} (async def) stalled the event loop {lag:.0f} ms of a {total:.0f} ms request")
-            add("blocking", "No blocking calls in async def routes", FAIL if blocked else PASS,
-                "; ".join(blocked) if blocked else
-                (f"longest event-loop stall {max(lags):.1f} ms" if lags else "no async def GET routes probed")
-                + (f" (each SQL statement made {db_latency_ms:g} ms slow)" if engine is not None else ""),
-                "01 · workers, async and blocking")
-
-            # 5. health
-            health = await _send(client, app, health_path, rec)
-            if health.status != 200:
-                add("health", f"{health_path} says whether the app can serve", FAIL,
-                    f"GET {health_path} → {health.status}", "06 · structure and /health")
-            elif engine is None:
-                add("health", f"{health_path} says whether the app can serve", UNKNOWN,
-                    f"GET {health_path} → 200; no engine to take down", "06 · structure and /health")
-            else:
-                with _database_down(engine):
-                    engine.dispose()  # pooled connections must not hide the outage
-                    down = await _send(client, app, health_path, rec)
-                healthy = 200 <= down.status < 300
-                add("health", f"{health_path} says whether the app can serve", FAIL if healthy else PASS,
-                    f"GET {health_path} → 200; with the database down → {down.status}"
-                    + (" (claims healthy while the database is down)" if healthy else ""), "06 · structure and /health")
-
-    # 6. indexes: statements with a WHERE whose plan scans a large table
-    dialect = engine.dialect.name if engine is not None else None
-    if engine is None or dialect not in _EXPLAIN:
-        add("indexes", "Filtered queries use an index", UNKNOWN,
-            "no SQLAlchemy engine to EXPLAIN with" if engine is None else
-            f"reads the query plans of SQLite and PostgreSQL only, not {dialect}", "05 · indexes")
-    else:
-        scans, sizes = _full_scans(engine, rec.statements, min_scan_rows)
-        word = "SCAN" if dialect == "sqlite" else "Seq Scan on"
-        add("indexes", "Filtered queries use an index", FAIL if scans else PASS,
-            "; ".join(f"{word} {t} ({sizes[t]:,} rows) for: {q}" for t, q in scans.items()) if scans else
-            f"no WHERE query scanned a table of {min_scan_rows:,}+ rows ({len(rec.statements)} statements seen, "
-            f"{dialect} plans)", "05 · indexes")
-
-    # 7. middleware: BaseHTTPMiddleware on every request
-    base_http = [getattr(m.kwargs.get("dispatch"), "__name__", None) or m.cls.__name__
-                 for m in getattr(app, "user_middleware", [])
-                 if isinstance(m.cls, type) and issubclass(m.cls, BaseHTTPMiddleware)]
-    add("middleware", "No BaseHTTPMiddleware on the hot path", FAIL if base_http else PASS,
-        ("BaseHTTPMiddleware (@app.middleware('http')) wraps every request: " + ", ".join(base_http)) if base_http
-        else f"{len(getattr(app, 'user_middleware', []))} middleware, none BaseHTTPMiddleware", "08 · logging middleware")
-
-    # 8. GZip for large responses
-    large = [p for p in seen if p.size >= large_response and p.status == 200]
-    plain = [p for p in large if p.encoding not in ("gzip", "br", "zstd", "deflate")]
-    add("gzip", f"Responses over {_kb(large_response)} are compressed", FAIL if plain else PASS,
-        "; ".join(f"{p.path} sent {_kb(p.size)} uncompressed to a client accepting gzip" for p in plain[:3]) if plain
-        else (f"{len(large)} large responses, all compressed" if large else f"no response over {_kb(large_response)}"),
-        "04 · pagination and GZip")
-
-    # 9. outbound timeouts
-    no_timeout = sorted({url for url, t in rec.timeouts if not t or any(v is None for v in t.values())})
-    add("timeouts", "Outbound HTTP calls have a timeout", FAIL if no_timeout else PASS,
-        ("httpx request without a timeout: " + ", ".join(no_timeout)) if no_timeout else
-        (f"{len(rec.timeouts)} outbound httpx requests, all with timeouts" if rec.timeouts
-         else "no outbound httpx request seen while probing"), "01 · workers: timeouts")
-
-    # 10. secrets in responses or logs
-    leaks = []
-    for value in secret_values:
-        where = [p.path for p in seen if value in json.dumps(p.body) or value in str(p.headers)]
-        in_logs = sum(value in line for line in rec.logs)
-        if where:
-            leaks.append(f"a secret appears in the response of {', '.join(where[:3])}")
-        if in_logs:
-            leaks.append(f"a secret appears in {in_logs} log record(s)")
-    add("secrets", "Secrets stay out of responses and logs",
-        FAIL if leaks else (PASS if secret_values else UNKNOWN),
-        "; ".join(leaks) if leaks else (f"{len(secret_values)} secret value(s) searched in {len(seen)} responses "
-                                        f"and {len(rec.logs)} log records: not found" if secret_values
-                                        else "no SecretStr found (pass secrets=… or set app.state.settings)"),
-        "07 · settings")
-
-    order = ["pagination", "n_plus_one", "indexes", "blocking", "middleware", "gzip", "health", "timeouts",
-             "cache", "secrets"]
-    report.checks.sort(key=lambda c: order.index(c.key))
+    report.checks.sort(key=lambda c: REPORT_ORDER.index(c.key))
     report.seconds = time.perf_counter() - started
     return report
 
 
 def sqlite_scanned_tables(plan: Sequence[Sequence[Any]]) -> list[str]:
-    """Tables a SQLite `EXPLAIN QUERY PLAN` reads in full: rows whose detail is exactly `SCAN <table>`."""
-    tables = []
-    for row in plan:
-        words = str(row[-1]).split()
-        if len(words) == 2 and words[0] == "SCAN":
-            tables.append(words[1])
-    return tables
+    """Tables a SQLite `EXPLAIN QUERY PLAN` reads in full (`course_lib.plans`: a covering-index SCAN is one too)."""
+    return parse_sqlite_plan(plan).scanned_tables
 
 
 def postgres_scanned_tables(plan: Any) -> list[str]:
-    """Tables a PostgreSQL `EXPLAIN (FORMAT JSON)` plan reads in full: every `Seq Scan` node's relation."""
-    if isinstance(plan, str):
-        plan = json.loads(plan)
-    tables: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                walk(item)
-        elif isinstance(node, dict):
-            if node.get("Node Type") == "Seq Scan" and node.get("Relation Name"):
-                tables.append(str(node["Relation Name"]))
-            walk(node.get("Plan"))
-            walk(node.get("Plans"))
-
-    walk(plan)
-    return tables
-
-
-def _explain(conn: Any, dialect: str, sql: str, params: Any) -> list[str]:
-    """The tables the database's plan for `sql` scans in full."""
-    if dialect == "sqlite":
-        return sqlite_scanned_tables(conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all())
-    return postgres_scanned_tables(conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one())
-
-
-_EXPLAIN = ("sqlite", "postgresql")
+    """Tables a PostgreSQL `EXPLAIN (FORMAT JSON)` plan reads in full (`course_lib.plans`: a Seq Scan, or an index
+    scan without an index condition)."""
+    return parse_postgresql_plan(plan).scanned_tables
 
 
 def _full_scans(engine: Engine, statements: Sequence[tuple[str, Any]],
-                min_rows: int) -> tuple[dict[str, str], dict[str, int]]:
-    """Explain each distinct SELECT … WHERE seen; return {large table scanned in full: the statement} and table sizes."""
+                min_rows: int) -> tuple[dict[str, tuple[str, str]], dict[str, int]]:
+    """Explain each distinct SELECT … WHERE seen; return {large table read in full: (the plan step, the statement)}
+    and table sizes."""
     dialect = engine.dialect.name
-    scans: dict[str, str] = {}
+    scans: dict[str, tuple[str, str]] = {}
     sizes: dict[str, int] = {}
     # AUTOCOMMIT: on PostgreSQL a failed EXPLAIN must not abort the transaction the next ones run in
     options = {"isolation_level": "AUTOCOMMIT"} if dialect == "postgresql" else {}
@@ -559,17 +618,18 @@ def _full_scans(engine: Engine, statements: Sequence[tuple[str, Any]],
             if not re.search(r"\bWHERE\b", sql, re.IGNORECASE) or not sql.lstrip().upper().startswith("SELECT"):
                 continue
             try:
-                tables = _explain(conn, dialect, sql, _unhashable(params))
+                steps = explain_driver_sql(conn, sql, _unhashable(params)).full_scans
             except Exception:  # noqa: BLE001 - a statement we cannot explain is skipped
                 continue
-            for table in tables:
+            for step in steps:
+                table = step.table or ""
                 if table not in sizes:
                     try:
                         sizes[table] = conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar_one()
                     except Exception:  # noqa: BLE001 - an alias or a subquery, not a table
                         sizes[table] = 0
                 if sizes[table] >= min_rows:
-                    scans.setdefault(table, " ".join(sql.split())[:90])
+                    scans.setdefault(table, (step.headline, " ".join(sql.split())[:90]))
     return scans, sizes
 
 

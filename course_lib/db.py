@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,6 +27,8 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from .settings import course_settings
+
+OrmSession = Session  # inside DemoDB, `Session` names its sessionmaker field
 
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "copy_database",
     "temp_folder",
     "insert_in_batches",
+    "bulk_load",
+    "reset_id_sequences",
     "dialect",
     "thread_safe_connect_args",
 ]
@@ -221,7 +225,8 @@ def temp_folder(kind: str = "db") -> Path:
 
 def _new_sqlite_file() -> tuple[Engine, Path]:
     path = temp_folder() / "demo.sqlite3"
-    return create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False}), path
+    url = f"sqlite:///{path}"
+    return create_engine(url, connect_args=thread_safe_connect_args(url)), path
 
 
 def copy_database(source: Engine) -> tuple[Engine, Path | None]:
@@ -273,7 +278,7 @@ class DemoDB:
     """A fresh demo database: its engine, a session factory and the number of rows of each table."""
 
     engine: Engine
-    Session: sessionmaker[Session]
+    Session: sessionmaker[OrmSession]  # the lessons' `db.Session()`; OrmSession is SQLAlchemy's Session class
     path: Path | None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -282,14 +287,14 @@ class DemoDB:
         """The database URL (a file a server subprocess can open too)."""
         return self.engine.url.render_as_string(hide_password=False)
 
-    def session(self) -> Session:
+    def session(self) -> OrmSession:
         """Open a new ORM session (use it in a `with` block)."""
         return self.Session()
 
-    def dependency(self) -> Callable[[], Iterator[Session]]:
+    def dependency(self) -> Callable[[], Iterator[OrmSession]]:
         """A FastAPI `yield` dependency that opens one session per request and closes it after."""
 
-        def get_db() -> Iterator[Session]:
+        def get_db() -> Iterator[OrmSession]:
             with self.Session() as session:
                 yield session
 
@@ -329,7 +334,7 @@ def _sentence(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize()
 
 
-def insert_in_batches(engine: Engine, table: Any, rows: Iterator[dict[str, Any]], batch: int = 20_000) -> int:
+def insert_in_batches(engine: Engine, table: Any, rows: Iterable[dict[str, Any]], batch: int = 20_000) -> int:
     """Insert rows (dicts) into a table in one transaction, `batch` rows per executemany; returns the count."""
     total = 0
     chunk: list[dict[str, Any]] = []
@@ -346,6 +351,53 @@ def insert_in_batches(engine: Engine, table: Any, rows: Iterator[dict[str, Any]]
     return total
 
 
+def _copy_rows(engine: Engine, table: Any, rows: Iterable[dict[str, Any]]) -> int:
+    """Stream rows (dicts) into a PostgreSQL table with `COPY … FROM STDIN` (psycopg 3's `cursor.copy`)."""
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return 0
+    columns = list(first)
+    total = 0
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection  # the psycopg.Connection under SQLAlchemy's pool
+        names = ", ".join(f'"{c}"' for c in columns)
+        with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:  # type: ignore[union-attr]
+            for row in itertools.chain([first], rows):
+                copy.write_row(tuple(row[c] for c in columns))
+                total += 1
+    return total
+
+
+def reset_id_sequences(engine: Engine, *tables: str) -> None:
+    """PostgreSQL: move each table's `id` sequence past the largest id (rows were written with explicit ids, so the
+    next INSERT without one must not collide); other databases need nothing (SQLite takes max(rowid) + 1)."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.begin() as conn:
+        for table in tables:
+            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                              f"coalesce(max(id), 0) + 1, false) FROM {table}"))
+
+
+def bulk_load(engine: Engine, table: Any, rows: Iterable[dict[str, Any]], *, batch: int = 20_000,
+              analyze: bool = False) -> int:
+    """Load rows (dicts with explicit ids) fast and leave the table ready to use; returns the count.
+
+    PostgreSQL with psycopg: COPY; elsewhere executemany batches of `batch` rows. Then, on PostgreSQL, the id
+    sequence moves past the loaded ids and, when `analyze`, ANALYZE refreshes the planner's statistics."""
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        total = _copy_rows(engine, table, rows)
+    else:
+        total = insert_in_batches(engine, table, rows, batch)
+    if engine.dialect.name == "postgresql":
+        reset_id_sequences(engine, table.name)
+        if analyze:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql(f'ANALYZE "{table.name}"')
+    return total
+
+
 def make_demo_db(
     users: int = 100,
     posts_per_user: int = 10,
@@ -359,7 +411,7 @@ def make_demo_db(
     engine, path = fresh_engine()
     Base.metadata.create_all(engine)
     rng = random.Random(seed)
-    counts = {"users": insert_in_batches(engine, User.__table__, iter(_user_rows(users, rng)))}
+    counts = {"users": bulk_load(engine, User.__table__, _user_rows(users, rng))}
 
     def posts() -> Iterator[dict[str, Any]]:
         post_id = 0
@@ -375,7 +427,7 @@ def make_demo_db(
                     "created_at": _EPOCH + timedelta(minutes=post_id * 7 % 100_003),
                 }
 
-    counts["posts"] = insert_in_batches(engine, Post.__table__, posts())
+    counts["posts"] = bulk_load(engine, Post.__table__, posts())
 
     def comments() -> Iterator[dict[str, Any]]:
         comment_id = 0
@@ -389,12 +441,7 @@ def make_demo_db(
                     "body": _sentence(rng, 8),
                 }
 
-    counts["comments"] = insert_in_batches(engine, Comment.__table__, comments())
-    if engine.dialect.name == "postgresql":  # rows were inserted with explicit ids: move the sequences on
-        with engine.begin() as conn:
-            for table in ("users", "posts", "comments"):
-                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                                  f"coalesce(max(id), 0) + 1, false) FROM {table}"))
+    counts["comments"] = bulk_load(engine, Comment.__table__, comments())
     return DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=path, counts=counts)
 
 

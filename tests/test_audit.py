@@ -136,7 +136,8 @@ PG_PLAN_SCAN = [{"Plan": {"Node Type": "Limit", "Plans": [
     {"Node Type": "Seq Scan", "Parent Relationship": "Outer", "Relation Name": "users", "Alias": "users",
      "Filter": "((email)::text = 'x'::text)"}]}}]
 PG_PLAN_INDEXED = [{"Plan": {"Node Type": "Limit", "Plans": [
-    {"Node Type": "Index Scan", "Relation Name": "users", "Index Name": "ix_users_email"}]}}]
+    {"Node Type": "Index Scan", "Relation Name": "users", "Index Name": "ix_users_email",
+     "Index Cond": "((email)::text = 'x'::text)"}]}}]
 PG_PLAN_BITMAP_AND_JOIN = [{"Plan": {"Node Type": "Hash Join", "Plans": [
     {"Node Type": "Seq Scan", "Relation Name": "authors"},
     {"Node Type": "Hash", "Plans": [{"Node Type": "Bitmap Heap Scan", "Relation Name": "books", "Plans": [
@@ -153,6 +154,10 @@ def test_plan_parsing_of_both_dialects_on_canned_plans() -> None:
     assert postgres_scanned_tables(PG_PLAN_INDEXED) == []
     assert postgres_scanned_tables(PG_PLAN_BITMAP_AND_JOIN) == ["authors"]  # nested nodes are walked
     assert postgres_scanned_tables([]) == [] and postgres_scanned_tables(None) == []
+    # one reader for the course (course_lib.plans): walking every entry of an index is a full scan too
+    assert sqlite_scanned_tables([(2, 0, 0, "SCAN users USING COVERING INDEX ix_users_email")]) == ["users"]
+    assert postgres_scanned_tables([{"Plan": {"Node Type": "Index Only Scan", "Relation Name": "users",
+                                              "Index Name": "ix_users_email"}}]) == ["users"]
 
 
 @pytest.mark.skipif(dialect() != "postgresql", reason="live PostgreSQL plans need DATABASE_URL")

@@ -22,17 +22,18 @@ from typing import Annotated, Any
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import DateTime, Index, MetaData, String, event, func, insert, select, tuple_
+from sqlalchemy import DateTime, Index, MetaData, String, event, func, select, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from starlette.middleware.gzip import GZipMiddleware
 
 from ..bench_rows import BenchRow
 from ..client import app_client
-from ..db import DemoDB, dialect, fresh_engine
+from ..db import DemoDB, bulk_load, dialect, fresh_engine
 from ..grading import Checking, Fail, LearnerCodeError, _learner_frames, exercise
+from ..plans import explain_driver_sql, postgresql_nodes
 from ..queries import StatementLog, observe_statements
-from ..timing import Comparison, compare, compare_sync
+from ..timing import Comparison, compare, compare_sync, median_ms
 
 
 __all__ = [
@@ -82,43 +83,16 @@ def _item_row(i: int) -> dict[str, Any]:
     }
 
 
+ANALYZE_AFTER = 5_000  # rows: a bulk load this large refreshes PostgreSQL's planner statistics (ANALYZE)
+
+
 def _insert_items(engine: Any, first: int, last: int, batch: int = 50_000) -> None:
-    """Insert items `first..last`: COPY on PostgreSQL (psycopg 3), executemany batches of Core inserts elsewhere."""
+    """Insert items `first..last` with the course's bulk loader (`course_lib.db.bulk_load`): COPY on PostgreSQL
+    (psycopg 3), executemany batches elsewhere; the id sequence moved on, ANALYZE after a large load."""
     if last < first:
         return
-    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
-        _copy_items(engine, first, last)
-    else:
-        with engine.begin() as conn:
-            for start in range(first, last + 1, batch):
-                conn.execute(insert(Item.__table__),
-                             [_item_row(i) for i in range(start, min(last, start + batch - 1) + 1)])
-    if engine.dialect.name == "postgresql":
-        _after_bulk_load(engine, analyze=last - first + 1 >= ANALYZE_AFTER)
-
-
-ANALYZE_AFTER = 5_000  # rows: a bulk load this large refreshes PostgreSQL's planner statistics (ANALYZE)
-ITEM_COLUMNS = ("id", "title", "category", "price_cents", "created_at")
-
-
-def _copy_items(engine: Any, first: int, last: int) -> None:
-    """Stream items `first..last` into PostgreSQL with `COPY items FROM STDIN` (psycopg 3's `cursor.copy`)."""
-    with engine.begin() as conn:
-        raw = conn.connection.driver_connection  # the psycopg.Connection under SQLAlchemy's pool
-        with raw.cursor() as cursor, cursor.copy(f"COPY items ({', '.join(ITEM_COLUMNS)}) FROM STDIN") as copy:
-            for i in range(first, last + 1):
-                row = _item_row(i)
-                copy.write_row(tuple(row[column] for column in ITEM_COLUMNS))
-
-
-def _after_bulk_load(engine: Any, analyze: bool) -> None:
-    """PostgreSQL: move the id sequence past the explicit ids; after a large load, ANALYZE for the planner."""
-    with engine.begin() as conn:
-        conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('items', 'id'), "
-                             "coalesce(max(id), 0) + 1, false) FROM items")
-    if analyze:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("ANALYZE items")
+    bulk_load(engine, Item.__table__, (_item_row(i) for i in range(first, last + 1)), batch=batch,
+              analyze=last - first + 1 >= ANALYZE_AFTER)
 
 
 def make_items_db(rows: int = 10_000) -> DemoDB:
@@ -502,16 +476,8 @@ def _driver(db: DemoDB) -> str:
 
 def sort_method(document: Any) -> str | None:
     """The first "Sort Method" in a PostgreSQL `EXPLAIN (ANALYZE, FORMAT JSON)` document (e.g. "top-N heapsort")."""
-    stack = [document]
-    while stack:
-        node = stack.pop(0)
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if isinstance(node.get("Sort Method"), str):
-                return node["Sort Method"]
-            stack.extend(value for key, value in node.items() if key in ("Plan", "Plans"))
-    return None
+    return next((node["Sort Method"] for node in postgresql_nodes(document)
+                 if isinstance(node.get("Sort Method"), str)), None)
 
 
 def explain_page(db: DemoDB, order_by: Sequence[Any], offset: int, limit: int = 12) -> str:
@@ -524,7 +490,7 @@ def explain_page(db: DemoDB, order_by: Sequence[Any], offset: int, limit: int = 
             method = sort_method(document)
             return f"Sort Method: {method}" if method else "no sort (an index gave the order)"
         if db.engine.dialect.name == "sqlite":
-            return "; ".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            return "; ".join(step.detail for step in explain_driver_sql(conn, sql).steps)
     raise NotImplementedError(f"explain_page knows SQLite and PostgreSQL, not {db.engine.dialect.name}")
 
 
@@ -544,16 +510,11 @@ def _rows_examined(engine: Any, sql: str, parameters: Any) -> int:
         return 0
     finally:
         raw.close()
-    total, stack = 0, [document]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if "Scan" in str(node.get("Node Type", "")) and node.get("Node Type") != "Bitmap Index Scan":
-                loops = int(node.get("Actual Loops", 1) or 1)
-                total += int(node.get("Actual Rows", 0)) * loops + int(node.get("Rows Removed by Filter", 0))
-            stack.extend(value for key, value in node.items() if key in ("Plan", "Plans"))
+    total = 0
+    for node in postgresql_nodes(document):
+        if "Scan" in str(node.get("Node Type", "")) and node.get("Node Type") != "Bitmap Index Scan":
+            loops = int(node.get("Actual Loops", 1) or 1)
+            total += int(node.get("Actual Rows", 0)) * loops + int(node.get("Rows Removed by Filter", 0))
     return total
 
 
@@ -1177,11 +1138,6 @@ def bench() -> list[BenchRow]:
     """Headline figures, each row naming its database: table build time, OFFSET over ties, unbounded vs page
     (latency, bytes), gzip bytes ratio, OFFSET vs keyset at depth."""
     return asyncio.run(_bench_rows())
-
-
-def median_ms(samples: Sequence[float]) -> float:
-    """Median of durations in seconds, in milliseconds."""
-    return statistics.median(samples) * 1000
 
 
 def gzip_cost(body: bytes, levels: Sequence[int] = (1, 6, 9), n: int = 7) -> dict[int, tuple[int, float]]:

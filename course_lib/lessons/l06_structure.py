@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from ..bench_rows import BenchRow
 from ..client import app_client
-from ..db import DemoDB, Post, User, make_demo_db
+from ..db import DemoDB, Post, User, make_demo_db, thread_safe_connect_args
 from ..grading import Checking, exercise
 from .blog_app.config import Settings
 from .blog_app.main import create_app
@@ -44,7 +44,7 @@ __all__ = [
 
 def make_tangled_app(database_url: str) -> FastAPI:
     """The 'before' app: engine made on the spot, SQL and sessions inside handlers, no /health, no seams."""
-    engine = create_engine(database_url, connect_args={"check_same_thread": False})
+    engine = create_engine(database_url, connect_args=thread_safe_connect_args(database_url))
     app = FastAPI(title="Tangled blog")
 
     @app.get("/users")

@@ -36,6 +36,7 @@ from ...db import thread_safe_connect_args
 from ...grading import Checking, Fail, _explain_exception, exercise
 from ...load import LoadResult, load_test
 from ...servers import Server, serve, usable_cores
+from ...timing import median_ms
 
 
 
@@ -75,7 +76,7 @@ class Burst:
     @property
     def median_ms(self) -> float:
         """Median latency of the burst's requests."""
-        return statistics.median(self.latencies_s) * 1000 if self.latencies_s else float("nan")
+        return median_ms(self.latencies_s) if self.latencies_s else float("nan")
 
     def __repr__(self) -> str:
         codes = ", ".join(f"{c}×{k}" for c, k in sorted(self.statuses.items()))
