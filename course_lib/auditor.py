@@ -197,7 +197,7 @@ def _secret_values(app: Any, secrets: Sequence[Any]) -> list[str]:
     values = [getattr(s, "get_secret_value", lambda s=s: s)() for s in secrets]
     settings = getattr(getattr(app, "state", None), "settings", None)
     for name in getattr(type(settings), "model_fields", {}) if settings is not None else {}:
-        value = getattr(settings, name, None)
+        value: Any = getattr(settings, name, None)
         if hasattr(value, "get_secret_value"):
             values.append(value.get_secret_value())
     return sorted({str(v) for v in values if v and len(str(v)) >= 6})
@@ -400,7 +400,8 @@ async def _check_n_plus_one(a: _Audit) -> Verdict:
     """The queries a list request runs do not grow with the number of items it returns."""
     if a.engine is None:
         return UNKNOWN, "no SQLAlchemy engine given or on app.state.engine"
-    grows, flat = [], []
+    grows: list[str] = []
+    flat: list[str] = []
     for p in a.lists:
         name = _limit_param(p.route)
         if name is None:

@@ -18,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import httpx
 
 from . import catalogue
+from .queries import StatementLog, count_queries
 
 __all__ = [
     "Result",
@@ -107,9 +110,51 @@ class Checking:
         """Keep a measured figure; it is shown with the result."""
         self.figures[name] = value
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> NoReturn:
         """Stop grading: the answer does not do what the exercise asks."""
         raise Fail(message)
+
+    async def request(self, client: Any, method: str, url: str, *, status: int | None = 200,
+                      **kwargs: Any) -> Any:
+        """Send one request to the answer's app (an httpx client); fail clearly, never with a traceback, when the
+        app raises or answers another status than `status` (None: any), saying what came back."""
+        label = request_label(method, url, kwargs.get("params"))
+        try:
+            response = await client.request(method, url, **kwargs)
+        except (Fail, LearnerCodeError):
+            raise
+        except Exception as error:  # the app raised (httpx's ASGITransport re-raises it): the learner's error
+            why = _NOT_DONE if _caused_by(error, NotImplementedError) else _explain_exception(error)
+            raise LearnerCodeError(f"{label}: {why}") from error
+        if status is not None and response.status_code != status:
+            raise Fail(f"{label} answered {response.status_code}, expected {status}. Body: {response.text[:200]}")
+        return response
+
+    def json_body(self, response: Any, label: str = "") -> Any:
+        """The parsed JSON body of `response`; fail clearly (what came back) when it is not JSON."""
+        try:
+            return response.json()
+        except ValueError:
+            label = label or request_label(response.request.method, str(response.request.url.raw_path, "ascii"))
+            raise Fail(f"{label} answered {response.status_code} but not JSON: {response.text[:200]!r}") from None
+
+    async def get_json(self, client: Any, url: str, *, status: int | None = 200, **kwargs: Any) -> Any:
+        """GET `url`, expecting `status` and a JSON body; return the parsed body."""
+        response = await self.request(client, "GET", url, status=status, **kwargs)
+        return self.json_body(response, request_label("GET", url, kwargs.get("params")))
+
+    async def counted(self, client: Any, queries: Any, method: str, url: str, *, status: int | None = 200,
+                      **kwargs: Any) -> tuple[Any, list[str]]:
+        """Send one request as `request` does; return (response, the SQL statements it caused). `queries` is an
+        engine (its statements, `count_queries`) or a `StatementLog` (every statement at the driver, whoever
+        opened the connection: `observe_statements`)."""
+        if isinstance(queries, StatementLog):
+            mark = queries.mark()
+            response = await self.request(client, method, url, status=status, **kwargs)
+            return response, queries.since(mark)
+        with count_queries(queries) as log:
+            response = await self.request(client, method, url, status=status, **kwargs)
+        return response, log.statements
 
     def expect(self, condition: bool, message: str) -> None:
         """Fail with `message` unless `condition` holds."""
@@ -140,6 +185,12 @@ class Checking:
             raise LearnerCodeError(_NOT_DONE) from error
         except Exception as error:  # learner code may raise anything
             raise LearnerCodeError(_explain_exception(error)) from error
+
+
+def request_label(method: str, url: str, params: Any = None) -> str:
+    """How a failure names a request: `GET /items?limit=5`."""
+    query = str(httpx.QueryParams(params)) if params else ""
+    return f"{method.upper()} {url}" + (f"?{query}" if query else "")
 
 
 def _describe(value: Any) -> str:

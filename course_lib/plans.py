@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ClauseElement, Executable
 
 from .db import DemoDB
 
@@ -293,8 +293,10 @@ def explain(bind: Any, statement: str | Executable, params: Mapping[str, Any] | 
         raise NotImplementedError(f"no query-plan parser for {dialect.name!r} yet (known: {', '.join(EXPLAINERS)})")
     if isinstance(statement, str):
         sql = statement
-    else:
+    elif isinstance(statement, ClauseElement):
         sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    else:
+        raise TypeError(f"explain needs a statement (`select(...)`) or SQL text, got {type(statement).__name__}")
     if isinstance(source, Connection):
         return explainer(source, sql, params)
     with source.connect() as conn:

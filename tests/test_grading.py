@@ -776,3 +776,141 @@ def test_a_timed_out_async_check_is_cancelled_and_its_cleanup_runs(synthetic):
     result = grade(synthetic("99.async-wait", checker), object(), timeout=0.5, record=False)
     assert "did not finish within 0.5 s" in result.message and "The check was stopped." in result.message
     assert cleaned.is_set() and time.monotonic() - started < 3
+
+
+# ---------- the graders' HTTP plumbing: Checking.request / get_json / json_body / counted (issue 13) ----------
+
+def _checking():
+    from course_lib.grading import Checking, Exercise
+
+    return Checking(Exercise("99.plumbing", "synthetic", "99_synthetic", "anything", ("look",), lambda a, c: None))
+
+
+def _plumbing_app(db):
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/users")
+    def users(limit: int = 3, session: Session = Depends(get_db)) -> list[dict]:
+        return [{"id": u.id, "posts": len(u.posts)} for u in session.scalars(select(User).order_by(User.id).limit(limit))]
+
+    @app.get("/text", response_class=PlainTextResponse)
+    def text() -> str:
+        return "plain words"
+
+    @app.get("/boom")
+    def boom() -> dict:
+        return {"ratio": 1 / 0}
+
+    @app.get("/todo")
+    def todo() -> dict:
+        raise NotImplementedError
+
+    return app
+
+
+def _plumb(db, steps):
+    """Run `steps(checking, client)` against the plumbing app; return what it returned or the exception it raised."""
+    import asyncio
+
+    from course_lib.client import app_client
+
+    async def go():
+        async with app_client(_plumbing_app(db)) as client:
+            return await steps(_checking(), client)
+
+    try:
+        return asyncio.run(go())
+    except Exception as error:  # noqa: BLE001 - the test inspects it
+        return error
+
+
+@pytest.fixture(scope="module")
+def plumbing_db():
+    from course_lib.db import make_demo_db
+
+    with make_demo_db(users=6, posts_per_user=2) as db:
+        yield db
+
+
+def test_checking_fail_never_returns_and_is_typed_so():
+    import typing
+
+    from course_lib.grading import Checking, Fail
+
+    assert typing.get_type_hints(Checking.fail)["return"] is typing.NoReturn
+    with pytest.raises(Fail, match="measured 3"):
+        _checking().fail("measured 3")
+
+
+def test_request_names_the_status_that_came_back(plumbing_db):
+    from course_lib.grading import Fail
+
+    error = _plumb(plumbing_db, lambda c, client: c.request(client, "GET", "/nowhere"))
+    assert isinstance(error, Fail) and str(error).startswith("GET /nowhere answered 404, expected 200. Body: {")
+    error = _plumb(plumbing_db, lambda c, client: c.request(client, "GET", "/users", status=422, params={"limit": 2}))
+    assert isinstance(error, Fail) and str(error).startswith("GET /users?limit=2 answered 200, expected 422"), error
+    response = _plumb(plumbing_db, lambda c, client: c.request(client, "GET", "/nowhere", status=None))
+    assert response.status_code == 404  # status=None: any status is fine, the caller looks
+
+
+def test_request_turns_an_app_error_into_the_learners_error_not_a_traceback(plumbing_db):
+    from course_lib.grading import LearnerCodeError
+
+    error = _plumb(plumbing_db, lambda c, client: c.request(client, "GET", "/boom"))
+    assert isinstance(error, LearnerCodeError), error
+    assert str(error).startswith("GET /boom: your code raised ZeroDivisionError: division by zero"), error
+    error = _plumb(plumbing_db, lambda c, client: c.request(client, "GET", "/todo"))
+    assert isinstance(error, LearnerCodeError) and "not answered yet" in str(error), error
+
+
+def test_get_json_refuses_a_body_that_is_not_json(plumbing_db):
+    from course_lib.grading import Fail
+
+    error = _plumb(plumbing_db, lambda c, client: c.get_json(client, "/text"))
+    assert isinstance(error, Fail) and str(error) == "GET /text answered 200 but not JSON: 'plain words'", error
+    body = _plumb(plumbing_db, lambda c, client: c.get_json(client, "/users", params={"limit": 2}))
+    assert body == [{"id": 1, "posts": 2}, {"id": 2, "posts": 2}]
+
+
+@pytest.mark.parametrize("limit", [2, 5])
+def test_counted_gives_the_statements_of_one_request_exactly(plumbing_db, limit):
+    """Lazy loading: 1 + one query per user, counted through the engine and through a driver-level observer alike."""
+    from course_lib.queries import observe_statements
+
+    async def by_engine(c, client):
+        response, statements = await c.counted(client, plumbing_db.engine, "GET", "/users", params={"limit": limit})
+        return len(statements), response.json()
+
+    async def by_observer(c, client):
+        with observe_statements(plumbing_db) as log:
+            await client.get("/users")  # statements before the mark are not this request's
+            _, statements = await c.counted(client, log, "GET", f"/users?limit={limit}")
+        return len(statements), None
+
+    assert _plumb(plumbing_db, by_engine)[0] == 1 + limit
+    assert _plumb(plumbing_db, by_observer)[0] == 1 + limit
+
+
+def test_a_grader_using_the_plumbing_reports_a_clear_message(synthetic, plumbing_db):
+    """Through grade(): the learner sees which request failed and why, never a traceback."""
+    from course_lib.client import app_client
+
+    async def checker(answer, checking):
+        async with app_client(checking.build_app(answer, plumbing_db)) as client:
+            await checking.get_json(client, "/users")
+            await checking.get_json(client, answer.path)
+        return "ok"
+
+    def make(path):
+        factory = lambda db: _plumbing_app(db)  # noqa: E731
+        factory.path = path
+        return factory
+
+    exercise_id = synthetic("99.plumbing", checker)
+    assert grade(exercise_id, make("/users"), record=False).passed
+    assert grade(exercise_id, make("/text"), record=False).message == "GET /text answered 200 but not JSON: 'plain words'"
+    message = grade(exercise_id, make("/boom"), record=False).message
+    assert message.startswith("GET /boom: your code raised ZeroDivisionError"), message

@@ -408,18 +408,8 @@ def size_prose(sizes: Sequence[int], series: dict[str, list[float]], trip_ms: fl
 
 async def _get(checking: Checking, client: Any, path: str, log: StatementLog) -> tuple[Any, list[str]]:
     """GET `path`; return (JSON body, statements that reached the database meanwhile); fail clearly on errors."""
-    mark = log.mark()
-    try:
-        response = await client.get(path)
-    except Exception as error:  # the learner's endpoint raised (ASGITransport re-raises app errors)
-        checking.fail(f"GET {path} raised {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}")
-    checking.expect(response.status_code == 200,
-                    f"GET {path} answered {response.status_code}, expected 200. Body: {response.text[:200]}")
-    try:
-        body = response.json()
-    except ValueError:
-        checking.fail(f"GET {path} answered 200 but not JSON: {response.text[:200]!r}")
-    return body, log.since(mark)
+    response, statements = await checking.counted(client, log, "GET", path)
+    return checking.json_body(response), statements
 
 
 def _first_difference(got: Any, expected: list[dict[str, Any]]) -> str:

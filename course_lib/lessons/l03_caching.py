@@ -777,15 +777,8 @@ def _expected(db: DemoDB, min_likes: int) -> Any:
 
 async def _get(checking: Checking, client: Any, db: DemoDB, path: str) -> tuple[Any, int]:
     """GET `path`, require 200 and JSON; return (parsed body, queries run)."""
-    with count_queries(db.engine) as queries:
-        response = await client.get(path)
-    checking.expect(response.status_code == 200,
-                    f"GET {path} answered {response.status_code}, expected 200. Body: {response.text[:200]}")
-    try:
-        return response.json(), queries.count
-    except ValueError:
-        checking.fail(f"GET {path} did not return JSON: {response.text[:120]!r}")
-        raise
+    response, statements = await checking.counted(client, db.engine, "GET", path)
+    return checking.json_body(response), len(statements)
 
 
 _NO_QUERY = ("no database query was observed at all: the grader counts the statements run through the `db` it "

@@ -30,7 +30,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import DemoDB, bulk_load, dialect, fresh_engine
-from ..grading import Checking, Fail, LearnerCodeError, _learner_frames, exercise
+from ..grading import Checking, Fail, LearnerCodeError, _learner_frames, exercise, request_label
 from ..plans import explain_driver_sql, postgresql_nodes
 from ..queries import StatementLog, observe_statements
 from ..timing import Comparison, compare, compare_sync, median_ms
@@ -615,14 +615,8 @@ async def _get_page(checking: Checking, client: httpx.AsyncClient, limit: int | 
         params["limit"] = limit
     if cursor is not None:
         params["cursor"] = str(cursor)
-    response = await client.get("/items", params=params)
-    url = f"GET /items?{httpx.QueryParams(params)}"
-    checking.expect(response.status_code == 200,
-                    f"{url} answered {response.status_code}, expected 200. Body: {response.text[:200]}")
-    try:
-        body = response.json()
-    except ValueError:
-        checking.fail(f"{url} did not answer JSON: {response.text[:120]!r}")
+    url = request_label("GET", "/items", params)
+    body = await checking.get_json(client, "/items", params=params)
     checking.expect(isinstance(body, dict) and "items" in body and "next_cursor" in body,
                     f"{url} answered {str(body)[:160]}; expected an object "
                     '{"items": [...], "next_cursor": ... or null}')

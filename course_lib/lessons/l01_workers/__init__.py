@@ -460,12 +460,12 @@ async def check_timeout_client(make_app: Any, checking: Checking) -> str:
                 async def relayed(when: str) -> dict[str, Any]:
                     try:
                         async with asyncio.timeout(10):
-                            response = await client.get("/weather")
+                            response = await checking.request(client, "GET", "/weather", status=None)
                     except TimeoutError:
                         checking.fail(f"GET /weather {when} did not answer within 10 s.")
                     checking.expect(response.status_code == 200,
                                     f"GET /weather {when} gave {response.status_code}: {response.text[:200]}")
-                    body = response.json()
+                    body = checking.json_body(response, f"GET /weather {when}")
                     checking.expect(isinstance(body, dict) and body.get("city") == "Lyon" and "connection" in body,
                                     f"GET /weather {when} returned {body!r}; expected the upstream's JSON unchanged, "
                                     "e.g. {'temperature_c': 21.5, 'city': 'Lyon', 'connection': …}")
