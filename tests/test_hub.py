@@ -1,17 +1,20 @@
 """A class on a real JupyterHub (loopback, configurable-http-proxy, one single-user server per learner): four learners
 run the data lesson and the caching lesson at the same time without meeting each other (ports, files, databases,
-progress), a served app's `link()` works through the hub's proxy for its learner only, stopping a learner's server
+progress), a served app's docs link works through the hub's proxy for its learner only (its Swagger page loads its
+API definition and runs a request, in Chromium), stopping a learner's server
 stops everything it started, and the collision watch flags planted collisions."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 
@@ -113,33 +116,104 @@ def test_four_learners_run_the_data_and_caching_lessons_at_once_without_collidin
 
 
 @pytest.mark.timeout(300)
-def test_a_served_apps_link_answers_through_the_hub_proxy_for_its_learner_only(hub):
+def test_a_served_apps_docs_answer_through_the_hub_proxy_for_its_learner_only(hub):
+    """As in a learner's notebook: serve() in a cell shows an "open its API docs" link when the cell ends. Through
+    the hub's proxy, that page, the API definition it names and the server it lists answer for its learner only."""
     import httpx
 
     kernels = {user: hub_lab.RemoteKernel(hub, user, hub.tokens[user]) for user in ("ada", "bob")}
     try:
         links = {}
         for user, kernel in kernels.items():
-            out = kernel.execute(f"from course_lib.servers import serve; server = serve({HELLO!r}, announce=False); "
-                                 "print(server.port, server.link('/docs'))")
-            port, link = "".join(out).split()
-            assert link == f"/user/{user}/proxy/{port}/docs", f"{user}'s link() ignores the hub prefix: {link}"
+            port = "".join(kernel.execute(f"from course_lib.servers import serve\nserver = serve({HELLO!r})\n"
+                                          "print(server.port)")).strip()
+            shown = [text for text in kernel.displayed if "open its API docs" in text]
+            assert len(shown) == 1 and "through this hub's proxy" in shown[0], kernel.displayed
+            link = re.search(r"\]\(([^)]*)\)", shown[0]).group(1)
+            assert link == f"/user/{user}/proxy/{port}/docs", f"{user}'s docs link ignores the hub prefix: {link}"
             links[user] = link
+        hub.docs_links = links  # ada's server stays up: the browser test below opens it, the next stop must end it
         for user, link in links.items():
             other = "bob" if user == "ada" else "ada"
-            own = httpx.get(hub.url + link, headers={"Authorization": f"token {hub.tokens[user]}"}, timeout=60)
+            headers = {"Authorization": f"token {hub.tokens[user]}"}
+            own = httpx.get(hub.url + link, headers=headers, timeout=60)
             assert own.status_code == 200 and "swagger" in own.text.lower(), (own.status_code, own.text[:300])
+            named = re.search(r"url: '([^']*)'", own.text)
+            spec_url = urljoin(link, named.group(1) if named else "")
+            prefix = link.removesuffix("/docs")
+            assert spec_url == f"{prefix}/openapi.json", (
+                f"{user}'s docs page asks for its API definition at {spec_url}, outside the proxy's {prefix}/: "
+                "the hub does not send that to the learner's app, and Swagger shows 'Failed to load API definition'")
+            spec = httpx.get(hub.url + spec_url, headers=headers, timeout=60)
+            assert spec.status_code == 200 and spec.json()["info"]["title"] == "Hello", spec.text[:300]
+            assert list(spec.json()["paths"]) == ["/"], spec.json()["paths"]
+            assert spec.json().get("servers") == [{"url": prefix}], (
+                f"the API definition lists servers {spec.json().get('servers')}: 'Try it out' would not go through "
+                f"the proxy at {prefix}")
+            route = httpx.get(hub.url + prefix + "/", headers=headers, timeout=60)  # what "Try it out" requests
+            assert route.status_code == 200 and route.json() == {"hello": "lab"}, route.text[:300]
             foreign = httpx.get(hub.url + link, headers={"Authorization": f"token {hub.tokens[other]}"}, timeout=60)
             assert foreign.status_code == 403, f"{other} reached {user}'s server: {foreign.status_code}"
-            spec = httpx.get(hub.url + link.replace("/docs", "/openapi.json"),
-                             headers={"Authorization": f"token {hub.tokens[user]}"}, timeout=60)
-            assert spec.status_code == 200 and spec.json()["info"]["title"] == "Hello", spec.text[:300]
             anonymous = httpx.get(hub.url + link, timeout=60)  # a browser without the learner's login: to the hub
             where = anonymous.headers.get("location", "")
             assert anonymous.status_code in (302, 303) and where.startswith(("/hub/login", "/hub/api/oauth2/")), (
                 anonymous.status_code, where)
     finally:
-        kernels["bob"].shutdown()  # ada's kernel and its server stay up for the next test: stopping must end them
+        kernels["bob"].shutdown()  # ada's kernel and its server stay up for the next tests: stopping must end them
+
+
+@pytest.mark.timeout(300)
+def test_the_docs_page_shows_the_apps_routes_in_a_browser_through_the_hub_proxy(hub):
+    """Chromium opens ada's docs link through the hub: Swagger loads the API definition, shows the app's route, and
+    "Try it out" gets the route's answer through the proxy."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    swagger = hub_lab.find_swagger_ui()
+    missing = [what for what, ok in (("Debian's chromium", Path(chromium).exists()),
+                                      ("swagger-ui-dist (npm, .venv/hub-node)", swagger is not None)) if not ok]
+    if missing:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must provide {missing} for the hub's browser test (see .ci/run and ./course)")
+        pytest.skip(f"{' and '.join(missing)} not installed")
+    from playwright.sync_api import expect, sync_playwright
+
+    link = getattr(hub, "docs_links", {}).get("ada")
+    assert link, "the link test above did not leave ada's served app running"
+    prefix = link.removesuffix("/docs")
+    asked: list[str] = []
+    shots = ROOT / "artifacts" / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+
+    def from_disk(route) -> None:  # no network here: Swagger UI's files come from swagger-ui-dist
+        path = swagger / route.request.url.rsplit("/", 1)[1]
+        route.fulfill(path=str(path)) if path.is_file() else route.fulfill(status=404)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:  # ada's login, as her browser's hub cookie would carry it
+            context = browser.new_context(extra_http_headers={"Authorization": f"token {hub.tokens['ada']}"})
+            context.route("https://cdn.jsdelivr.net/**", from_disk)
+            context.route("https://fastapi.tiangolo.com/**", lambda route: route.fulfill(status=404))
+            page = context.new_page()
+            page.on("request", lambda request: asked.append(request.url))
+            page.goto(hub.url + link)
+            expect(page.locator(".opblock-summary-path")).to_have_text(["/"], timeout=60_000)
+            expect(page.get_by_text("Failed to load API definition")).to_have_count(0)
+            page.locator(".opblock-summary").first.click()
+            page.get_by_role("button", name="Try it out").click()
+            page.get_by_role("button", name="Execute").click()
+            expect(page.locator(".live-responses-table .response .response-col_status")).to_have_text(
+                "200", timeout=60_000)
+            body = page.locator(".live-responses-table .response .response-col_description")
+            expect(body).to_contain_text('"hello": "lab"')
+            page.screenshot(path=str(shots / "hub-docs-through-proxy.png"), full_page=True)
+        finally:
+            browser.close()
+    assert f"{hub.url}{prefix}/openapi.json" in asked, asked
+    assert f"{hub.url}{prefix}/" in asked, f"'Try it out' did not go through the proxy: {asked}"
+    assert not any(url.startswith(f"{hub.url}/openapi.json") for url in asked), asked
 
 
 @pytest.mark.timeout(300)

@@ -204,13 +204,16 @@ app = make_app()
 '''
 
 
-def _probe_module(folder=None):
-    """The probe app's module: executed here, or written to `folder` for a real server to import."""
-    if folder is not None:
-        (folder / "probe_app.py").write_text(PROBE_APP)
-    namespace: dict = {}
-    exec(compile(PROBE_APP, "probe_app.py", "exec"), namespace)
-    return namespace
+def _probe_module(folder):
+    """The probe app's module, written to `folder` (where a real server imports it from) and imported here."""
+    import importlib.util
+
+    path = folder / "probe_app.py"
+    path.write_text(PROBE_APP)
+    spec = importlib.util.spec_from_file_location(f"probe_app_{id(folder)}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return vars(module)
 
 
 async def _proxy_problems(client: httpx.AsyncClient, docs: str = "/docs", prefix: str = PREFIX) -> list[str]:
@@ -238,17 +241,19 @@ async def _proxy_problems(client: httpx.AsyncClient, docs: str = "/docs", prefix
         spec_url = urljoin(page_url, named.group(1))
         spec = await fetch(spec_url)
         if spec is None or spec.status_code != 200:
+            outside = f"is outside {prefix}/ (the hub sends it elsewhere)"
+            why = outside if spec is None else f"answers {spec.status_code}"
             problems.append(f"{where}, the docs page at {page_url} asks for its API definition at {spec_url}, which "
-                            f"{'is outside ' + prefix + '/ (the hub sends it elsewhere)' if spec is None else 'answers ' + str(spec.status_code)}: "
-                            "Swagger shows 'Failed to load API definition'")
+                            f"{why}: Swagger shows 'Failed to load API definition'")
             continue
         servers = [entry.get("url") for entry in spec.json().get("servers", [])]
         expected = [prefix] if where == "through the proxy" else []
         if servers[:1] != expected:
-            problems.append(f"{where}, the API definition lists servers {servers}: 'Try it out' would send its requests "
-                            f"to {servers[0] if servers else '/'} instead of {expected[0] if expected else '/'}")
+            problems.append(f"{where}, the API definition lists servers {servers}: 'Try it out' would send its "
+                            f"requests to {(servers or ['/'])[0]} instead of {(expected or ['/'])[0]}")
     for path in ("/items/7", "/static/logo"):
-        for where, response in (("directly", await client.get(path)), ("through the proxy", await via_proxy(prefix + path))):
+        answers = (("directly", await client.get(path)), ("through the proxy", await via_proxy(prefix + path)))
+        for where, response in answers:
             if response is None or response.status_code != 200:
                 problems.append(f"{path} {where} answered {response.status_code if response else 'nothing'}: "
                                 "the app's own route no longer matches")
@@ -283,10 +288,10 @@ def _root_path_everywhere(app, compliant: bool, always: bool = False):
     return wrapped
 
 
-def test_the_docs_page_through_a_proxy_right_answers():
+def test_the_docs_page_through_a_proxy_right_answers(tmp_path):
     from course_lib.proxy.docs_behind_proxy import DocsBehindProxy
 
-    make_app = _probe_module()["make_app"]
+    make_app = _probe_module(tmp_path)["make_app"]
 
     class Passthrough:  # a learner's pure ASGI middleware around the app: the docs paths are found through `.app`
         def __init__(self, app):
@@ -308,8 +313,8 @@ async def _run(app, docs: str) -> list[str]:
         return await _proxy_problems(client, docs=docs)
 
 
-def test_the_docs_page_through_a_proxy_wrong_answers_fail_and_say_why():
-    make_app = _probe_module()["make_app"]
+def test_the_docs_page_through_a_proxy_wrong_answers_fail_and_say_why(tmp_path):
+    make_app = _probe_module(tmp_path)["make_app"]
     plain = _in_process_problems(make_app())  # no fix: the state of issue 16
     assert any("asks for its API definition at /openapi.json, which is outside" in p for p in plain), plain
     relative = _in_process_problems(make_app(relative_docs=True))  # the page loads, "Try it out" goes to the root

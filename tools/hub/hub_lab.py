@@ -34,6 +34,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def find_swagger_ui() -> Path | None:
+    """Swagger UI's files (npm swagger-ui-dist, in .venv/hub-node as `./course test` installs it): a browser without
+    network gets the docs page's scripts from here instead of the CDN FastAPI names."""
+    folder = ROOT / ".venv" / "hub-node" / "node_modules" / "swagger-ui-dist"
+    return folder if (folder / "swagger-ui-bundle.js").exists() else None
+
+
 def find_chp() -> str | None:
     """The configurable-http-proxy executable: on PATH, or in .venv/hub-node (where .ci/run installs it)."""
     local = ROOT / ".venv" / "hub-node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -181,12 +188,14 @@ class RemoteKernel:
         import websocket  # websocket-client, a dependency of jupyter_server
 
         self.session = uuid.uuid4().hex
+        self.displayed: list[str] = []  # what cells displayed (text/markdown, else text/plain), in order
         self.ws = websocket.create_connection(
             f"ws://127.0.0.1:{hub.port}/user/{user}/api/kernels/{self.id}/channels?session_id={self.session}",
             header=[f"Authorization: token {token}"], timeout=600)
 
     def execute(self, code: str, timeout: float = 600.0) -> list[str]:
-        """Run `code`; return its stream output; raise KernelError with the traceback if it raised."""
+        """Run `code`; return its stream output (what it displayed goes to `displayed`); raise KernelError with the
+        traceback if it raised."""
         msg_id = uuid.uuid4().hex
         self.ws.send(json.dumps({
             "header": {"msg_id": msg_id, "username": self.user, "session": self.session, "msg_type": "execute_request",
@@ -207,6 +216,9 @@ class RemoteKernel:
             kind = message["msg_type"]
             if kind == "stream":
                 output.append(message["content"]["text"])
+            elif kind in ("display_data", "execute_result"):
+                data = message["content"]["data"]
+                self.displayed.append(data.get("text/markdown") or data.get("text/plain", ""))
             elif kind == "error":
                 error = "\n".join(message["content"]["traceback"])
             elif kind == "status" and message["content"]["execution_state"] == "idle":

@@ -50,4 +50,5 @@ c.CourseSpawner.homes_root = str(root / "home")
 c.CourseSpawner.shared_home_users = [n for n in os.environ.get("COURSE_HUB_SHARED_HOME_USERS", "").split(",") if n]
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
-c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "VIRTUAL_ENV"]  # no DATABASE_URL / REDIS_URL of the test run
+# no DATABASE_URL / REDIS_URL of the test run; PYTHONPATH, if set, names the course under test
+c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYTHONPATH"]
