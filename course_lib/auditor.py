@@ -29,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.routing import Match
 
+from . import catalogue
 from .client import app_client
 from .plans import EXPLAIN_PREFIX, explain_driver_sql, parse_postgresql_plan, parse_sqlite_plan
 from .queries import simulated_latency
@@ -348,20 +349,25 @@ REPORT_ORDER = ("pagination", "n_plus_one", "indexes", "blocking", "middleware",
                 "cache", "secrets")
 
 
-def _item(key: str, title: str, lesson: str, *,
+def _item(key: str, title: str, lesson: tuple[str, str], *,
           while_probing: bool = True) -> Callable[[Callable[[_Audit], Awaitable[Verdict]]], Callable[[_Audit], Awaitable[Verdict]]]:
-    """Register a check as a checklist item (refusing a key already taken)."""
+    """Register a check as a checklist item (refusing a key already taken or a lesson the catalogue lacks)."""
     if key in {item.key for item in AUDIT_ITEMS}:
         raise ValueError(f"audit item {key!r} is registered twice")
 
+    slug, topic = lesson  # the lesson to revisit, by slug (its number comes from the catalogue), and what in it
+    found = next((known for known in catalogue.CATALOGUE if known.slug == slug), None)
+    if found is None:
+        raise ValueError(f"audit item {key!r} names a lesson {slug!r} that the catalogue does not have")
+
     def register(check: Callable[[_Audit], Awaitable[Verdict]]) -> Callable[[_Audit], Awaitable[Verdict]]:
-        AUDIT_ITEMS.append(AuditItem(key, title, lesson, check, while_probing))
+        AUDIT_ITEMS.append(AuditItem(key, title, f"{found.number} · {topic}", check, while_probing))
         return check
 
     return register
 
 
-@_item("pagination", "List endpoints cap their page size", "04 · pagination")
+@_item("pagination", "List endpoints cap their page size", ("pagination", "pagination"))
 async def _check_pagination(a: _Audit) -> Verdict:
     """A list endpoint answers at most `max_page` items, however many are asked for."""
     problems, notes = [], []
@@ -395,7 +401,7 @@ async def _check_pagination(a: _Audit) -> Verdict:
             "none has a limit parameter to probe")
 
 
-@_item("n_plus_one", "No N+1 queries", "02 · N+1 queries")
+@_item("n_plus_one", "No N+1 queries", ("n_plus_one", "N+1 queries"))
 async def _check_n_plus_one(a: _Audit) -> Verdict:
     """The queries a list request runs do not grow with the number of items it returns."""
     if a.engine is None:
@@ -419,7 +425,7 @@ async def _check_n_plus_one(a: _Audit) -> Verdict:
     return FAIL if grows else PASS, "; ".join(grows or flat) or "no list endpoints to probe"
 
 
-@_item("cache", "Slow, repeatable GETs are cached (hint)", "03 · caching")
+@_item("cache", "Slow, repeatable GETs are cached (hint)", ("caching", "caching"))
 async def _check_cache(a: _Audit) -> Verdict:
     """A GET that stays slow when asked again, without Cache-Control, is a caching candidate."""
     slow = []
@@ -438,7 +444,7 @@ async def _check_cache(a: _Audit) -> Verdict:
             f"(a 404 takes {floor:.1f} ms here)")
 
 
-@_item("blocking", "No blocking calls in async def routes", "01 · workers, async and blocking")
+@_item("blocking", "No blocking calls in async def routes", ("workers", "workers, async and blocking"))
 async def _check_blocking(a: _Audit) -> Verdict:
     """No `async def` route stalls the event loop for most of its request (the database made `db_latency_ms` away)."""
     blocked, lags = [], []
@@ -465,7 +471,7 @@ async def _check_blocking(a: _Audit) -> Verdict:
             + (f" (each SQL statement made {a.db_latency_ms:g} ms slow)" if a.engine is not None else ""))
 
 
-@_item("health", "{health_path} says whether the app can serve", "06 · structure and /health")
+@_item("health", "{health_path} says whether the app can serve", ("structure", "structure and /health"))
 async def _check_health(a: _Audit) -> Verdict:
     """The health path answers 200, and not 2xx once the database is unreachable."""
     health = await a.send(a.health_path)
@@ -482,7 +488,7 @@ async def _check_health(a: _Audit) -> Verdict:
             + (" (claims healthy while the database is down)" if healthy else ""))
 
 
-@_item("indexes", "Filtered queries use an index", "05 · indexes", while_probing=False)
+@_item("indexes", "Filtered queries use an index", ("indexes", "indexes"), while_probing=False)
 async def _check_indexes(a: _Audit) -> Verdict:
     """No SELECT … WHERE seen while probing reads a large table (or a whole index of it) from end to end."""
     dialect = a.engine.dialect.name if a.engine is not None else None
@@ -496,7 +502,7 @@ async def _check_indexes(a: _Audit) -> Verdict:
             f"{dialect} plans)")
 
 
-@_item("middleware", "No BaseHTTPMiddleware on the hot path", "08 · logging middleware", while_probing=False)
+@_item("middleware", "No BaseHTTPMiddleware on the hot path", ("logging", "logging middleware"), while_probing=False)
 async def _check_middleware(a: _Audit) -> Verdict:
     """No middleware is a BaseHTTPMiddleware (`@app.middleware("http")`), which wraps every request."""
     base_http = [getattr(m.kwargs.get("dispatch"), "__name__", None) or m.cls.__name__
@@ -507,7 +513,7 @@ async def _check_middleware(a: _Audit) -> Verdict:
             else f"{len(getattr(a.app, 'user_middleware', []))} middleware, none BaseHTTPMiddleware")
 
 
-@_item("gzip", "Responses over {large} are compressed", "04 · pagination and GZip", while_probing=False)
+@_item("gzip", "Responses over {large} are compressed", ("pagination", "pagination and GZip"), while_probing=False)
 async def _check_gzip(a: _Audit) -> Verdict:
     """Every 200 response of `large_response` bytes or more was compressed for a client accepting gzip."""
     large = [p for p in a.seen if p.size >= a.large_response and p.status == 200]
@@ -518,7 +524,7 @@ async def _check_gzip(a: _Audit) -> Verdict:
                            else f"no response over {_kb(a.large_response)}"))
 
 
-@_item("timeouts", "Outbound HTTP calls have a timeout", "01 · workers: timeouts", while_probing=False)
+@_item("timeouts", "Outbound HTTP calls have a timeout", ("workers", "workers: timeouts"), while_probing=False)
 async def _check_timeouts(a: _Audit) -> Verdict:
     """Every outbound httpx request the app sent while probed carried a timeout on each phase."""
     no_timeout = sorted({url for url, t in a.rec.timeouts if not t or any(v is None for v in t.values())})
@@ -528,7 +534,7 @@ async def _check_timeouts(a: _Audit) -> Verdict:
              else "no outbound httpx request seen while probing"))
 
 
-@_item("secrets", "Secrets stay out of responses and logs", "07 · settings", while_probing=False)
+@_item("secrets", "Secrets stay out of responses and logs", ("settings", "settings"), while_probing=False)
 async def _check_secrets(a: _Audit) -> Verdict:
     """No secret value appears in a response body, a response header or a log record."""
     leaks = []
