@@ -375,6 +375,24 @@ def test_report_table_and_html(db: DemoDB) -> None:
     assert set(report.failing()) >= {"pagination", "n_plus_one"}
 
 
+def test_the_checklist_is_a_registry_of_small_documented_checks(db: DemoDB) -> None:
+    """One registered check per checklist item, each with a one-line docstring; the report keeps its order."""
+    from course_lib import auditor
+
+    keys = [item.key for item in auditor.AUDIT_ITEMS]
+    assert sorted(keys) == sorted(auditor.REPORT_ORDER) and len(set(keys)) == len(keys) == 10
+    for item in auditor.AUDIT_ITEMS:
+        doc = (item.check.__doc__ or "").strip()
+        assert doc and "\n" not in doc, f"{item.key}: {doc!r}"
+    report = run(users_app(db, eager=True, capped=True), health_path="/ready", large_response=2048)
+    assert [c.key for c in report.checks] == list(auditor.REPORT_ORDER)
+    titles = {c.key: c.title for c in report.checks}
+    assert titles["health"] == "/ready says whether the app can serve"
+    assert titles["gzip"] == "Responses over 2.0 KB are compressed"
+    with pytest.raises(ValueError, match="registered twice"):
+        auditor._item("gzip", "again", "04")
+
+
 @pytest.mark.parametrize("bad", [None, 42, "app", FastAPI])
 def test_audit_rejects_what_is_not_an_app(bad: Any) -> None:
     with pytest.raises(TypeError, match="audit needs a FastAPI app"):
