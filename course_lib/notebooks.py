@@ -428,7 +428,8 @@ def _hidden_from_learners(folder: Path, root: Path) -> list[Path]:
     and tests, the instructor notes, the history, and the instructor's own progress."""
     from .grading import progress_file
 
-    course = [base / name for base in {root.resolve(), ROOT} for name in ("solutions", "tests", "instructors", ".git")]
+    course = [base / name for base in {root.resolve(), ROOT}
+              for name in ("solutions", "sources", "tests", "instructors", ".git")]  # sources/: answers as text too
     return [folder.resolve(), *course, progress_file().parent]
 
 

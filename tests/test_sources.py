@@ -396,3 +396,42 @@ def test_each_reference_answer_module_is_spliced_into_its_solution() -> None:
             assert f'# --8<-- "answers/{module.name}:{section}"' in text, f"{module.name}:{section} is spliced nowhere"
         compile(text, str(solution), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)  # the source stays valid Python
         assert not any("--8<--" in c.source for c in built.cells), "a snippet line was left in the built notebook"
+
+
+def _answer_holders(root: Path) -> list[Path]:
+    """Every file of the course that holds a reference answer: a BEGIN SOLUTION block or a snippet section.
+    (Not course_lib/: the kernel must import it, so it is readable by design and holds templates, not answers.)"""
+    import os
+
+    from course_lib.layout import BEGIN
+
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in {".venv", ".git", "build", "artifacts", "node_modules", "__pycache__"}
+                   and not d.endswith("_cache") and Path(folder, d) != root / "course_lib"]
+        for name in files:
+            path = Path(folder) / name
+            if name.endswith(".ipynb"):
+                try:
+                    cells = nbformat.read(path, as_version=4).cells
+                except Exception:  # noqa: BLE001 - not a notebook this test is about
+                    continue
+                lines = [line.strip() for c in cells if c.cell_type == "code" for line in c.source.split("\n")]
+            elif name.endswith(".py"):
+                lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").split("\n")]
+            else:
+                continue
+            if BEGIN in lines or any(line.startswith("# --8<-- [start:") for line in lines):
+                found.append(path)
+    return found
+
+
+def test_class_grading_hides_every_file_that_holds_a_reference_answer(tmp_path: Path) -> None:
+    """The text sources hold the answers too: a learner's kernel must not read them while being graded."""
+    from course_lib.notebooks import _hidden_from_learners
+
+    hidden = _hidden_from_learners(tmp_path, ROOT)
+    holders = _answer_holders(ROOT)
+    assert any(p.parent.name == "answers" for p in holders) and any(p.suffix == ".ipynb" for p in holders)
+    readable = [str(p.relative_to(ROOT)) for p in holders if not any(p.is_relative_to(h) for h in hidden)]
+    assert readable == [], f"readable by a learner's kernel during class grading: {readable}"
