@@ -146,3 +146,63 @@ def test_temp_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
     made = db_module.temp_folder("test")
     assert not orphan.exists() and mine.exists()
     assert made.parent == tmp_path and made.name.startswith(f"fastapi-lab-{os.getpid()}-test-")
+
+
+# --- one bulk loader, one SQLite thread-safety setting (issue 13) ---------------------------------------------
+
+def _scratch_table():
+    from sqlalchemy import Column, Integer, MetaData, String, Table
+
+    return Table("scratch", MetaData(), Column("id", Integer, primary_key=True), Column("word", String(20)))
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5_001])
+def test_bulk_load_loads_every_row_and_moves_the_id_sequence(rows):
+    from course_lib.db import bulk_load, drop_fresh_database, fresh_engine
+    from course_lib.queries import count_queries
+
+    engine, path = fresh_engine()
+    try:
+        table = _scratch_table()
+        table.metadata.create_all(engine)
+        with count_queries(engine) as log:
+            loaded = bulk_load(engine, table, ({"id": i, "word": f"w{i}"} for i in range(1, rows + 1)), batch=2_000,
+                               analyze=True)
+        assert loaded == rows
+        inserts = [s for s in log.statements if s.lstrip().upper().startswith("INSERT")]
+        if engine.dialect.name == "postgresql":
+            assert inserts == []  # COPY, not INSERT statements
+            if rows:
+                assert any("setval" in s for s in log.statements)
+        else:
+            assert len(inserts) == -(-rows // 2_000)  # one executemany per batch of 2,000
+        with engine.begin() as conn:
+            assert conn.scalar(select(func.count()).select_from(table)) == rows
+            new_id = conn.execute(table.insert().values(word="new").returning(table.c.id)).scalar_one()
+        assert new_id == rows + 1  # PostgreSQL: the sequence was moved past the loaded ids
+    finally:
+        drop_fresh_database(engine, path)
+
+
+def test_one_thread_safety_setting_for_sqlite_and_none_for_servers():
+    import threading
+
+    from course_lib.db import fresh_engine, drop_fresh_database, thread_safe_connect_args
+
+    assert thread_safe_connect_args("sqlite:///x.db") == {"check_same_thread": False}
+    assert thread_safe_connect_args("postgresql+psycopg://u@h/db") == {}
+    engine, path = fresh_engine()
+    try:
+        with engine.connect() as conn:  # a pooled connection made here is used from another thread next
+            conn.execute(text("SELECT 1"))
+        seen: list[int] = []
+        def use() -> None:
+            with engine.connect() as conn:
+                seen.append(conn.execute(text("SELECT 1")).scalar())
+
+        worker = threading.Thread(target=use)
+        worker.start()
+        worker.join()
+        assert seen == [1]
+    finally:
+        drop_fresh_database(engine, path)

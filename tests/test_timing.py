@@ -67,3 +67,21 @@ def test_bad_arguments_are_explained():
         compare_sync({"only": lambda: None})
     with pytest.raises(ValueError, match="at least 1"):
         measure_sync(lambda: None, n=0)
+
+
+def test_one_median_helper_for_every_lesson():
+    """`median_ms` is the one median of durations: Timing, lesson 01's bursts and lesson 04's gzip costs use it."""
+    import statistics
+
+    from course_lib.lessons import l01_workers, l04_pagination
+    from course_lib.timing import median_ms
+
+    assert median_ms([0.003, 0.001, 0.002]) == pytest.approx(2.0)
+    assert median_ms([0.001, 0.002]) == pytest.approx(1.5)
+    with pytest.raises(statistics.StatisticsError, match="no samples"):
+        median_ms([])
+    assert Timing("t", [0.004, 0.001, 0.002]).median_ms == median_ms([0.004, 0.001, 0.002])
+    assert l04_pagination.median_ms is median_ms
+    burst = l01_workers.Burst(n=3, wall_s=0.1, latencies_s=[0.01, 0.03, 0.02])
+    assert burst.median_ms == pytest.approx(20.0)
+    assert l01_workers.Burst(n=0, wall_s=0.0).median_ms != l01_workers.Burst(n=0, wall_s=0.0).median_ms  # NaN
