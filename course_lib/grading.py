@@ -435,15 +435,31 @@ def _run_with_time_limit(ex: Exercise, answer: Any, timeout: float) -> tuple[str
                 outcome.append(("fail", f"the checker could not use your answer: {type(error).__name__}: "
                                         f"{error}. It expects {ex.expects}."))
         except BaseException as error:  # sys.exit() or KeyboardInterrupt raised by the answer, or a cancellation
-            if not _caused_by(error, _TimeLimit) and not runner.get("timed_out"):
+            if not _caused_by(error, _TimeLimit) and not runner.get("timed_out") and not runner.get("interrupted"):
                 outcome.append(("fail", f"your code stopped the checker with {type(error).__name__}"))
 
     earlier = [name for name, stuck in _ABANDONED if stuck.is_alive()]
-    thread = threading.Thread(target=target, name=f"grade-{ex.id}", daemon=True)
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            target()
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=run, name=f"grade-{ex.id}", daemon=True)
     try:
         thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
+        try:  # an Event's wait, not `thread.join`: a join cut by Ctrl-C can mark a running thread stopped (3.11)
+            finished.wait(timeout)
+        except KeyboardInterrupt:  # Ctrl-C, or the kernel's interrupt: stop the check too (servers it started)
+            runner["interrupted"] = True
+            from .servers import _sigint_deferred
+
+            with _sigint_deferred():  # a second Ctrl-C waits until the check has stopped
+                _stop_check(thread, runner, started_with)
+            raise
+        if not finished.is_set():
             runner["timed_out"] = True
             stopped = _stop_check(thread, runner, started_with)
             message = (f"grading did not finish within {timeout:g} s: does your code loop forever, sleep, or wait "

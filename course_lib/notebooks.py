@@ -5,11 +5,14 @@ from __future__ import annotations
 import atexit
 import copy
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +36,7 @@ __all__ = [
     "execute_notebook",
     "refresh_outputs",
     "GradeRow",
+    "GradingInterrupted",
     "grade_notebook",
     "grade_class",
     "reset_exercise",
@@ -282,7 +286,7 @@ def _execute_graded(nb: NotebookNode, folder: Path, *, timeout: int, output_byte
                               resources={"metadata": {"path": str(folder)}}, **options)
         client.records = {}
         try:
-            client.execute(cleanup_kc=True)
+            _execute_interruptibly(client)
             return client.records
         except RuntimeError as error:
             if "died before replying to kernel_info" not in str(error) or attempt == 2:
@@ -292,6 +296,70 @@ def _execute_graded(nb: NotebookNode, folder: Path, *, timeout: int, output_byte
             if sandbox is not None:
                 sandbox.close_kernel()
     return {}
+
+
+class GradingInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a notebook was graded: its kernel is shut down; the message says what was kept."""
+
+    def __init__(self, message: str = "", finished: int = 0) -> None:
+        super().__init__(message)
+        self.finished = finished  # the grader's check cells that had shown their result
+
+
+def _kernel_group(client: Any) -> int | None:
+    """The process group of the client's kernel (the kernel leads a session of its own), once it started."""
+    provisioner = getattr(getattr(client, "km", None), "provisioner", None)
+    return getattr(provisioner, "pgid", None) or getattr(provisioner, "pid", None)
+
+
+def _end_kernel(client: Any, done: threading.Event, grace: float = 3.0) -> None:
+    """Stop the kernel (SIGTERM to its process group, SIGKILL after `grace`) until the thread running it is `done`.
+
+    Signals, not a shutdown request: a kernel asked to shut down in the middle of a cell prints a ZMQ traceback."""
+    client.log = logging.getLogger("course_lib.grade.interrupted")  # nbclient's "kernel died" lines: expected now
+    client.log.propagate, client.log.disabled = False, True
+    deadline = time.monotonic() + 30
+    first: float | None = None
+    while not done.is_set() and time.monotonic() < deadline:
+        group = _kernel_group(client)  # None until the kernel has started: keep trying until it has, or the run ends
+        if group is not None:
+            first = first or time.monotonic()
+            try:
+                os.killpg(group, signal.SIGTERM if time.monotonic() - first < grace else signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        done.wait(0.2)
+
+
+def _execute_interruptibly(client: Any) -> None:
+    """`client.execute()` in a worker thread, so that Ctrl-C reaches this one (nbclient turns it into an
+    AssertionError and a kernel traceback); on Ctrl-C end the kernel and raise GradingInterrupted.
+
+    The wait is an Event's, not `Thread.join`: a join cut by Ctrl-C can mark a running thread as stopped (3.11)."""
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            client.execute(cleanup_kc=True)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            failure.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="grade-notebook", daemon=True).start()
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot leave the kernel running
+        try:
+            _end_kernel(client, done)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise GradingInterrupted(finished=len(getattr(client, "records", {}))) from None
+    if failure:
+        raise failure[0]
 
 
 _STATUSES = ("passed", "failed", "error")
@@ -331,6 +399,19 @@ def _text(value: Any, limit: int = 2000) -> str:
 
 def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, sandbox: Any = None,
                    hide: Sequence[Path] = (), output_bytes: int = 2 << 20) -> list[GradeRow]:
+    """Grade a learner's exercise notebook (see `_grade_notebook`); Ctrl-C raises GradingInterrupted, which says
+    what was kept, with the kernel already shut down."""
+    try:
+        return _grade_notebook(path, timeout, root, sandbox=sandbox, hide=hide, output_bytes=output_bytes)
+    except GradingInterrupted:
+        raise
+    except KeyboardInterrupt:  # before its kernel started: reading the notebook, loading the graders
+        raise GradingInterrupted(f"stopped by Ctrl-C while preparing to grade {Path(path).name}, before its kernel "
+                                 "started; nothing graded was saved.") from None
+
+
+def _grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, sandbox: Any = None,
+                    hide: Sequence[Path] = (), output_bytes: int = 2 << 20) -> list[GradeRow]:
     """Grade a learner's exercise notebook: run its cells, with its own check cells replaced by the *shipped*
     check of each exercise, run right after that exercise's last answer cell (found by metadata, not position).
 
@@ -366,6 +447,14 @@ def grade_notebook(path: Path, timeout: int = 600, root: Path | None = None, *, 
         nb.cells = cells
         records = _execute_graded(nb, sandbox.work if sandbox is not None else path.parent, timeout=timeout,
                                   output_bytes=output_bytes, sandbox=sandbox, hide=hide)
+    except GradingInterrupted as stop:
+        kept = ("nothing was written (the class's results are written once every notebook is graded)"
+                if sandbox is not None else
+                "nothing graded was saved" if not stop.finished else
+                f"the {stop.finished} check(s) that finished before it are saved in your progress "
+                "(`python -m course_lib progress`), the rest were not graded")
+        raise GradingInterrupted(f"stopped by Ctrl-C while grading {path.name}; its kernel is shut down and {kept}.",
+                                 stop.finished) from None
     except Exception as error:  # corrupt file, dead kernel, a cell over the time limit, a CPU limit reached
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
         problem = f"the notebook could not be graded: {type(error).__name__}: {first_line}"

@@ -97,3 +97,72 @@ def test_ctrl_c_ends_a_command_with_a_sentence_and_exit_130(monkeypatch, capsys)
     monkeypatch.setattr(cli, "cmd_hint", interrupted)
     assert main(["hint", "00.first-endpoint"]) == 130
     assert "interrupted: `hint` stopped before it finished" in capsys.readouterr().err
+
+
+def _graded_processes(home: str) -> list[int]:
+    """Processes (kernels, servers) still running with this COURSE_LAB_HOME in their environment."""
+    from pathlib import Path
+
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"COURSE_LAB_HOME={home}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _interrupt_grading(tmp_path, slow_after_check: bool) -> tuple[subprocess.CompletedProcess, str]:
+    """Run `grade` on a solved 00 notebook with a slow cell (after its check, or first), Ctrl-C it in that cell."""
+    import signal
+    import time
+
+    import nbformat
+
+    from course_lib.notebooks import build_exercise
+
+    marker = tmp_path / "slow-cell-started"
+    slow = nbformat.v4.new_code_cell(f"import time\nopen({str(marker)!r}, 'w').close()\ntime.sleep(300)")
+    nb = build_exercise(nbformat.read(ROOT / "solutions" / "00_welcome.ipynb", as_version=4), keep_answers=True)
+    nb.cells.insert(len(nb.cells) if slow_after_check else 0, slow)
+    (tmp_path / "work").mkdir()
+    path = tmp_path / "work" / "00_welcome.ipynb"
+    nbformat.write(nb, path)
+    home = str(tmp_path / "home")
+    cli = subprocess.Popen([sys.executable, "-m", "course_lib", "grade", str(path)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "COURSE_LAB_HOME": home},
+                           start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and time.monotonic() < deadline and cli.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the slow cell never started"
+    os.killpg(cli.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the foreground group (the kernel has its own)
+    out, err = cli.communicate(timeout=60)
+    return subprocess.CompletedProcess(cli.args, cli.returncode, out, err), home
+
+
+def test_ctrl_c_in_a_kernel_cell_during_grade_is_one_sentence_exit_130_and_no_kernel_left(tmp_path):
+    done, home = _interrupt_grading(tmp_path, slow_after_check=True)
+    assert done.returncode == 130, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr  # no ZMQ traceback, no kernel log lines
+    assert "stopped by Ctrl-C while grading 00_welcome.ipynb" in lines[0]
+    assert "the 1 check(s) that finished before it are saved in your progress" in lines[0]  # true: it is
+    assert "Traceback" not in done.stdout + done.stderr and "AssertionError" not in done.stdout
+    import json
+    from pathlib import Path
+
+    assert json.loads((Path(home) / "progress.json").read_text())["00.first-endpoint"]["passed"] is True
+    assert _graded_processes(home) == [], "the kernel outlived the interrupted grade"
+
+
+def test_ctrl_c_before_any_check_says_nothing_graded_was_saved(tmp_path):
+    from pathlib import Path
+
+    done, home = _interrupt_grading(tmp_path, slow_after_check=False)
+    assert done.returncode == 130, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "nothing graded was saved" in lines[0], done.stderr
+    assert not (Path(home) / "progress.json").exists()
+    assert _graded_processes(home) == []

@@ -350,3 +350,173 @@ def test_hints_are_progressive_and_never_the_answer() -> None:
     answer = reference_source()
     for line in ("selectinload(Book.author)", "asyncio.wait_for(", "minimum_size=", "index.create(engine"):
         assert line in answer and not any(line in text for text in levels), line
+
+
+# --- interrupting the race: every server it started stops, wherever the interrupt lands --------------------------
+
+def _gone(pid: int, port: int) -> bool:
+    """No process left in the server's group and nothing listening on its port."""
+    import os
+    import socket
+
+    try:
+        os.killpg(pid, 0)
+        return False
+    except ProcessLookupError:
+        pass
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture()
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every server the code under test starts (through the one function that starts processes)."""
+    from course_lib import servers
+
+    started: list[Any] = []
+    real = servers._spawn
+
+    def spawn(*args: Any, **kwargs: Any) -> Any:
+        server = real(*args, **kwargs)
+        started.append(server)
+        return server
+
+    monkeypatch.setattr(servers, "_spawn", spawn)
+    return started
+
+
+def _race_three(db: Any) -> None:
+    from course_lib.lessons.l09_capstone import race
+
+    asyncio.run(race(db, {"a": {}, "b": {}, "c": {}}, seconds=0.5, rounds=1))
+
+
+def _interrupt_on_call(n: int, real: Any = None) -> Any:
+    """A stand-in that raises KeyboardInterrupt on its n-th call (and calls `real` before that)."""
+    calls = [0]
+
+    def stand_in(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs) if real is not None else None
+
+    return stand_in
+
+
+def test_interrupted_while_starting_stops_the_servers_already_started(db, spawned, monkeypatch) -> None:
+    from course_lib import servers
+
+    monkeypatch.setattr(servers.ServerGroup, "start", _interrupt_on_call(3, servers.ServerGroup.start))
+    with pytest.raises(KeyboardInterrupt):
+        _race_three(db)
+    assert len(spawned) == 2  # two were running when the third start was interrupted
+    assert all(_gone(s.pid, s.port) for s in spawned) and running_servers() == []
+
+
+def test_interrupted_while_probing_readiness_stops_every_server(db, spawned, monkeypatch) -> None:
+    from course_lib import servers
+
+    async def probe(*_: Any) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(servers, "_answers_async", probe)
+    with pytest.raises(KeyboardInterrupt):
+        _race_three(db)
+    assert len(spawned) == 3 and all(_gone(s.pid, s.port) for s in spawned) and running_servers() == []
+
+
+def test_interrupted_during_the_load_stops_every_server(db, spawned, monkeypatch) -> None:
+    from course_lib.lessons import l09_capstone
+
+    real = l09_capstone._mixed_load
+    calls = [0]
+
+    async def load(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 4:  # the 3 warm-ups passed: the first timed round
+            raise KeyboardInterrupt
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(l09_capstone, "_mixed_load", load)
+    with pytest.raises(KeyboardInterrupt):
+        _race_three(db)
+    assert len(spawned) == 3 and all(_gone(s.pid, s.port) for s in spawned) and running_servers() == []
+
+
+def test_a_cancelled_race_stops_every_server(db, spawned) -> None:
+    """What a notebook's interrupt does to a cell that awaits (ipykernel 7 cancels its task)."""
+    from course_lib.lessons.l09_capstone import race
+
+    async def main() -> None:
+        task = asyncio.create_task(race(db, {"a": {}, "b": {}}, seconds=0.5, rounds=1))
+        while len(spawned) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # mid start-up: imports under way
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert all(_gone(s.pid, s.port) for s in spawned) and running_servers() == []
+
+
+def _children(pid: int) -> dict[int, int]:
+    """uvicorn processes whose parent is `pid`: pid → the port on its command line."""
+    found = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("PPid:"))
+            args = (status.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, StopIteration, ValueError):
+            continue
+        if ppid == pid and b"uvicorn" in args and b"--port" in args:
+            found[int(status.parent.name)] = int(args[args.index(b"--port") + 1])
+    return found
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("when", ["launched", "importing", "loading"])
+def test_a_kernel_interrupt_at_any_point_of_the_race_leaves_nothing_listening(when: str) -> None:
+    """The notebook's race cell, interrupted (SIGINT, as Jupyter's ■ does) while the servers are launched, while
+    they import, and during the load: the cell ends, and no server process or listening port is left."""
+    import time
+
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
+    try:
+        kc.execute_interactive("from course_lib.lessons.l09_capstone import race, make_bookshop_db\n"
+                               "db = make_bookshop_db(authors=50)", timeout=120)
+        kernel = km.provisioner.pid
+        msg_id = kc.execute('r = await race(db, {"a": {}, "b": {}, "c": {}}, seconds=3.0, rounds=2)')
+        deadline = time.monotonic() + 90
+        seen: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            seen |= _children(kernel)
+            if when == "launched" and seen:
+                break
+            if when == "importing" and len(seen) == 3:
+                time.sleep(0.3)
+                break
+            if when == "loading" and len(seen) == 3 and all(_listening(p) for p in seen.values()):
+                time.sleep(1.0)  # past the warm-up: in the timed rounds
+                break
+            time.sleep(0.02)
+        assert seen, "the race started no server"
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=120)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=120)
+        assert reply["content"]["status"] == "error"  # stopped by the interrupt, not run to the end
+        seen |= _children(kernel)
+        assert _children(kernel) == {}, "a server outlived the interrupted cell"
+        assert not [port for port in seen.values() if _listening(port)], "a port still listens"
+    finally:
+        km.shutdown_kernel(now=True)
