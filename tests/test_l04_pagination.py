@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import pytest
+from answers.l04_pagination import add_gzip
 from fastapi import Depends, FastAPI, HTTPException, Query
 from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
-from answers.l04_pagination import add_gzip
 from course_lib.client import app_client
 from course_lib.db import dialect
 from course_lib.grading import grade

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
+from answers.l07_settings import ShopSettings
 from pydantic import (
     AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError, field_serializer, field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from answers.l07_settings import ShopSettings
 from course_lib.client import app_client
 from course_lib.grading import grade, hint
 from course_lib.lessons.l07_settings import (
