@@ -1,4 +1,4 @@
-"""`python -m course_lib dev {check,build,new,files}`: the maintainer's tools, driven by the lesson catalogue.
+"""`python -m course_lib dev {check,build,new,renumber,files}`: the maintainer's tools, driven by the lesson catalogue.
 
 `dev check` holds the course's shape (as rustlings' `dev check` does): lessons and exercise ids unique and in
 teaching order, every exercise graded and hinted, every lesson with all its files, notebooks built from their text
@@ -339,7 +339,7 @@ def new_lesson(number: str, slug: str, title: str, root: Path = ROOT) -> list[Pa
     fields = {"number": number, "slug": slug, "title": title, "name": lesson.name}
     made = {lesson.module_path(root): _MODULE, lesson.tests(root): _TESTS, lesson.instructor_notes(root): _NOTES,
             lesson.source("notebooks", root): _LESSON_SOURCE, lesson.source("solutions", root): _SOLUTION_SOURCE}
-    for path, template in made.items():
+    for path in made:
         if path.exists():
             raise FileExistsError(f"{path} exists already")
     for path, template in made.items():
@@ -353,6 +353,65 @@ def new_lesson(number: str, slug: str, title: str, root: Path = ROOT) -> list[Pa
         raise ValueError(f"cannot find the end of CATALOGUE in {catalogue_file}: add the line yourself:\n{line}")
     catalogue_file.write_text(text)
     return [catalogue_file, *made]
+
+
+# ---------------------------------------------------------------- dev renumber: move a lesson in teaching order
+
+_TEXT_SUFFIXES = {".py", ".md", ".json", ".yaml", ".yml", ".toml", ".txt", ".cfg", ""}
+_SEARCHED = ("course_lib", "sources", "tests", "tools", "instructors", "docker", ".ci")
+
+
+def renumber(old: str, new: str, root: Path = ROOT) -> list[str]:
+    """Give lesson `old` the number `new`: its files, names, exercise ids and every reference to them; returns the
+    lines mentioning the old number that a person should still read (prose such as "Lesson 09")."""
+    lesson = catalogue.CATALOGUE.find(old)
+    if lesson is None:
+        raise ValueError(f"no lesson {old!r} in the catalogue")
+    moved = Lesson(new, lesson.slug, lesson.title, tuple(new + ex[len(old):] for ex in lesson.exercises),
+                   lesson.serial, lesson.services, lesson.service_parts)
+    others = tuple(known for known in catalogue.CATALOGUE if known is not lesson)
+    order = sorted((*others, moved), key=lambda known: known.number)
+    problems = catalogue_problems(tuple(order))
+    if problems:
+        raise ValueError("; ".join(problems))
+    renames = {lesson.name: moved.name, **dict(zip(lesson.exercises, moved.exercises, strict=True))}
+    pattern = re.compile("|".join(re.escape(key) for key in sorted(renames, key=len, reverse=True)))
+    for old_path, new_path in zip(lesson.files(root), moved.files(root), strict=True):
+        if old_path.exists() and not new_path.exists():
+            target = new_path.parent if old_path.name == "__init__.py" else new_path
+            (old_path.parent if old_path.name == "__init__.py" else old_path).rename(target)
+    to_read: list[str] = []
+    files = [root / name for name in ("README.md", "INSTRUCTORS.md", "CONTRIBUTING.md", "conftest.py")]
+    files += [path for folder in _SEARCHED for path in (root / folder).rglob("*")
+              if path.is_file() and path.suffix in _TEXT_SUFFIXES and "__pycache__" not in path.parts]
+    for path in files:
+        if not path.exists():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        if path.name == "catalogue.py":
+            text = text.replace(f'Lesson("{old}", "{lesson.slug}"', f'Lesson("{new}", "{lesson.slug}"')
+        changed = pattern.sub(lambda m: renames[m.group(0)], text)
+        if path.name == "catalogue.py":  # keep the lines in teaching order: the catalogue refuses any other
+            changed = _reorder_catalogue(changed)
+        if changed != text:
+            path.write_text(changed)
+        if moved.name in path.name or path.name == f"l{moved.name}.py":
+            to_read += [f"{path.relative_to(root)}:{i}: {line.strip()}" for i, line in
+                        enumerate(changed.splitlines(), 1) if re.search(rf"(?<![\d.]){old}(?![\d])", line)]
+    return to_read
+
+
+def _reorder_catalogue(text: str) -> str:
+    """The CATALOGUE block's `Lesson(...)` entries sorted by number (each entry may span lines)."""
+    start = text.index("CATALOGUE = Catalogue((\n") + len("CATALOGUE = Catalogue((\n")
+    end = text.index("\n))\n", start) + 1
+    entries = re.split(r"(?m)^(?=    Lesson\()", text[start:end])
+    entries = [entry for entry in entries if entry.strip()]
+    entries.sort(key=lambda entry: re.search(r'Lesson\("(\d\d)"', entry).group(1))  # type: ignore[union-attr]
+    return text[:start] + "".join(entries) + text[end:]
 
 
 # ---------------------------------------------------------------- the command line
@@ -372,6 +431,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("number", help="two digits, after the last lesson's")
     p.add_argument("slug", help="a lower-case Python name, e.g. async_db")
     p.add_argument("title", help="what the lesson teaches, one line (the README's table shows it)")
+    p = sub.add_parser("renumber", help="move a lesson in teaching order: its files, names, ids and references")
+    p.add_argument("old", help="the lesson's number now, e.g. 09")
+    p.add_argument("new", help="its new number, e.g. 11 (free, and in teaching order among the others)")
     p = sub.add_parser("files", help="the test selection CI runs again against a real server")
     p.add_argument("--service", required=True, choices=("postgresql", "redis"))
     args = parser.parse_args(argv)
@@ -396,6 +458,16 @@ def main(argv: Sequence[str]) -> int:
         for path in made:
             print(f"wrote {path.relative_to(ROOT)}")
         print(f"next: `python -m course_lib dev build {args.number}`, then `python -m course_lib dev check`")
+        return 0
+    if args.command == "renumber":
+        try:
+            to_read = renumber(args.old, args.new)
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 2
+        for line in to_read:
+            print(f"read: {line}")
+        print(f"renumbered; next: `python -m course_lib dev build {args.new}`, then `python -m course_lib dev check`")
         return 0
     for path in files(args.service):
         print(path.relative_to(ROOT))

@@ -161,3 +161,18 @@ def test_dev_check_run_grades_solutions_and_shipped_exercises(tmp_path):
     nbformat.write(build_exercise(solution, keep_answers=True), lesson.notebook("exercises", copy))
     problems = dev._run_problems(CATALOGUE, copy, ["00"])
     assert problems == ["exercise 00.first-endpoint passes as shipped: its starter code already answers it"]
+
+
+def test_dev_renumber_moves_a_lesson_and_the_course_still_checks(tmp_path):
+    copy = _copy_course(tmp_path)
+    moved = _dev(copy, "renumber", "09", "12")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert (copy / "notebooks" / "12_capstone.ipynb").exists() and not (copy / "notebooks" / "09_capstone.ipynb").exists()
+    assert (copy / "tests" / "test_l12_capstone.py").exists()
+    assert '"12.capstone"' in (copy / "course_lib" / "lessons" / "l12_capstone.py").read_text()
+    built = _dev(copy, "build", "12")
+    assert built.returncode == 0, built.stdout + built.stderr
+    checked = _dev(copy, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    refused = _dev(copy, "renumber", "12", "05")
+    assert refused.returncode == 2 and "used twice" in refused.stderr
