@@ -36,7 +36,7 @@ LEARNERS = ["ada", "bob", "cyd", "dee"]
 PLANTED = ["eve", "fay"]  # the hub is told to give these two one shared COURSE_LAB_HOME: a planted collision
 IDLE = "gus"  # the only learner the hub's jupyterhub-idle-culler may see: culled after 20 s without activity
 EXERCISE = dict(zip(LEARNERS + PLANTED, ["00.first-endpoint", "01.timeout-client", "02.nested", "03.invalidate",
-                                         "04.gzip", "04.keyset"]))
+                                         "04.gzip", "04.keyset"], strict=True))
 LESSONS = ["notebooks/02_n_plus_one.ipynb", "notebooks/03_caching.ipynb"]
 HELLO = "course_lib.lessons.l00_welcome:hello_app"
 

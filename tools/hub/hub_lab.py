@@ -261,13 +261,13 @@ def learner_processes(users: Iterable[str]) -> dict[int, str]:
     """pid → learner of every live process whose environment says it belongs to a learner's server (the server,
     its kernels and everything they start inherit JUPYTERHUB_USER)."""
     wanted = set(users)
-    found = {}
+    found: dict[int, str] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             user = _environ(int(entry.name)).get("JUPYTERHUB_USER")
         except (OSError, ValueError):
             continue
-        if user in wanted:
+        if user is not None and user in wanted:
             found[int(entry.name)] = user
     return found
 
@@ -324,13 +324,13 @@ def snapshot(users: Iterable[str]) -> Snapshot:
     listening: dict[int, set[str]] = defaultdict(set)
     connections = []
     for local, remote, state, inode in _tcp_table():
-        user = socket_owner.get(inode)
-        if user is None:
+        owner = socket_owner.get(inode)
+        if owner is None:
             continue
         if state == "0A":
-            listening[local].add(user)
+            listening[local].add(owner)
         elif state == "01":
-            connections.append((user, remote))
+            connections.append((owner, remote))
     return Snapshot(dict(listening), connections, dict(files), dict(lab_homes), pids)
 
 
@@ -346,12 +346,12 @@ def collisions(shot: Snapshot, ignore: Iterable[str] = ()) -> set[str]:
         owners = shot.listening.get(port, set())
         if owners and user not in owners:
             found.add(f"{user} is connected to port {port}, which {sorted(owners)} listen(s) on")
-    for path, users in shot.files.items():
+    for path, writers in shot.files.items():
         if path in ignored:
             continue
         shared_db = any(s in path for s in (".db", ".sqlite")) and not path.startswith(str(VENV_BIN.parent))
-        if len(users) > 1 and (any(users.values()) or shared_db):
-            found.add(f"file {path} is open by several learners (writing: {sorted(u for u, w in users.items() if w)})")
+        if len(writers) > 1 and (any(writers.values()) or shared_db):
+            found.add(f"file {path} is open by several learners (writing: {sorted(u for u, w in writers.items() if w)})")
     for home, users in shot.lab_homes.items():
         if len(users) > 1:
             found.add(f"COURSE_LAB_HOME {home} is shared by {sorted(users)}")

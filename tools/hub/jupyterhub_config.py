@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
+c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub when it loads this file
 root = Path(os.environ["COURSE_HUB_ROOT"])
 users = {name for name in os.environ["COURSE_HUB_USERS"].split(",") if name}
 
