@@ -291,14 +291,31 @@ def export_notebook(ipynb: Path, py: Path) -> bool:
     return True
 
 
-def export_all(only: str | None = None, root: Path = ROOT) -> list[Path]:
-    """Write every lesson and solutions notebook (or lesson `only`'s) back to its source; return those changed."""
-    changed = []
+def export_all(only: str | None = None, root: Path = ROOT, *, force: bool = False) -> list[Path]:
+    """Write each lesson and solutions notebook (or lesson `only`'s) that differs from its source back to that source;
+    return the sources changed. A source edited after its notebook is left alone (SourceError naming it, after the
+    others are written) unless `force`: build it instead, or it would lose that edit."""
+    changed: list[Path] = []
+    newer: list[str] = []
     for folder in FOLDERS:
         for ipynb in _selected((root / folder).glob("*.ipynb"), only):
             py = source_path(ipynb, root)
+            if py.is_file():
+                try:
+                    same = render_notebook(py, ipynb) == ipynb.read_text(encoding="utf-8")
+                except SourceError:
+                    same = False
+                if same:  # already its source's build: leave the source's own layout alone
+                    continue
+                if not force and py.stat().st_mtime_ns > ipynb.stat().st_mtime_ns:
+                    newer.append(str(py.relative_to(root)))
+                    continue
             if export_notebook(ipynb, py):
                 changed.append(py)
+    if newer:
+        raise SourceError(f"not exported, edited after their notebooks: {', '.join(newer)}: build them "
+                          "(`python -m course_lib dev build NN`), or export with force=True to discard those edits"
+                          + (f" (exported: {', '.join(str(p.relative_to(root)) for p in changed)})" if changed else ""))
     return changed
 
 

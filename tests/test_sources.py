@@ -22,6 +22,7 @@ from course_lib.sources import (
     build_all,
     build_notebook,
     drifted,
+    export_all,
     export_notebook,
     notebook_path,
     read_source,
@@ -75,6 +76,7 @@ def test_every_lesson_and_solutions_notebook_has_a_source() -> None:
 @pytest.mark.parametrize("py", SOURCES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_building_an_unchanged_source_rewrites_nothing(py: Path, tmp_path: Path) -> None:
     committed = notebook_path(py)
+    assert committed.is_file(), f"{py.relative_to(ROOT)} was never built: no {committed.relative_to(ROOT)}"
     target = tmp_path / committed.parent.name / committed.name
     target.parent.mkdir()
     shutil.copy2(committed, target)
@@ -391,6 +393,7 @@ def test_each_reference_answer_module_is_spliced_into_its_solution() -> None:
         lesson = module.stem[1:]
         solution = ROOT / "sources" / "solutions" / f"{lesson}.py"
         text = solution.read_text(encoding="utf-8")
+        assert (ROOT / "solutions" / f"{lesson}.ipynb").is_file(), f"solutions/{lesson}.ipynb was never built"
         built = nbformat.read(ROOT / "solutions" / f"{lesson}.ipynb", as_version=4)
         for section in sections:
             assert f'# --8<-- "answers/{module.name}:{section}"' in text, f"{module.name}:{section} is spliced nowhere"
@@ -435,3 +438,25 @@ def test_class_grading_hides_every_file_that_holds_a_reference_answer(tmp_path: 
     assert any(p.parent.name == "answers" for p in holders) and any(p.suffix == ".ipynb" for p in holders)
     readable = [str(p.relative_to(ROOT)) for p in holders if not any(p.is_relative_to(h) for h in hidden)]
     assert readable == [], f"readable by a learner's kernel during class grading: {readable}"
+
+
+def test_export_all_writes_back_only_notebooks_edited_after_their_sources(tmp_path: Path) -> None:
+    """A notebook edited in JupyterLab goes back to its source; a source edited since is never overwritten."""
+    import os
+
+    root = _copy_lesson(tmp_path)
+    py = root / "sources" / "notebooks" / f"{LESSON}.py"
+    assert export_all(root=root) == [], "a notebook equal to its source's build rewrote the source"
+    _change_notebook_source(root)
+    assert export_all(root=root) == [py] and "Edited in the notebook." in py.read_text(encoding="utf-8")
+    assert drifted(root) == []
+
+    _change_notebook_source(root)  # both sides edited: the source last
+    _change_the_source(root)
+    later = (root / "notebooks" / f"{LESSON}.ipynb").stat().st_mtime_ns + 10**9
+    os.utime(py, ns=(later, later))
+    text = py.read_text(encoding="utf-8")
+    with pytest.raises(SourceError, match="edited after their notebooks: sources/notebooks/02_n_plus_one.py"):
+        export_all(root=root)
+    assert py.read_text(encoding="utf-8") == text, "a source edited after its notebook was overwritten"
+    assert export_all(root=root, force=True) == [py] and "N plus 1" not in py.read_text(encoding="utf-8")
