@@ -206,3 +206,17 @@ def test_one_thread_safety_setting_for_sqlite_and_none_for_servers():
         assert seen == [1]
     finally:
         drop_fresh_database(engine, path)
+
+
+def test_lesson_05s_big_tables_leave_the_id_sequences_ready():
+    """Lesson 05 builds its tables inside the database with explicit ids: the next row added without one fits."""
+    from course_lib.lessons.l05_indexes import make_posts_db
+
+    with make_posts_db(30, 2) as db, db.session() as session:
+        user = User(name="New", email="new@example.com", country="FR", is_active=True, created_at=datetime(2025, 1, 1))
+        session.add(user)
+        session.flush()
+        session.add(Post(user_id=user.id, title="t", body="b", likes=0, created_at=datetime(2025, 1, 1)))
+        session.flush()
+        assert user.id == 31 and session.scalar(select(func.max(Post.id))) == 61
+        session.rollback()

@@ -37,6 +37,7 @@ from ..db import (
     drop_fresh_database,
     fresh_engine,
     make_demo_db,
+    reset_id_sequences,
 )
 from ..grading import Checking, exercise
 from ..plans import EXPLAINERS, PlanStep, QueryPlan, explain, parse_postgresql_plan, parse_sqlite_plan
@@ -151,6 +152,7 @@ def make_users_db(n: int, indexes: Sequence[str | Sequence[str]] = ()) -> DemoDB
     """A fresh demo database holding `n` users (no posts), plus the listed indexes on `users`."""
     db = make_demo_db(users=0, posts_per_user=0)
     insert_users(db, 1, n)
+    reset_id_sequences(db.engine, "users")  # PostgreSQL: a user added without an id gets n + 1
     analyze(db.engine, "users")
     for columns in indexes:
         add_index(db, "users", columns)
@@ -164,6 +166,7 @@ def make_posts_db(users: int, posts_per_user: int, indexes: Sequence[str | Seque
     if n:
         with db.engine.begin() as conn:
             conn.execute(text(_sql_for(db.engine, _POSTS_SQL, _PG_POSTS_SQL)), {"n": n, "users": users})
+        reset_id_sequences(db.engine, "posts")
         analyze(db.engine, "posts")
     db.counts["posts"] = n
     for columns in indexes:
