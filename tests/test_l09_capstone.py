@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import text
 
 from course_lib.grading import grade
-from course_lib.lessons.bookshop import load_answer, load_factory, make_bookshop_db
 from course_lib.lessons.bookshop.app import make_app
-from course_lib.lessons.l09_capstone import GOAL, audit_bookshop, compare_behaviour, copy_db, corpus
+from course_lib.lessons.l09_capstone import (
+    GOAL, audit_bookshop, compare_behaviour, copy_db, corpus, load_answer, load_factory, make_bookshop_db,
+)
 from course_lib.notebooks import BEGIN, END, ROOT, STARTER
 from course_lib.servers import running_servers
 
@@ -223,10 +224,10 @@ SHIPPED = "from course_lib.lessons.bookshop.app import make_app as shipped\n"
     ("exec_reference", "from course_lib.lessons.l09_capstone import _reference_file\n"
      "exec(_reference_file().read_text())\n", "compiled from a string"),
     ("loads_reference", "from course_lib.lessons.l09_capstone import _reference_file\n"
-     "from course_lib.lessons.bookshop import load_factory\nmake_app = load_factory(str(_reference_file()))\n",
+     "from course_lib.lessons.l09_capstone import load_factory\nmake_app = load_factory(str(_reference_file()))\n",
      "capstone-reference"),
     ("subclass_of_reference", "from course_lib.lessons.l09_capstone import _reference_file\n"
-     "from course_lib.lessons.bookshop import load_answer\n_ref = load_answer(str(_reference_file()))\n"
+     "from course_lib.lessons.l09_capstone import load_answer\n_ref = load_answer(str(_reference_file()))\n"
      + reference_source().replace("app.add_middleware(ProcessTime)",
                                   "app.add_middleware(type('Timing', (_ref.ProcessTime,), {}))"),
      "middleware Timing comes from"),
@@ -246,7 +247,7 @@ def test_the_course_s_reference_swapped_in_under_the_server_is_refused(tmp_path:
     source = reference_source() + (
         "\n\nimport os\nif os.environ.get('BOOKSHOP_DB_LATENCY_MS'):  # only in the served process\n"
         "    from course_lib.lessons.l09_capstone import _reference_file\n"
-        "    from course_lib.lessons.bookshop import load_factory\n"
+        "    from course_lib.lessons.l09_capstone import load_factory\n"
         "    os.environ['BOOKSHOP_REFERENCE'] = '1'\n"
         "    make_app = load_factory(str(_reference_file()))\n")
     result = grade(EX, write(tmp_path, "swapped_when_served", source))

@@ -4,42 +4,204 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import importlib.util
 import json
 import os
+import random
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
 from ..auditor import AuditReport, audit
 import httpx
-from sqlalchemy import create_engine, func, insert, select
+from sqlalchemy import create_engine, event, func, insert, select, text
+from sqlalchemy.engine import Engine
 
-from ..db import copy_database, temp_folder
+from ..db import copy_database, drop_fresh_database, fresh_engine, insert_in_batches, temp_folder
 from ..bench_rows import BenchRow
 from ..client import app_client
 from ..grading import Checking, exercise
 from ..load import load_test
-from ..servers import ServerGroup
+from ..servers import serve
 from ..layout import BEGIN, END, ROOT, STARTER
 from . import bookshop as _bookshop
-from .bookshop import DEMO_API_KEY, RATES, BookshopDB, Review, engine_args, load_answer, make_bookshop_db
+from .bookshop import DEMO_API_KEY, RATES, Author, Book, BookshopBase, Review, engine_args
 from .bookshop.app import make_app
 
 __all__ = [
     "make_app", "make_bookshop_db", "corpus", "compare_behaviour", "copy_db", "MixResult", "race",
-    "audit_bookshop", "workspace", "load_mix", "GOAL", "LATENCY_MS", "LARGE_PAGE",
+    "audit_bookshop", "workspace", "load_mix", "GOAL", "LATENCY_MS", "LARGE_PAGE", "BookshopDB", "load_answer",
+    "load_factory", "install_db_latency", "served_app",
 ]
 
 GOAL = 10.0  # the issue's bar: fixed throughput ≥ 10× the original, same load, same machine, one run
 LATENCY_MS = 1.0  # simulated round trip to the database for the servers under load (a database across a network)
-SERVED = "course_lib.lessons.bookshop.served:app"
+SERVED = "course_lib.lessons.l09_capstone:served_app"  # an app factory: uvicorn runs it with --factory
 LARGE_PAGE = "/books?limit=100"  # the largest page the API allows: well over the audit's 4 KB compression bar
 GRADER_TTL_S = 1.0  # BOOKSHOP_CACHE_TTL_S while the grader checks that cached answers expire
+
+
+# --- the bookshop's data and how the course serves it: the course's tools, plugged in from outside the app ------
+
+_FIRST = ["Ursula", "Terry", "Octavia", "Iain", "Jorge", "Italo", "Toni", "Haruki", "Chimamanda", "Stanislaw"]
+_LAST = ["Le Guin", "Pratchett", "Butler", "Banks", "Borges", "Calvino", "Morrison", "Murakami", "Adichie", "Lem"]
+_WORDS = "night river glass city winter engine garden silent library machine ocean paper".split()
+
+
+@dataclass
+class BookshopDB:
+    """A fresh bookshop database (a SQLite file, or a PostgreSQL database when DATABASE_URL names a server)."""
+
+    engine: Engine
+    path: Path | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """Its URL (a server subprocess can open it): the SQLite file, or the PostgreSQL database."""
+        return f"sqlite:///{self.path}" if self.path is not None else self.engine.url.render_as_string(hide_password=False)
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self.engine.dialect.name
+
+    def sample_isbn(self, book_id: int = 1) -> str:
+        """The ISBN the seeded data gives book `book_id`."""
+        return _isbn(book_id)
+
+    def close(self) -> None:
+        """Dispose of the engine and delete the database (its file, or its server database)."""
+        drop_fresh_database(self.engine, self.path)
+
+    def __enter__(self) -> BookshopDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "BookshopDB(" + ", ".join(f"{n:,} {t}" for t, n in self.counts.items()) + ")"
+
+
+def _isbn(book_id: int) -> str:
+    return f"978{book_id * 7919 % 10_000_000_000:010d}"
+
+
+def make_bookshop_db(authors: int = 500, books_per_author: int = 10, reviews_per_book: int = 20,
+                     *, seed: int = 0) -> BookshopDB:
+    """Build a fresh bookshop database with deterministic data (no secondary indexes), in bulk, through the
+    bookshop's own models (their metadata makes the tables)."""
+    if min(authors, books_per_author, reviews_per_book) < 0:
+        raise ValueError("make_bookshop_db: sizes must be zero or positive")
+    engine, path = fresh_engine()
+    BookshopBase.metadata.create_all(engine)
+    rng = random.Random(seed)
+
+    def author_rows() -> Iterator[dict[str, Any]]:
+        for i in range(1, authors + 1):
+            yield {"id": i, "name": f"{rng.choice(_FIRST)} {rng.choice(_LAST)} {i}",
+                   "country": rng.choice(["GB", "US", "FR", "JP", "NG", "AR"])}
+
+    def book_rows() -> Iterator[dict[str, Any]]:
+        book_id = 0
+        for author_id in range(1, authors + 1):
+            for _ in range(books_per_author):
+                book_id += 1
+                yield {"id": book_id, "author_id": author_id, "isbn": _isbn(book_id),
+                       "title": " ".join(rng.choice(_WORDS) for _ in range(3)).title(),
+                       "price_cents": rng.randrange(500, 5000), "year": rng.randrange(1950, 2025)}
+
+    def review_rows() -> Iterator[dict[str, Any]]:
+        review_id = 0
+        for book_id in range(1, authors * books_per_author + 1):
+            for _ in range(reviews_per_book):
+                review_id += 1
+                yield {"id": review_id, "book_id": book_id, "rating": rng.randrange(1, 6),
+                       "body": " ".join(rng.choice(_WORDS) for _ in range(8))}
+
+    counts = {
+        "authors": insert_in_batches(engine, Author.__table__, author_rows()),
+        "books": insert_in_batches(engine, Book.__table__, book_rows()),
+        "reviews": insert_in_batches(engine, Review.__table__, review_rows()),
+    }
+    if engine.dialect.name == "postgresql":  # explicit ids: move the sequences on; fresh statistics for the planner
+        with engine.begin() as conn:
+            for table in ("authors", "books", "reviews"):
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                  f"coalesce(max(id), 0) + 1, false) FROM {table}"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
+        engine.dispose()  # no idle connection left: the database can serve as a TEMPLATE for copies
+    return BookshopDB(engine=engine, path=path, counts=counts)
+
+
+def install_db_latency(latency_ms: float) -> None:
+    """Make every statement of every engine in this process wait `latency_ms` first (a database across a network)."""
+    if latency_ms > 0:
+        event.listen(Engine, "before_cursor_execute", lambda *_: time.sleep(latency_ms / 1000))
+
+
+def load_answer(path: str) -> ModuleType:
+    """Import a Python file by path (a fresh module each time); it must define `make_app(database_url)`."""
+    spec = importlib.util.spec_from_file_location(f"bookshop_user_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "make_app", None)):
+        raise AttributeError(f"{path} defines no make_app(database_url) function")
+    migrate = getattr(module, "migrate", None)
+    if migrate is not None and not callable(migrate):
+        raise TypeError(f"{path}: `migrate` must be a function migrate(database_url), got {type(migrate).__name__}")
+    return module
+
+
+def load_factory(path: str) -> Callable[[str], Any]:
+    """The app factory of a file: `factory(url)` runs the file's `migrate(url)` (if any), then `make_app(url)`.
+
+    `migrate` is the deploy step (what `alembic upgrade head` does before the servers start): schema changes
+    such as indexes belong there or in a migration, never in the app's lifespan (lesson 06).
+    """
+    module = load_answer(path)
+    make_app, migrate = module.make_app, getattr(module, "migrate", None)
+
+    def factory(database_url: str) -> Any:
+        if migrate is not None:
+            migrate(database_url)
+        return make_app(database_url)
+
+    factory.__name__ = "make_app"
+    return factory
+
+
+def served_app() -> Any:
+    """The app `race` serves under uvicorn (`--factory`), as the environment asks:
+
+    BOOKSHOP_DB_URL    the database URL: a SQLite file or a PostgreSQL database (a copy per server, so one app's
+                       indexes never help another)
+    BOOKSHOP_APP_FILE  a Python file defining `make_app(database_url) -> FastAPI` (and optionally the deploy step
+                       `migrate(database_url)`, run first); unset: the bookshop as shipped
+    BOOKSHOP_DB_LATENCY_MS  simulated network round trip added to every SQL statement (default 0)
+    BOOKSHOP_REFERENCE "1" only when the file is the course's own answer (the bench); otherwise an app built from
+                       the course's bookshop or its reference is refused, as the capstone's grader refuses it
+    """
+    install_db_latency(float(os.environ.get("BOOKSHOP_DB_LATENCY_MS", "0")))
+    url = os.environ["BOOKSHOP_DB_URL"]
+    if not os.environ.get("BOOKSHOP_APP_FILE"):
+        return make_app(url)
+    reference = os.environ.get("BOOKSHOP_REFERENCE") == "1"  # read before the file runs: the bench's own answer
+    app, borrowed = build_own_app(load_factory(os.environ["BOOKSHOP_APP_FILE"]), url)
+    if borrowed and not reference:  # the grader's in-process check, once more where the load test runs
+        raise SystemExit("refused: the capstone is your own fixed bookshop, not the course's: " + "; ".join(borrowed[:3]))
+    return app
 
 
 def workspace() -> Path:
@@ -142,17 +304,23 @@ async def race(db: BookshopDB, variants: dict[str, dict[str, str]], *, seconds: 
                concurrency: int = 2, latency_ms: float = LATENCY_MS) -> dict[str, MixResult]:
     """Serve each variant under uvicorn (1 worker, own copy of the database) and load them interleaved, in one run.
 
-    A variant is environment for `bookshop.served`: {} (the original) or
+    A variant is environment for `served_app`: {} (the original) or
     {"BOOKSHOP_APP_FILE": "/path/fixed.py"}. Each round loads every variant in turn for `seconds`.
     """
     paths = load_mix(db)
     results = {label: MixResult(label) for label in variants}
-    with ServerGroup() as group:  # every server stops when the block ends, even interrupted at any point
-        servers = {label: group.start(SERVED, ready_path="/books/1", startup_timeout=60,
-                                      env={"BOOKSHOP_DB_URL": copy_db(db), "BOOKSHOP_DB_LATENCY_MS": str(latency_ms),
-                                           **env})
-                   for label, env in variants.items()}
-        await group.ready()  # side by side: their imports take seconds
+    with ExitStack() as stack:
+        started = await asyncio.gather(*(asyncio.to_thread(  # start them side by side: imports take seconds
+            serve, SERVED, extra_args=("--factory",), ready_path="/books/1", startup_timeout=60,
+            env={"BOOKSHOP_DB_URL": copy_db(db), "BOOKSHOP_DB_LATENCY_MS": str(latency_ms), **env})
+            for env in variants.values()), return_exceptions=True)
+        for server in started:
+            if not isinstance(server, BaseException):
+                stack.callback(server.stop)
+        for server in started:
+            if isinstance(server, BaseException):
+                raise server
+        servers = dict(zip(variants, started, strict=True))
         for label, server in servers.items():  # warm-up: lifespan work, first connections, caches
             await _mixed_load(server.url, paths, 0.2, 1)
         for _ in range(rounds):

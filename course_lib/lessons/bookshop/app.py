@@ -18,7 +18,10 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import Book, BookshopSettings, Review, engine_args, rates_app
+from .database import engine_args
+from .models import Book, Review
+from .rates import rates_app
+from .settings import BookshopSettings
 
 __all__ = ["make_app"]
 
