@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +29,7 @@ from ..bench_rows import BenchRow
 from ..client import app_client
 from ..grading import Checking, exercise
 from ..load import load_test
-from ..servers import serve
+from ..servers import ServerGroup
 from ..layout import BEGIN, END, ROOT, STARTER
 from . import bookshop as _bookshop
 from .bookshop import DEMO_API_KEY, RATES, Author, Book, BookshopBase, Review, engine_args
@@ -309,18 +309,12 @@ async def race(db: BookshopDB, variants: dict[str, dict[str, str]], *, seconds: 
     """
     paths = load_mix(db)
     results = {label: MixResult(label) for label in variants}
-    with ExitStack() as stack:
-        started = await asyncio.gather(*(asyncio.to_thread(  # start them side by side: imports take seconds
-            serve, SERVED, extra_args=("--factory",), ready_path="/books/1", startup_timeout=60,
-            env={"BOOKSHOP_DB_URL": copy_db(db), "BOOKSHOP_DB_LATENCY_MS": str(latency_ms), **env})
-            for env in variants.values()), return_exceptions=True)
-        for server in started:
-            if not isinstance(server, BaseException):
-                stack.callback(server.stop)
-        for server in started:
-            if isinstance(server, BaseException):
-                raise server
-        servers = dict(zip(variants, started, strict=True))
+    with ServerGroup() as group:  # every server stops when the block ends, even interrupted at any point
+        servers = {label: group.start(SERVED, extra_args=("--factory",), ready_path="/books/1", startup_timeout=60,
+                                      env={"BOOKSHOP_DB_URL": copy_db(db), "BOOKSHOP_DB_LATENCY_MS": str(latency_ms),
+                                           **env})
+                   for label, env in variants.items()}
+        await group.ready()  # side by side: their imports take seconds
         for label, server in servers.items():  # warm-up: lifespan work, first connections, caches
             await _mixed_load(server.url, paths, 0.2, 1)
         for _ in range(rounds):
