@@ -377,7 +377,8 @@ def drifted(root: Path = ROOT) -> list[str]:
                                 "create it once with course_lib.sources.export_notebook")
                 continue
             if stem not in notebooks:
-                problems.append(f"sources/{folder}/{stem}.py was never built: {folder}/{stem}.ipynb is missing")
+                problems.append(f"sources/{folder}/{stem}.py was never built: {folder}/{stem}.ipynb is missing "
+                                f"(`python -m course_lib dev build {stem.split('_', 1)[0]}`)")
                 continue
             try:
                 built = render_notebook(py, ipynb)
@@ -386,7 +387,9 @@ def drifted(root: Path = ROOT) -> list[str]:
                 continue
             stored = ipynb.read_text(encoding="utf-8")
             if built != stored:
+                number = stem.split("_", 1)[0]
                 problems.append(f"{folder}/{stem}.ipynb differs from sources/{folder}/{stem}.py: "
-                                f"{_difference(built, stored)} (edit the source and build it, or export the "
-                                "notebook if it is the newer one)")
+                                f"{_difference(built, stored)} (build it from the source: `python -m course_lib "
+                                f"dev build {number}`; or, if the notebook is the newer one, export it: "
+                                f"`python -c \"from course_lib.sources import export_all; export_all('{number}')\"`)")
     return problems
