@@ -259,9 +259,8 @@ def sweep_orphan_logs(folder: str | Path | None = None) -> list[Path]:
 
 
 def _current_cell() -> int:
-    """The number of the notebook cell running now (0 outside a kernel)."""
-    shell = _WATCHING[0] if _WATCHING else None
-    return int(getattr(shell, "execution_count", 0) or 0) if shell is not None else 0
+    """Which notebook cell runs now, counted from the first that started a server (0 outside a kernel)."""
+    return _CELL[0]
 
 
 def _spawn(command: Sequence[str], port: int, *, kind: str, app: str, workers: int,
@@ -462,6 +461,7 @@ class ServerGroup:
 
 
 _WATCHING: list[Any] = []  # the IPython shell whose cells are watched (at most one)
+_CELL = [0]  # cells run in it since it was first watched (the kernel's own count differs between versions)
 
 
 def _watch_cells() -> None:
@@ -476,6 +476,12 @@ def _watch_cells() -> None:
     if shell is None or not hasattr(shell, "kernel"):
         return
     _WATCHING.append(shell)
+    _CELL[0] = 1  # the cell running now
+
+    def next_cell(*_: object) -> None:
+        _CELL[0] += 1
+
+    shell.events.register("pre_run_cell", next_cell)
     shell.events.register("post_run_cell", _stop_servers_of_an_interrupted_cell)
 
 
@@ -485,8 +491,7 @@ def _stop_servers_of_an_interrupted_cell(result: Any) -> list[Server]:
     error = getattr(result, "error_in_exec", None)
     if not isinstance(error, (KeyboardInterrupt, asyncio.CancelledError)):
         return []
-    cell = getattr(result, "execution_count", None)
-    left = [s for s in running_servers() if s.cell == cell]
+    left = [s for s in running_servers() if s.cell == _CELL[0]]
     for server in left:
         server.stop(timeout=5)
     if left:

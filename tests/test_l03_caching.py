@@ -683,6 +683,54 @@ def test_invalidate_wrong_answers_fail_saying_why(answer, says):
     assert result.hint
 
 
+async def _raises_on_post(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    raise RuntimeError("no writes today")
+
+
+async def _hangs_after_commit(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> int:
+    post_id = await run_in_threadpool(create_post, session, new)
+    await asyncio.sleep(3600)
+    return post_id
+
+
+def _no_post_route() -> AppFactory:
+    """Odd: cached GETs, but no POST /posts at all."""
+
+    def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
+        app = _invalidating_app(_clear_tag)(db, redis, prefix, ttl)
+        app.router.routes = [route for route in app.router.routes if getattr(route, "path", "") != "/posts"]
+        return app
+
+    return make_app
+
+
+def _post_that_writes_nothing(redis: Redis, tag_key: str, session: Session, new: NewPost, _: Any) -> Any:
+    """Wrong: the POST clears the cache but never inserts the post (so every read is trivially 'fresh')."""
+    return _clear_tag(redis, tag_key)
+
+
+async def _clears_without_writing(redis: Redis, tag_key: str, session: Session, new: NewPost, bg: Any) -> int:
+    await _post_that_writes_nothing(redis, tag_key, session, new, bg)
+    return 0
+
+
+@pytest.mark.parametrize(("answer", "says"), [
+    (None, ""), (42, ""), (lambda db, redis, prefix, ttl: None, ""),
+    (_invalidating_app(_noop, post=_raises_on_post), "RuntimeError: no writes today"),
+    (_invalidating_app(_noop, post=_hangs_after_commit), "did not answer within"),
+    (_no_post_route(), "POST /posts on the second worker process answered 404"),
+    (_invalidating_app(_noop, post=_clears_without_writing), "must still insert the post"),
+], ids=["None", "int", "returns-None", "post-raises", "post-hangs", "no-post-route", "post-writes-nothing"])
+def test_invalidate_odd_answers_fail_clearly(answer, says):
+    started = time.monotonic()
+    result = _grade("03.invalidate", answer)
+    assert not result.passed
+    assert result.message and "Traceback" not in result.message
+    assert says in result.message, result.message
+    assert time.monotonic() - started < 55
+    _assert_nothing_left_running()
+
+
 def test_invalidate_uncached_answer_fails_on_the_warm_up():
     result = _grade("03.invalidate", lambda db, redis, prefix, ttl: make_uncached_app(db))
     assert not result.passed

@@ -197,6 +197,13 @@ def make_app(docs_url="/docs", openapi_url="/openapi.json", relative_docs=False)
             return get_swagger_ui_html(openapi_url=openapi_url.rsplit("/", 1)[1], title="Probe")
 
     app.mount("/static", Starlette(routes=[Route("/logo", _logo)]))
+    v2 = FastAPI(title="Probe v2")
+
+    @v2.get("/things")
+    def things(request: Request) -> dict:
+        return _seen(request)
+
+    app.mount("/v2", v2)  # a FastAPI app mounted in the app: its own docs pages at /v2/docs
     return app
 
 
@@ -216,7 +223,8 @@ def _probe_module(folder):
     return vars(module)
 
 
-async def _proxy_problems(client: httpx.AsyncClient, docs: str = "/docs", prefix: str = PREFIX) -> list[str]:
+async def _proxy_problems(client: httpx.AsyncClient, docs: str = "/docs", prefix: str = PREFIX,
+                          mounted: str = "/v2") -> list[str]:
     """What breaks for a browser that reaches the probe app through jupyter-server-proxy (which strips `prefix` from
     the path and sends it as X-Forwarded-Prefix, X-Forwarded-Context and X-ProxyContextPath), and for one that
     reaches it directly: the docs page, the API definition it names, the server "Try it out" uses, and the paths
@@ -232,7 +240,9 @@ async def _proxy_problems(client: httpx.AsyncClient, docs: str = "/docs", prefix
         return await client.get(public[len(prefix):], headers=proxied)
 
     problems = []
-    for where, fetch, page_url in (("through the proxy", via_proxy, prefix + docs), ("directly", client.get, docs)):
+    pages = [(where, fetch, at, base + at + page) for at, page in (("", docs), (mounted, "/docs"))
+             for where, fetch, base in (("through the proxy", via_proxy, prefix), ("directly", client.get, ""))]
+    for where, fetch, at, page_url in pages:
         page = await fetch(page_url)
         named = re.search(r"url: '([^']*)'", page.text) if page is not None and page.status_code == 200 else None
         if named is None:
@@ -247,11 +257,11 @@ async def _proxy_problems(client: httpx.AsyncClient, docs: str = "/docs", prefix
                             f"{why}: Swagger shows 'Failed to load API definition'")
             continue
         servers = [entry.get("url") for entry in spec.json().get("servers", [])]
-        expected = [prefix] if where == "through the proxy" else []
+        expected = [server] if (server := (prefix if where == "through the proxy" else "") + at) else []
         if servers[:1] != expected:
             problems.append(f"{where}, the API definition lists servers {servers}: 'Try it out' would send its "
                             f"requests to {(servers or ['/'])[0]} instead of {(expected or ['/'])[0]}")
-    for path in ("/items/7", "/static/logo"):
+    for path in ("/items/7", "/static/logo", f"{mounted}/things"):
         answers = (("directly", await client.get(path)), ("through the proxy", await via_proxy(prefix + path)))
         for where, response in answers:
             if response is None or response.status_code != 200:
@@ -273,13 +283,16 @@ def _in_process_problems(app) -> list[str]:
     return asyncio.run(run())
 
 
-def _root_path_everywhere(app, compliant: bool, always: bool = False):
+DOCS = ("/docs", "/redoc", "/openapi.json", "/v2/docs", "/v2/redoc", "/v2/openapi.json")
+
+
+def _root_path_everywhere(app, compliant: bool, always: bool = False, only: tuple[str, ...] | None = None):
     """Wrong fixes: the prefix as root_path for every request (uvicorn --root-path does so `always`, with the path
-    `compliant`ly prefixed; a header-reading middleware only for proxied requests)."""
+    `compliant`ly prefixed; a header-reading middleware only for proxied requests), or `only` for some paths."""
     async def wrapped(scope, receive, send):
         headers = dict(scope.get("headers", ()))
         prefix = PREFIX if always else headers.get(b"x-forwarded-prefix", b"").decode()
-        if scope["type"] == "http" and prefix:
+        if scope["type"] == "http" and prefix and (only is None or scope["path"] in only):
             scope = {**scope, "root_path": prefix}
             if compliant:
                 scope["path"] = prefix + scope["path"]
@@ -304,7 +317,7 @@ def test_the_docs_page_through_a_proxy_right_answers(tmp_path):
     assert _in_process_problems(DocsBehindProxy(Passthrough(make_app()))) == []
     assert _in_process_problems(DocsBehindProxy(make_app(), paths=["/docs", "/openapi.json"])) == []
     custom = DocsBehindProxy(make_app(docs_url="/api-docs", openapi_url="/api/schema.json"))
-    assert custom.paths == {"/api-docs", "/api/schema.json", "/redoc"}
+    assert custom.paths == {"/api-docs", "/api/schema.json", "/redoc", "/v2/docs", "/v2/redoc", "/v2/openapi.json"}
     assert asyncio.run(_run(custom, "/api-docs")) == []
 
 
@@ -327,7 +340,13 @@ def test_the_docs_page_through_a_proxy_wrong_answers_fail_and_say_why(tmp_path):
     assert proxied_root_path and all("through the proxy: the app sees path" in p for p in proxied_root_path), (
         proxied_root_path)
     root_path_only = _in_process_problems(_root_path_everywhere(make_app(), compliant=False))
-    assert root_path_only == ["/static/logo through the proxy answered 404: the app's own route no longer matches"]
+    assert "/static/logo through the proxy answered 404: the app's own route no longer matches" in root_path_only
+    assert "/v2/things through the proxy answered 404: the app's own route no longer matches" in root_path_only
+    assert any(p.startswith("through the proxy, /user/ada/proxy/8123/v2/docs did not answer") for p in root_path_only)
+    assert not any("/items/7" in p for p in root_path_only), root_path_only
+    docs_only_root_path = _in_process_problems(_root_path_everywhere(make_app(), compliant=False, only=DOCS))
+    assert docs_only_root_path == [  # a mounted FastAPI app's docs need the public path as well as root_path
+        "through the proxy, /user/ada/proxy/8123/v2/docs did not answer a Swagger page naming its API definition"]
 
 
 def test_a_forwarded_prefix_that_is_not_a_plain_path_is_ignored():
@@ -369,3 +388,132 @@ def test_on_a_hub_a_broken_app_still_fails_fast_with_its_output(monkeypatch):
     with pytest.raises(RuntimeError, match="exited with code") as caught:
         serve("course_lib.no_such_module:app", startup_timeout=20)
     assert "no_such_module" in str(caught.value)
+
+
+# ------------------------------------------------- interrupts: whatever point Ctrl-C hits, no server is left running
+
+
+def test_ctrl_c_inside_a_start_or_stop_is_held_until_it_is_done():
+    from course_lib.servers import _sigint_deferred
+
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the signal has arrived: still running
+            reached_the_end = True
+    assert reached_the_end
+
+
+def test_a_group_stops_every_server_when_one_fails_to_start():
+    import asyncio
+
+    from course_lib.servers import ServerGroup
+
+    async def main() -> list:
+        with ServerGroup() as group:
+            good = group.start(APP)
+            group.start("course_lib.no_such_module:app")
+            await group.ready()
+        return [good]
+
+    with pytest.raises(RuntimeError, match="exited with code"):
+        asyncio.run(main())
+    assert running_servers() == []
+
+
+def test_a_group_restarts_a_server_whose_port_was_taken(monkeypatch):
+    """The free port picked can be taken before the server binds it: that server starts again elsewhere."""
+    import asyncio
+
+    from course_lib import servers
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        real = servers.free_port
+        monkeypatch.setattr(servers, "free_port", lambda: next(ports, None) or real())
+
+        async def main() -> tuple[int, int]:
+            with servers.ServerGroup() as group:
+                server = group.start(APP)
+                first = server.port
+                await group.ready()
+                assert httpx.get(server.url + "/").json() == {"hello": "lab"}
+                return first, server.port
+
+        first, final = asyncio.run(main())
+        assert first == taken.getsockname()[1] and final != first
+    assert running_servers() == []
+
+
+def test_grade_interrupted_stops_its_check_and_the_server_the_check_started():
+    """Ctrl-C in a check cell (the kernel's interrupt) stops the check running in its own thread, and its servers."""
+    import threading
+
+    from course_lib.grading import exercise, grade
+
+    started = []
+
+    @exercise("zz.interrupt-probe", title="t", expects="anything", hints=("h",), lesson="zz_tests")
+    def checker(answer, checking):
+        with serve(APP) as server:
+            started.append(server)
+            while True:
+                time.sleep(0.05)
+
+    def interrupt_once_started() -> None:
+        while not started:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        grade("zz.interrupt-probe", object(), timeout=120, record=False)
+    assert time.monotonic() - began < 60
+    assert _gone(started[0].pid, started[0].port)
+    assert not [t for t in threading.enumerate() if t.name == "grade-zz.interrupt-probe" and t.is_alive()]
+
+
+def test_a_kernel_cell_interrupted_stops_the_servers_it_started_and_keeps_the_others():
+    """A cell that starts a server and is interrupted later (any point): that server is stopped when the cell ends;
+    a server an earlier cell started and kept keeps running."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        def run(code: str) -> list[str]:
+            lines: list[str] = []
+            kc.execute_interactive(code, timeout=120, output_hook=lambda m: lines.append(m["content"].get("text", "")))
+            return "".join(lines).split()
+
+        kept_pid, kept_port = map(int, run(f"from course_lib.servers import serve\nimport time\n"
+                                           f"kept = serve({APP!r}, announce=False)\nprint(kept.pid, kept.port)"))
+        msg_id = kc.execute(f"s = serve({APP!r}, announce=False)\nprint(s.pid, s.port, flush=True)\n"
+                            "time.sleep(120)")
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                pid, port = map(int, msg["content"]["text"].split())
+                break
+        km.interrupt_kernel()
+        stderr = []
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream" and msg["content"]["name"] == "stderr":
+                stderr.append(msg["content"]["text"])
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        assert _gone(pid, port)
+        assert f"stopped the 1 server(s) it had started (port {port})" in "".join(stderr)
+        assert not _gone(kept_pid, kept_port)
+    finally:
+        km.shutdown_kernel(now=True)
+    deadline = time.monotonic() + 15  # the kept one dies with its kernel
+    while not _gone(kept_pid, kept_port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(kept_pid, kept_port)

@@ -41,7 +41,7 @@ __all__ = [
     "CountryStats", "NewPost", "UserOut", "country_stats", "stats_json", "user_json", "create_post",
     "new_prefix", "drop_keys", "ResponseCache", "url_key", "make_uncached_app", "make_article_app",
     "url_key_builder", "make_cached_app", "make_memory_cached_app", "make_http_cached_app",
-    "concurrent_gets", "show_source", "bench",
+    "concurrent_gets", "show_source", "keys_vs_tag", "KeysCost", "orm_objects_in_a_cache", "bench",
 ]
 
 
@@ -369,6 +369,78 @@ def show_source(obj: Any) -> Any:
     from IPython.display import Markdown
 
     return Markdown(f"```python\n{inspect.getsource(obj)}```")
+
+
+@dataclass
+class KeysCost:
+    """What `KEYS pattern` cost against a tag set's `SMEMBERS`, with `filler` other keys on the server."""
+
+    filler: int
+    keys_ms: float
+    tag_ms: float
+    ping_waited_ms: float  # how long another client's PING, sent while KEYS ran, waited for its answer
+
+
+async def keys_vs_tag(redis: Redis, prefix: str, filler: int, tagged: int = 20) -> KeysCost:
+    """Time `KEYS prefix:*` and the tag set's `SMEMBERS` with `filler` unrelated keys on the server, and how long
+    a PING sent from another task while KEYS runs waits; the filler keys are deleted after."""
+    fill = f"{prefix}:other"
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(filler):
+            pipe.set(f"{fill}:{i}", b"x", ex=600)
+        for i in range(tagged):
+            pipe.set(f"{prefix}:kc:/stats?min_likes={i}", b"{}", ex=600)
+            pipe.sadd(f"{prefix}:kc:tag", f"{prefix}:kc:/stats?min_likes={i}")
+        await pipe.execute()
+    try:
+        start = time.perf_counter()
+        await redis.smembers(f"{prefix}:kc:tag")
+        tag_ms = (time.perf_counter() - start) * 1000
+
+        async def ping_due_at(due: float) -> float:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await redis.ping()  # from the moment it was due: waiting for the server and for our own loop both count
+            return (time.perf_counter() - due) * 1000
+
+        start = time.perf_counter()
+        _, waited = await asyncio.gather(redis.keys(f"{prefix}:kc:/stats*"), ping_due_at(start + 0.002))
+        keys_ms = (time.perf_counter() - start) * 1000
+    finally:
+        await drop_keys(redis, f"{prefix}:kc")
+        await drop_keys(redis, fill)
+    return KeysCost(filler, keys_ms, tag_ms, waited)
+
+
+def orm_objects_in_a_cache(db: DemoDB) -> dict[str, str]:
+    """Try three ways of caching ORM objects and return what each raised: JSON, a closed session, a changed class."""
+    import pickle
+    import sys
+    import types
+
+    seen: dict[str, str] = {}
+    with db.session() as session:
+        user = session.scalars(select(User).limit(1)).one()
+        try:
+            json.dumps(user)
+        except TypeError as error:
+            seen["json.dumps(a User)"] = f"TypeError: {error}"
+    try:
+        len(user.posts)  # another request reads the cached object: its session has closed
+    except Exception as error:  # noqa: BLE001 - shown to the learner
+        seen["user.posts after its session closed"] = f"{type(error).__name__}: {str(error).splitlines()[0][:90]}"
+    module = types.ModuleType("lab03_models")  # a model module, pickled with version 1 of the class...
+    exec("class CachedStats:\n    def __init__(self, likes):\n        self.likes = likes\n", module.__dict__)  # noqa: S102
+    sys.modules["lab03_models"] = module
+    try:
+        stored = pickle.dumps(module.CachedStats(3))
+        del module.CachedStats  # ...and the next deploy renames it
+        try:
+            pickle.loads(stored)
+        except AttributeError as error:
+            seen["pickle.loads after a deploy renamed the class"] = f"AttributeError: {error}"
+    finally:
+        sys.modules.pop("lab03_models", None)
+    return seen
 
 
 # ---------------------------------------------------------------- graders
@@ -1012,7 +1084,7 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
                     window = queries.count
             finally:
                 rig.hold.release()
-            kind, replies, _ = await rig.worker.message(checking)
+            kind, replies, _ = await rig.worker.message(checking, timeout=15)
             at_response: list[str] = []
             if kind == "ack":
                 try:
@@ -1022,7 +1094,7 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
                             at_response.append(path)
                 finally:
                     rig.worker.send("continue")
-                kind, replies, _ = await rig.worker.message(checking)
+                kind, replies, _ = await rig.worker.message(checking, timeout=15)
             status, content = replies[0]
             checking.expect(status in (200, 201), f"POST /posts on the second worker process answered {status}: "
                                                   f"{content[:200]!r}")
