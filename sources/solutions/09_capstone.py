@@ -250,7 +250,7 @@ def make_app(database_url: str) -> FastAPI:
 # Audit your app in-process (fast, no server): every row should be ✓.
 
 # %%
-from course_lib.lessons.bookshop import load_factory
+from course_lib.lessons.l09_capstone import load_factory
 
 db = make_bookshop_db()
 yours = load_factory(str(APP_FILE))(db.url)
