@@ -11,10 +11,10 @@ among those cells), so rebuilding an unchanged source rewrites nothing.
 
 A code cell line `...  # --8<-- "answers/l07_settings.py:answer"` (pymdownx.snippets' syntax; the `...` is optional
 and keeps the source valid Python where the answer is a whole block) is replaced, at its indentation, by the lines of
-that module between `# --8<-- [start:answer]` and `# --8<-- [end:answer]`. Exporting a
-notebook back keeps such a line when the notebook still holds exactly the spliced lines, and refuses otherwise.
+that module between `# --8<-- [start:answer]` and `# --8<-- [end:answer]`. Exporting a notebook back keeps such a
+line when the notebook still holds exactly the spliced lines, and refuses otherwise.
 
-Needs `jupytext` (the `dev` extra); the notebooks themselves never import this module.
+Needs `jupytext` (the `dev` and `test` extras); the notebooks themselves never import this module.
 """
 
 from __future__ import annotations
