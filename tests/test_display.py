@@ -34,11 +34,19 @@ def test_plot_bars_labels_each_value():
     assert texts == ["101", "2"] and fig.axes[0].get_yscale() == "log"
 
 
+def _slider(panel: ipywidgets.VBox) -> ipywidgets.widget.Widget:
+    return panel.children[0].children[0]
+
+
+def _status(panel: ipywidgets.VBox) -> str:
+    return panel.children[0].children[1].value
+
+
 def test_live_panel_renders_then_rerenders_on_change():
     calls = []
     panel = live_panel(lambda v: calls.append(v) or f"value {v}", description="ms", min=0, max=5, value=1)
     assert isinstance(panel, ipywidgets.VBox)
-    slider = panel.children[0]
+    slider = _slider(panel)
     assert isinstance(slider, ipywidgets.IntSlider) and slider.value == 1
     slider.value = 4
     assert calls == [1, 4]
@@ -51,9 +59,45 @@ def test_live_panel_survives_a_failing_measurement(capsys):
         return "ok"
 
     panel = live_panel(render, description="x", min=0, max=5, step=0.5, value=1.0)
-    assert isinstance(panel.children[0], ipywidgets.FloatSlider)
-    panel.children[0].value = 3.0  # the error is shown in the panel, not raised into the widget machinery
+    assert isinstance(_slider(panel), ipywidgets.FloatSlider)
+    _slider(panel).value = 3.0  # the error is shown in the panel, not raised into the widget machinery
     assert "RuntimeError: boom" in capsys.readouterr().out  # outside a kernel the panel's output is stdout
+    assert not _slider(panel).disabled and "measured at x 3" in _status(panel)
+
+
+def test_live_panel_says_it_is_measuring_and_holds_the_slider_while_it_does():
+    """A redraw takes seconds: while it runs the slider is disabled and the panel says so; then both are undone."""
+    seen = []
+    panel = None
+
+    def render(value):
+        if panel is not None:
+            seen.append((value, _slider(panel).disabled, _status(panel)))
+        return f"value {value}"
+
+    panel = live_panel(render, description="rows", min=0, max=10, value=2)
+    _slider(panel).value = 7
+    assert seen == [(7, True, "<i>measuring at rows 7 …</i>")]
+    assert not _slider(panel).disabled
+    assert _status(panel).startswith("measured at rows 7 in ")
+
+
+def test_live_panel_measures_only_the_last_value_set_during_a_redraw():
+    """Moves made while a redraw measures are not each measured in turn (seconds apiece): only the latest is."""
+    calls = []
+    panel = None
+
+    def render(value):
+        calls.append(value)
+        if value == 4:  # the learner drags on while this redraw measures
+            for later in (5, 6, 9):
+                _slider(panel).value = later
+        return f"value {value}"
+
+    panel = live_panel(render, description="n", min=0, max=10, value=1)
+    _slider(panel).value = 4
+    assert calls == [1, 4, 9]
+    assert not _slider(panel).disabled and "measured at n 9" in _status(panel)
 
 
 def test_say_is_markdown():
