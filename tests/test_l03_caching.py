@@ -424,6 +424,13 @@ async def _pattern_missing_the_default(redis: Redis, tag_key: str) -> None:
         await redis.delete(*keys)
 
 
+async def _one_scan_call(redis: Redis, tag_key: str) -> None:
+    """Wrong: one SCAN call (one page of the keyspace) taken for every match of the pattern."""
+    _, keys = await redis.scan(0, match=tag_key.rsplit(":tag:", 1)[0] + ":/stats*")
+    if keys:
+        await redis.delete(*keys)
+
+
 async def _version_set_once(redis: Redis, tag_key: str) -> None:
     """Wrong: the version is SET to 1 instead of incremented: the first write moves every key, the second none."""
     await redis.set(tag_key.rsplit(":tag:", 1)[0] + ":posts-version", 1)
@@ -658,6 +665,7 @@ def test_invalidate_other_right_answers_pass(answer):
     (_invalidating_app(_only_default_key), "some /stats variants were cleared, not all"),
     (_invalidating_app(_fixed_list), "some /stats variants were cleared, not all"),
     (_invalidating_app(_pattern_missing_the_default), "GET /stats on the second worker"),
+    (_invalidating_app(_one_scan_call), "never followed the cursor it returned"),
     (_invalidating_app(_version_set_once, versioned=True), "the first write cleared them, this one cleared nothing"),
     (_invalidating_app(_noop, post=_delete_then_write), "before the write and cached it again"),
     (_invalidating_app(_noop, post=_delete_then_write_in_the_loop), "sent `DEL"),
@@ -671,7 +679,7 @@ def test_invalidate_other_right_answers_pass(answer):
     (_local_copy_cleared_in_process(), "what your write changes lives in that process's memory"),
     (_invalidating_app(_clear_tag, expire=False), "with no expiry (PTTL -1)"),
     (_invalidating_app(_clear_tag, tag="tags:posts"), "'tags:posts' (`SADD tags:posts"),
-], ids=["clears-everything", "KEYS", "FLUSHDB", "one-key-only", "fixed-list", "pattern-missing-a-key",
+], ids=["clears-everything", "KEYS", "FLUSHDB", "one-key-only", "fixed-list", "pattern-missing-a-key", "one-scan-page",
         "version-set-not-incremented", "delete-then-write", "delete-then-write-in-the-loop", "version-bumped-first",
         "background-task", "create-task-later", "write-through-read-before-commit", "no-invalidation",
         "keys-remembered-in-process",

@@ -985,6 +985,16 @@ async def _stale_reads(checking: Checking, rig: _Rig, client: Any, db: DemoDB, p
     return stale
 
 
+def _one_scan_page(commands: list[RedisCommand]) -> str:
+    """A sentence when the write looked for keys with SCAN but never followed a cursor (empty otherwise)."""
+    scans = [command for command in commands if command.name == "SCAN"]
+    if not scans or any(len(command.args) > 1 and command.args[1] != b"0" for command in scans):
+        return ""
+    return (f" Your POST sent `{scans[0]}` and never followed the cursor it returned: one SCAN call reads one page "
+            "(about COUNT keys of the whole server), not every match. Call it again with the returned cursor until "
+            "it is 0 (`scan_iter` does), or keep the keys in a set.")
+
+
 def _why_stale(stale: list[tuple[str, str]], paths: list[str], writer: str, when: str, again: bool = False) -> str:
     """Why reads after a write still returned old answers, from which variants were stale on which worker."""
     where = ", ".join(f"GET {path} on the {which} worker" for path, which in stale)
@@ -1060,6 +1070,10 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
                                             "`redis`, shared by every worker.")
             await _check_entries_expire(rig, checking, before, ttl)
             _check_commands(rig, checking)
+            async with rig.direct.pipeline(transaction=False) as pipe:  # a Redis also holds other keys of the app's:
+                for i in range(100):  # named to sort first (fakeredis's SCAN walks keys in order), so one SCAN page
+                    pipe.set(f"{rig.prefix}:!other:{i}", b"1", ex=ttl)  # of COUNT keys is not all the keys
+                await pipe.execute()
 
             # The write, on the second worker. Its COMMIT is held back (the INSERT done, invisible to others) while the
             # first worker reads every variant, as readers do under load; then the response is reported the moment it
@@ -1128,7 +1142,8 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
                     "the route returns.")
             if later:
                 checking.fail(_why_stale(later, stats, "second",
-                                         "after POST /posts (sent to the second worker process) had answered"))
+                                         "after POST /posts (sent to the second worker process) had answered")
+                              + _one_scan_page(rig.proxy.since(started)))
 
             # A second write, on the first worker this time: invalidation must work on every write, from either side.
             response = await client.post("/posts", json={"user_id": 2, "title": "Fresher", "likes": 450})
