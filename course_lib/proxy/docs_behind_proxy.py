@@ -2,10 +2,11 @@
 
 The proxy serves the app at `/user/<name>/proxy/<port>/...` and forwards `/docs`; the Swagger page then asks for
 `/openapi.json` at the proxy's root. Proxies that strip a prefix say which one in `X-Forwarded-Prefix`, and ASGI's
-`root_path` is how an app learns it. `DocsBehindProxy` passes that prefix as `root_path` to the docs pages only
-(the Swagger and ReDoc pages and the OpenAPI document), so they name `<prefix>/openapi.json` and the document lists
-`<prefix>` as its server ("Try it out" goes through the proxy), while every other route sees the same scope as
-without the proxy: same `path`, `request.url.path`, cache keys and log lines.
+`root_path` is how an app learns it. `DocsBehindProxy` gives that prefix to the docs pages only (the Swagger and
+ReDoc pages and the OpenAPI document, also of FastAPI apps mounted in the app), as ASGI defines it: `root_path` the
+prefix, `path` the public path. They then name `<prefix>/openapi.json`, and the document lists `<prefix>` as its
+server ("Try it out" goes through the proxy). Every other request passes unchanged: the app's routes see the same
+`path` and `request.url.path` with or without the proxy, so cache keys and log lines do not change.
 
 `course_lib.servers.serve` runs an app as `docs_behind_proxy:app` with COURSE_LAB_PROXIED_APP="module:attribute"
 when it serves through a hub's proxy. Behind your own proxy at a fixed prefix, `uvicorn --root-path /prefix` is the
@@ -30,15 +31,26 @@ _SAFE_PREFIX = re.compile(r"(/[A-Za-z0-9._~%:@+,=!*-]+)+/?")
 
 
 def docs_paths(app: object, depth: int = 8) -> tuple[str, ...]:
-    """The paths of FastAPI's docs pages in `app` (found through middleware that keep the next app as `.app`)."""
-    for _ in range(depth):
-        if hasattr(app, "openapi_url") and hasattr(app, "docs_url"):
-            urls = (getattr(app, "docs_url", None), getattr(app, "redoc_url", None), getattr(app, "openapi_url", None))
-            return tuple(url for url in urls if isinstance(url, str) and url)
-        app = getattr(app, "app", None)
-        if app is None:
-            break
-    return DEFAULT_PATHS
+    """The paths of FastAPI's docs pages in `app`: its own, and those of FastAPI apps mounted in it, found through
+    middleware that keep the next app as `.app`; FastAPI's defaults when there is no FastAPI app to ask."""
+    found = _docs_paths(app, "", depth)
+    return tuple(dict.fromkeys(found)) if found is not None else DEFAULT_PATHS
+
+
+def _docs_paths(app: object, mounted_at: str, depth: int) -> list[str] | None:
+    while depth > 0 and app is not None and not hasattr(app, "routes"):
+        app, depth = getattr(app, "app", None), depth - 1  # through a middleware to the app it wraps
+    if depth <= 0 or app is None:
+        return None
+    paths: list[str] = []
+    if hasattr(app, "openapi_url") and hasattr(app, "docs_url"):
+        urls = (getattr(app, "docs_url", None), getattr(app, "redoc_url", None), getattr(app, "openapi_url", None))
+        paths += [mounted_at + url for url in urls if isinstance(url, str) and url]
+    for route in getattr(app, "routes", None) or ():
+        inner = getattr(route, "app", None)
+        if inner is not None and isinstance(getattr(route, "path", None), str):  # a Mount: its path has no slash
+            paths += _docs_paths(inner, mounted_at + route.path, depth - 1) or []
+    return paths if paths or hasattr(app, "openapi_url") else None
 
 
 def forwarded_prefix(headers: Iterable[tuple[bytes, bytes]]) -> str:
@@ -55,7 +67,7 @@ def forwarded_prefix(headers: Iterable[tuple[bytes, bytes]]) -> str:
 
 class DocsBehindProxy:
     """Pure ASGI middleware: a request for a docs page that came through a prefix-stripping proxy gets the prefix
-    as `root_path`; every other request passes unchanged."""
+    as `root_path` (and its public path as `path`, as ASGI says); every other request passes unchanged."""
 
     def __init__(self, app: ASGIApp, paths: Iterable[str] | None = None) -> None:
         self.app = app
@@ -65,8 +77,10 @@ class DocsBehindProxy:
                        send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] == "http" and scope["path"] in self.paths and not scope.get("root_path"):
             prefix = forwarded_prefix(scope.get("headers", ()))
-            if prefix:  # path stays as it is: Starlette routes a path that does not start with root_path unchanged
-                scope = {**scope, "root_path": prefix}
+            if prefix:
+                raw_path = scope.get("raw_path") or scope["path"].encode()
+                scope = {**scope, "root_path": prefix, "path": prefix + scope["path"],
+                         "raw_path": prefix.encode() + raw_path}
         await self.app(scope, receive, send)
 
 
