@@ -1071,7 +1071,7 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
             await _check_entries_expire(rig, checking, before, ttl)
             _check_commands(rig, checking)
             async with rig.direct.pipeline(transaction=False) as pipe:  # a Redis also holds other keys of the app's:
-                for i in range(100):  # named to sort first (fakeredis's SCAN walks keys in order), so one SCAN page
+                for i in range(300):  # named to sort first (fakeredis's SCAN walks keys in order), so one SCAN page
                     pipe.set(f"{rig.prefix}:!other:{i}", b"1", ex=ttl)  # of COUNT keys is not all the keys
                 await pipe.execute()
 
