@@ -729,8 +729,37 @@ def test_prose_helpers_use_the_figures_they_are_given() -> None:
               {"route": "GET /", "requests": 5, "p50_ms": 0.5, "p95_ms": 0.75, "max_ms": 1.0, "errors": 1}]
     assert "| `GET /slow` | 3 | 20.00 | 38.25 | 40.00 | 0 |" in route_table(routes).data
     assert "**38.2 ms**" in slowest_route_story(routes).data and "**0.75 ms**" in slowest_route_story(routes).data
-    story = server_story({"no middleware": 1000, "pure ASGI log": 900, "@app.middleware log": 500}, 1234, 1400, 2)
-    assert "90% of" in story.data and "(50%)" in story.data and "**1,234**" in story.data
+    from course_lib.lessons.l08_logging import ServedStyles
+
+    styles = ServedStyles({"no middleware": [1000, 1000, 1000], "pure ASGI log": [900, 880, 920],
+                           "@app.middleware log": [500, 450, 520]},
+                          {"no middleware": 3000, "pure ASGI log": 700, "@app.middleware log": 700})
+    story = server_story(styles, 1234, 2).data
+    assert "median of 3 rounds" in story and "**1,000** req/s bare" in story
+    assert "90% of bare within a round; rounds ranged 88%–92%" in story and "(50%; 45%–52%)" in story
+    assert "**1,234**" in story and "**1,400** requests" in story
+
+
+def test_served_throughput_is_a_median_of_paired_rounds_not_the_best() -> None:
+    """One lucky round (another program paused) must not become the headline, as a best-of-N would make it."""
+    from course_lib.lessons.l08_logging import ServedStyles
+
+    styles = ServedStyles({"no middleware": [1000, 1010, 990, 1000, 3000], "pure ASGI log": [900, 900, 900, 880, 950],
+                           "@app.middleware log": [500, 505, 495, 500, 510]}, {})
+    assert styles.median() == {"no middleware": 1000, "pure ASGI log": 900, "@app.middleware log": 500}
+    ratio, low, high = styles.ratio("pure ASGI log")
+    assert ratio == pytest.approx(900 / 1010) and low == pytest.approx(950 / 3000) and high == pytest.approx(900 / 990)
+
+
+def test_served_styles_loads_each_mount_in_every_round_under_a_real_server() -> None:
+    from course_lib.lessons.l08_logging import STYLE_PATHS, served_styles
+    from course_lib.servers import serve
+
+    with serve("course_lib.lessons.l08_logging:styles_app", ready_path="/bare/", announce=False) as server:
+        styles = asyncio.run(served_styles(server.url, rounds=3, seconds=0.3))
+        logged = [line for line in server.log().splitlines() if line.startswith("{")]
+    assert set(styles.rounds) == set(STYLE_PATHS) and all(len(v) == 3 and min(v) > 0 for v in styles.rounds.values())
+    assert len(logged) >= styles.completed["pure ASGI log"] + styles.completed["@app.middleware log"] > 0
 
 
 def test_the_middleware_source_is_a_code_block() -> None:

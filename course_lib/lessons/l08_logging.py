@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import secrets
+import statistics
 import sys
 import time
 import uuid
@@ -36,6 +37,7 @@ __all__ = [
     "make_demo_app", "quiet_client", "LogCapture", "per_route", "middleware_overhead", "bench",
     "middleware_alone", "middleware_costs", "MiddlewareCosts", "middleware_story", "call_asgi", "hello_asgi",
     "show_record", "show_records", "source_listing", "short_traceback", "route_table", "slowest_route_story", "server_story",
+    "ServedStyles", "served_styles", "STYLE_PATHS",
     "bare_app", "asgi_logged_app", "http_logged_app", "styles_app", "make_grading_app", "SENSITIVE_WORDS",
 ]
 
@@ -360,17 +362,58 @@ def slowest_route_story(routes: list[dict[str, Any]]) -> Any:
         "than from a benchmark.")
 
 
-def server_story(best: dict[str, float], logged_lines: int, completed: int, cores: int) -> Any:
-    """The prose under the uvicorn throughput chart."""
+STYLE_PATHS = {"no middleware": "/bare/", "pure ASGI log": "/asgi/", "@app.middleware log": "/http/"}  # styles_app
+
+
+@dataclass
+class ServedStyles:
+    """Throughput of `styles_app`'s three mounts under one real server, round by round (each round loads all
+    three in turn, so whatever else the machine does meanwhile hits the three alike)."""
+
+    rounds: dict[str, list[float]]  # req/s of each round, by style
+    completed: dict[str, int]  # requests the load generator completed, by style
+
+    def median(self) -> dict[str, float]:
+        """Each style's median req/s over the rounds (one slow or lucky round moves it little, unlike the best)."""
+        return {label: statistics.median(values) for label, values in self.rounds.items()}
+
+    def ratio(self, label: str, base: str = "no middleware") -> tuple[float, float, float]:
+        """`label`'s req/s ÷ `base`'s, paired within each round: (median, lowest, highest) over the rounds."""
+        paired = [a / b for a, b in zip(self.rounds[label], self.rounds[base], strict=True) if b]
+        return (statistics.median(paired), min(paired), max(paired)) if paired else (0.0, 0.0, 0.0)
+
+
+async def served_styles(url: str, *, rounds: int = 5, seconds: float = 0.7, concurrency: int = 20) -> ServedStyles:
+    """Load `styles_app` served at `url`: each round hits the three mounts in turn, `seconds` each."""
+    from ..load import load_test
+
+    measured = ServedStyles({label: [] for label in STYLE_PATHS}, dict.fromkeys(STYLE_PATHS, 0))
+    for _ in range(rounds):
+        for label, path in STYLE_PATHS.items():
+            result = await load_test(url + path, concurrency=concurrency, requests=50_000, seconds=seconds,
+                                     progress=False)
+            measured.rounds[label].append(result.throughput)
+            measured.completed[label] += result.requests
+    return measured
+
+
+def server_story(styles: ServedStyles, logged_lines: int, cores: int) -> Any:
+    """The prose under the uvicorn throughput chart: medians, and how far the rounds' ratios spread."""
     from IPython.display import Markdown
 
-    bare, asgi, http = best["no middleware"], best["pure ASGI log"], best["@app.middleware log"]
+    median = styles.median()
+    bare, asgi, http = median["no middleware"], median["pure ASGI log"], median["@app.middleware log"]
+    asgi_ratio, asgi_low, asgi_high = styles.ratio("pure ASGI log")
+    http_ratio, http_low, http_high = styles.ratio("@app.middleware log")
+    n = len(styles.rounds["no middleware"])
+    completed = styles.completed["pure ASGI log"] + styles.completed["@app.middleware log"]
     return Markdown(
-        f"Under uvicorn: **{bare:,.0f}** req/s bare, **{asgi:,.0f}** with the pure ASGI log ({asgi / bare:.0%} of "
-        f"bare), **{http:,.0f}** with `@app.middleware` ({http / bare:.0%}). The server wrote **{logged_lines:,}** "
-        f"JSON lines to its stderr for the **{completed:,}** requests the load generator completed on the two "
-        f"logged apps. On {cores} shared core(s) the load generator competes with the server, so these ratios "
-        "are rougher than the in-process ones.")
+        f"Under uvicorn, median of {n} rounds: **{bare:,.0f}** req/s bare, **{asgi:,.0f}** with the pure ASGI log "
+        f"({asgi_ratio:.0%} of bare within a round; rounds ranged {asgi_low:.0%}–{asgi_high:.0%}), **{http:,.0f}** "
+        f"with `@app.middleware` ({http_ratio:.0%}; {http_low:.0%}–{http_high:.0%}). The server wrote "
+        f"**{logged_lines:,}** JSON lines to its stderr for the **{completed:,}** requests the load generator "
+        f"completed on the two logged apps. On {cores} shared core(s) the load generator competes with the "
+        "server, so these ratios are rougher than the in-process ones: the range says by how much.")
 
 
 # ---------------------------------------------------------------- the middleware alone, without a client
