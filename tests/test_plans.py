@@ -146,10 +146,10 @@ def _covering_scan_app(engine: Engine) -> FastAPI:
     app.state.engine = engine
 
     @app.get("/people/matching")
-    def matching(fragment: str = "7") -> list[int]:
+    def matching(fragment: str = "7") -> list[str]:
         with engine.connect() as conn:
             return [row[0] for row in conn.execute(
-                text("SELECT id FROM people WHERE email LIKE :pattern"), {"pattern": f"%{fragment}%"})]
+                text("SELECT email FROM people WHERE email LIKE :pattern"), {"pattern": f"%{fragment}%"})]
 
     return app
 
@@ -162,7 +162,31 @@ def test_the_auditor_calls_a_whole_index_walk_a_full_scan(people: tuple[Engine, 
     assert check.status == "✗", check.evidence
     expected = ("SCAN people USING COVERING INDEX ix_people_email" if engine.dialect.name == "sqlite"
                 else "Seq Scan on people")  # PostgreSQL, free to choose, reads the heap: a full scan either way
-    assert f"{expected} ({ROWS:,} rows) for: SELECT id FROM people WHERE email LIKE" in check.evidence, check.evidence
+    assert f"{expected} ({ROWS:,} rows) for: SELECT email FROM people WHERE email LIKE" in check.evidence, check.evidence
+
+
+@pytest.mark.skipif(dialect() != "postgresql", reason="real PostgreSQL plans need DATABASE_URL")
+def test_the_auditor_calls_a_condition_less_index_only_scan_a_full_scan(people: tuple[Engine, Table]) -> None:
+    """PostgreSQL's Index Only Scan without an index condition (here the planner is steered to it for the whole
+    database) reads every entry of the index: the auditor fails it as lesson 05 does."""
+    engine, _ = people
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the PostgreSQL leg")
+    name = engine.url.database
+
+    def steer(how: str) -> None:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for setting in ("enable_seqscan", "enable_bitmapscan"):
+                conn.exec_driver_sql(f'ALTER DATABASE "{name}" {how.format(setting)}')
+        engine.dispose()  # new connections pick the database's settings up
+
+    steer("SET {} = off")
+    try:
+        check = asyncio.run(audit(_covering_scan_app(engine), min_scan_rows=1_000))["indexes"]
+    finally:
+        steer("RESET {}")
+    assert check.status == "✗", check.evidence
+    assert f"Index Only Scan using ix_people_email on people ({ROWS:,} rows)" in check.evidence, check.evidence
 
 
 def test_auditor_helpers_and_lesson_05_share_the_parser() -> None:
