@@ -181,6 +181,8 @@ CATALOGUE = Catalogue((
            ("08.access-log",)),
     Lesson("09", "capstone", "audit a slow app against the checklist, fix it, prove it under load",
            ("09.capstone",), serial="all", services=("postgresql",)),
+    Lesson("10", "async_db", "async database access: AsyncSession, MissingGreenlet, pools against max_connections",
+           ("10.async-endpoint", "10.pool-budget"), services=("postgresql",)),
 ))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import DateTime, ForeignKey, Integer, String, create_engine, func, insert, select, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 
-class Base(DeclarativeBase):
+class Base(AsyncAttrs, DeclarativeBase):
     """Declarative base of the course's demo models."""
 
 

@@ -3,6 +3,7 @@ statement that reaches a database whoever opens the connection (`observe_stateme
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import html
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.util.concurrency import await_, in_greenlet
 
 __all__ = ["QueryLog", "StatementLog", "count_queries", "is_setup", "observe_statements", "simulated_latency"]
 
@@ -119,8 +121,11 @@ def simulated_latency(engine: Any, latency_ms: float) -> Iterator[None]:
         yield
         return
 
-    def before(*_: Any) -> None:
-        time.sleep(latency_ms / 1000)
+    def before(conn: Any, *_: Any) -> None:
+        if conn.dialect.is_async and in_greenlet():  # an async driver awaits its socket: the event loop runs on
+            await_(asyncio.sleep(latency_ms / 1000))
+        else:  # a sync driver blocks its thread (the event loop's own, when called from `async def`)
+            time.sleep(latency_ms / 1000)
 
     event.listen(sync_engine, "before_cursor_execute", before)
     try:
