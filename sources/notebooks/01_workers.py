@@ -44,6 +44,29 @@ print("usable_cores():                   ", cores)
 # %% [markdown]
 # ## Starting workers: the current commands
 #
+# What runs where, in the picture this lesson measures piece by piece: a supervisor process, one process per
+# worker (each on its own core at best), one event loop per worker, and beside each loop a thread pool (for
+# `def` routes) and a database pool of its own.
+#
+# ```mermaid
+# flowchart LR
+#     C[clients] --> S[supervisor<br/>uvicorn --workers / gunicorn]
+#     subgraph W1[worker process 1]
+#         L1[event loop<br/>async def routes] --> T1[thread pool, 40 tokens<br/>def routes]
+#         L1 --> P1[(DB pool)]
+#         T1 --> P1
+#     end
+#     subgraph W2[worker process 2]
+#         L2[event loop] --> T2[thread pool]
+#         L2 --> P2[(DB pool)]
+#         T2 --> P2
+#     end
+#     S --> L1
+#     S --> L2
+#     P1 --> DB[(database<br/>max_connections)]
+#     P2 --> DB
+# ```
+#
 # | | command |
 # |---|---|
 # | FastAPI's CLI (needs `fastapi[standard]`) | `fastapi run main.py --workers 4` |
@@ -117,10 +140,22 @@ say(
 # %% [markdown]
 # ### "2 × cores + 1"?
 #
-# The article's rule of thumb, `workers = 2 × cores + 1`, is gunicorn's advice for its *sync* workers, which
-# sit idle while they wait on I/O: extra processes fill that idle time. An async (uvicorn) worker already
-# overlaps its waits on one event loop, so for it the number to start from is **the usable cores**, then
-# measure.
+# The article's rule of thumb, `workers = 2 × cores + 1`, comes from gunicorn's design notes
+# ([How many workers?](https://docs.gunicorn.org/en/stable/design.html#how-many-workers)): "based on the
+# assumption that for a given core, one worker will be reading or writing from the socket while the other
+# worker is processing a request", that is, for its *sync* workers, which sit idle while they wait on I/O.
+# What the gunicorn installed here says of its own `--workers` setting:
+
+# %%
+import gunicorn
+from gunicorn.config import Workers
+
+print(f"gunicorn {gunicorn.__version__}, --workers:", " ".join(Workers.desc.split("\n\n")[1].split()))
+
+# %% [markdown]
+# A range to vary "for your particular application's work load", not a formula. An async (uvicorn) worker
+# already overlaps its waits on one event loop (measured below), so for it the number to start from is
+# **the usable cores**, then measure, as the sweep above did.
 #
 # ### What each worker costs
 #

@@ -165,8 +165,20 @@ print(f"chained selectinload: 3 queries, {selectin_values:,} values "
       f"({db.counts['users']} users, {db.counts['posts']} posts, {db.counts['comments']} comments, each once)")
 
 # %% [markdown]
-# The other reasons: a `LIMIT` on the users query means "20 users" with `selectinload` (with a JOIN,
-# SQLAlchemy must wrap it in a subquery), and the second query is simple for the database to plan.
+# The other reason: a `LIMIT`. "The first 20 users" is a plain `LIMIT 20` with `selectinload`; with a JOIN
+# to a collection, `LIMIT 20` would count joined rows, not users, so SQLAlchemy wraps the users query in a
+# subquery and joins the posts to that. The SQL each way, as this run's database would receive it:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with db.session() as session, count_queries(db.engine) as limited:
+    session.scalars(select(User).options(selectinload(User.posts)).order_by(User.id).limit(20)).all()
+    session.scalars(select(User).options(joinedload(User.posts)).order_by(User.id).limit(20)).unique().all()
+selectin_first, _, joined = (" ".join(sql.split()) for sql in limited.statements)
+for name, sql in (("selectinload, users", selectin_first), ("joinedload", joined)):
+    print(f"{name}: {sql.count('SELECT')} SELECT(s), LIMIT {'inside a subquery' if sql.count('SELECT') > 1 else 'on the users query'}")
+
+# %% [markdown]
 # One limit to know: `selectinload` sends the ids in batches of 500, so "2 queries" holds up to 500 parents:
 
 # %%

@@ -105,13 +105,26 @@ async with app_client(make_article_app(db, redis, prefix, key_builder=url_key_bu
 print(f"3 requests → cache status {statuses} → queries: {queries.count}")
 
 # %% [markdown]
-# **Why this course does not build on fastapi-cache2.** Its last release (0.2.2, 2024) pins
-# `redis<5` in its `[redis]` extra (so it only installs next to a current `redis` *without* that
-# extra, as here), it imports `starlette.templating` (so it needs `jinja2`), it keeps one global
-# backend for the whole process (`FastAPICache.init`), and its `clear()` runs a Lua script. `cashews`
-# is maintained and has key templates, tags and locks, but with fakeredis it needs a special connection
-# setup, otherwise its health check fails and it **silently never caches**. So we use a small explicit
-# cache over `redis.asyncio`, 60 lines you can read, that behaves the same on fakeredis and real Redis.
+# **Why this course does not build on fastapi-cache2.** What the installed package says of itself:
+
+# %%
+from importlib.metadata import requires, version
+
+from fastapi_cache import FastAPICache
+
+redis_pin = next(r.split(";")[0].strip() for r in requires("fastapi-cache2") if r.startswith("redis"))
+installed_redis = version("redis")
+print(f"fastapi-cache2 {version('fastapi-cache2')}: its [redis] extra asks for {redis_pin}; redis {installed_redis} is "
+      f"installed here")
+print("its backend is one class attribute, set by FastAPICache.init(): "
+      f"{'_backend' in vars(FastAPICache)} (one backend for the whole process)")
+
+# %% [markdown]
+# So it installs next to a current `redis` only *without* its own extra, as here, and every app in a
+# process shares one backend (two apps with two Redis servers cannot). We use a small explicit cache over
+# `redis.asyncio` instead: 60 lines you can read, every command it sends visible, the same on fakeredis
+# and a real Redis. (Maintained libraries such as `cashews` offer key templates, tags and locks; what this
+# lesson measures holds for them too.)
 
 # %%
 show_source(ResponseCache)
@@ -125,6 +138,25 @@ show_source(make_cached_app)
 
 # %% [markdown]
 # ## Miss vs hit, over 100 calls
+#
+# The pattern every cached endpoint below follows, *cache-aside*: look in Redis first; only on a miss run the
+# query, then store the answer with a TTL.
+#
+# ```mermaid
+# sequenceDiagram
+#     participant R as request
+#     participant C as Redis
+#     participant D as database
+#     R->>C: GET key
+#     alt hit
+#         C-->>R: stored JSON bytes
+#     else miss
+#         C-->>R: nothing
+#         R->>D: the slow query
+#         D-->>R: rows
+#         R->>C: SET key bytes EX ttl
+#     end
+# ```
 #
 # 100 calls to the uncached app and 100 to the cached one (empty cache at the start). Queries first:
 # they are exact.
@@ -227,10 +259,25 @@ for name, status, posts, count in seen:
 #
 # `POST /posts` changes every `/stats` answer (any `min_likes`), but no `/users/{id}` answer. The cache
 # files each `/stats` key in a Redis **set** for the tag `posts` (`SADD`) and the write deletes exactly
-# the members of that set (`SMEMBERS` + `DEL`). The tempting `KEYS prefix:/stats*` walks *every key on
-# the server* and blocks all other clients while it does: harmless on a laptop, an outage on a Redis
-# with millions of keys. (`SCAN` does not block but still walks everything.) The other good pattern is
-# a **versioned key**: put a version number in the key and `INCR` it on a write; old keys just expire.
+# the members of that set (`SMEMBERS` + `DEL`). The other good pattern is a **versioned key**: put a
+# version number in the key and `INCR` it on a write; old keys just expire. And the tempting
+# `KEYS prefix:/stats*`? It finds the same 20 keys, among 1,000 and then 100,000 keys of other users of
+# the same Redis, while another client sends a `PING`:
+
+# %%
+costs = [await keys_vs_tag(redis, prefix, filler) for filler in (1_000, 100_000)]
+for cost in costs:
+    print(f"{cost.filler:>7,} other keys: KEYS {cost.keys_ms:6.1f} ms, the tag's SMEMBERS {cost.tag_ms:4.1f} ms, "
+          f"a PING due meanwhile waited {cost.ping_waited_ms:6.1f} ms")
+small, large = costs
+say(f"`KEYS` took **{large.keys_ms / max(small.keys_ms, 1e-3):.0f}×** longer with 100× more keys on the server: it "
+    f"walks every key, whatever its pattern. The tag set took {large.tag_ms:.1f} ms. And the PING waited "
+    f"**{large.ping_waited_ms:.0f} ms**: Redis runs one command at a time, so every client waits for the walk. "
+    "On a Redis with millions of keys, that wait is an outage. (`SCAN` walks in small steps between other "
+    "clients' commands, but still walks everything.)")
+
+# %% [markdown]
+# The tag set, in action:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -250,9 +297,16 @@ print(f"after the write:    {dict(zip(urls, after))}, queries: {queries.count}")
 #
 # What the cache stores is the response body as bytes: the `list[CountryStats]` model dumped to JSON
 # once, on the miss. A hit sends those bytes as they are: no query, no ORM objects, no Pydantic
-# validation. ORM objects do not belong in a cache: they are bound to a session that is closed by the
-# time another request reads them, JSON cannot encode them, and pickling them ties the cache to your
-# class definitions (a deploy that changes a model breaks every cached entry).
+# validation. Why not cache the ORM objects themselves? Try the three ways:
+
+# %%
+for attempt, raised in orm_objects_in_a_cache(db).items():
+    print(f"{attempt}:\n    {raised}")
+
+# %% [markdown]
+# JSON cannot encode them; another request finds them detached from the session that loaded them (closed
+# long ago); and a pickle names your class, so a deploy that renames or moves a model breaks every entry
+# still in the cache.
 
 # %%
 import json
@@ -270,7 +324,24 @@ with db.session() as session:
 # ## Cache stampede: 50 concurrent misses
 #
 # An entry expires while 50 requests are in flight: each one misses, and each one runs the slow query.
-# That is a stampede (or dog-pile), and it hits exactly when the database is busiest. Below, 50
+# That is a stampede (or dog-pile), and it hits exactly when the database is busiest. The fix measured
+# below: the first miss takes a short-lived lock (`SET lock NX PX …`); the others wait for the answer it
+# stores instead of querying.
+#
+# ```mermaid
+# sequenceDiagram
+#     participant A as request 1
+#     participant B as requests 2…50
+#     participant C as Redis
+#     participant D as database
+#     A->>C: GET key (miss), SET lock NX PX
+#     B->>C: GET key (miss), SET lock NX (refused)
+#     A->>D: the slow query, once
+#     A->>C: SET key, DEL lock
+#     B->>C: GET key (hit, after a short wait)
+# ```
+#
+# Below, 50
 # concurrent first requests, each statement delayed by a simulated 20 ms network round trip. First
 # without a lock:
 
