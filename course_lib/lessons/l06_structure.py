@@ -175,7 +175,9 @@ def show_server_log() -> None:
 def run_package_tests() -> tuple[str, int]:
     """Run blog_app's own tests/ under pytest in a subprocess; return (summary like '4 passed', exit code)."""
     command = [sys.executable, "-m", "pytest", "-q", "--color=no", "-o", "addopts=", "-p", "no:cacheprovider",
-               "-p", "anyio.pytest_plugin", "-p", "pytest_timeout", str(PACKAGE / "tests")]
+               "-p", "anyio.pytest_plugin", "-p", "pytest_timeout",
+               "--confcutdir", str(PACKAGE),  # the package's own conftest only, never the course's around it
+               str(PACKAGE / "tests")]
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # skip nbval & co.: starts faster
     run = subprocess.run(command, cwd=PACKAGE.parents[2], capture_output=True, text=True, timeout=300, env=env)
     lines = run.stdout.strip().splitlines()
