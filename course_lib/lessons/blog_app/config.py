@@ -22,4 +22,4 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     """The settings, read once from the environment (called at startup, never at import)."""
-    return Settings()  # type: ignore[call-arg]  # database_url comes from BLOG_DATABASE_URL
+    return Settings()  # database_url comes from BLOG_DATABASE_URL (pydantic-settings reads it)
