@@ -235,6 +235,7 @@ def _described(cell: NotebookNode) -> tuple[str, str, dict[str, Any], Any]:
     return cell.cell_type, cell.source, dict(cell.metadata), cell.get("attachments")
 
 
+_VOLATILE = ("execution", "ExecuteTime")  # per-run timings in cell metadata, never part of a source
 _CELL_LINE = re.compile(r"^\s*# (%%|In\[)")
 
 
@@ -253,8 +254,12 @@ def _why_lossy(cell: NotebookNode) -> str:
 def export_notebook(ipynb: Path, py: Path) -> bool:
     """Write the notebook `ipynb` as the py:percent source `py` (keeping `py`'s snippet lines); True if it changed.
 
-    Refuses (SourceError) a notebook whose cells would not come back identical from the text."""
+    Refuses (SourceError) a notebook whose cells would not come back identical from the text. Run timings that
+    JupyterLab records in cell metadata (`execution`, `ExecuteTime`) are left out, as `clean_notebook` drops them."""
     nb = nbformat.read(ipynb, as_version=4)
+    for cell in nb.cells:
+        for key in _VOLATILE:
+            cell.metadata.pop(key, None)
     text_nb = nbformat.v4.new_notebook(metadata={"jupytext": dict(_TEXT_OPTIONS)})
     text_nb.cells = [copy.deepcopy(c) for c in nb.cells]
     for cell in text_nb.cells:

@@ -289,6 +289,19 @@ def test_a_build_keeps_the_python_version_the_notebook_was_stored_with(tmp_path:
     assert nbformat.read(fresh, as_version=4).metadata["language_info"]["version"] == platform.python_version()
 
 
+def test_run_timings_in_cell_metadata_stay_out_of_the_source(tmp_path: Path) -> None:
+    """JupyterLab records each run's times in `execution` metadata: a source (and its build) never holds them."""
+    nb = _every_kind_of_cell()
+    nb.cells[2].metadata["execution"] = {"iopub.execute_input": "2026-12-01T06:00:00.1Z"}
+    nb.cells[3].metadata["ExecuteTime"] = {"end_time": "2026-12-01T06:00:00.2Z"}
+    ipynb, py = tmp_path / "notebooks" / "42_demo.ipynb", tmp_path / "sources" / "notebooks" / "42_demo.py"
+    ipynb.parent.mkdir()
+    ipynb.write_text(nbformat.writes(nb), encoding="utf-8")
+    export_notebook(ipynb, py)
+    assert "2026-12-01" not in py.read_text(encoding="utf-8")
+    assert [dict(c.metadata) for c in read_source(py).cells] == [dict(c.metadata) for c in _every_kind_of_cell().cells]
+
+
 def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no source"):
         build_notebook(tmp_path / "sources" / "notebooks" / "42_none.py", tmp_path / "42_none.ipynb")
