@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import ExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +35,7 @@ from ...client import app_client
 from ...db import thread_safe_connect_args
 from ...grading import Checking, Fail, _explain_exception, exercise
 from ...load import LoadResult, load_test
-from ...servers import Server, serve, usable_cores
+from ...servers import Server, ServerGroup, serve, usable_cores
 from ...timing import median_ms
 
 
@@ -112,7 +112,7 @@ async def burst(client: httpx.AsyncClient, paths: list[str] | str, n: int | None
 
 @dataclass
 class WorkerRun:
-    """One server configuration under load: the best of its interleaved load tests and each process's memory."""
+    """One server configuration under load: the median of its interleaved load tests and each process's memory."""
 
     workers: int
     server: str
@@ -129,14 +129,17 @@ class WorkerRun:
 
 
 async def sweep_workers(counts: tuple[int, ...] = (1, 2, 3), *, server: Literal["uvicorn", "gunicorn"] = "uvicorn",
-                        rounds: int = 2, seconds: float = 1.0, concurrency: int = 20,
+                        rounds: int = 3, seconds: float = 1.0, concurrency: int = 20,
                         rounds_of_work: int = CPU_ROUNDS) -> list[WorkerRun]:
     """Serve `cpu_app` with each worker count at once, then load them interleaved (1, 2, 3, 1, 2, 3 …).
 
-    Interleaving lets whatever else the machine does hit every configuration alike; each keeps its best round.
+    Interleaving lets whatever else the machine does hit every configuration alike; each keeps its median round
+    (the lower middle one for an even count), not its luckiest. The servers start side by side, as a group that
+    stops them all however the call ends (an interrupt lands within a poll, not after every start-up).
     """
-    with ExitStack() as stack:
-        servers = [stack.enter_context(serve_app("cpu_app", workers=n, server=server)) for n in counts]
+    with ServerGroup() as group:
+        servers = [group.start(f"{SERVED}:cpu_app", workers=n, server=server, cwd=SERVED_DIR) for n in counts]
+        await group.ready()
         urls = [f"{s.url}/cpu?rounds={rounds_of_work}" for s in servers]
         for url, n in zip(urls, counts, strict=True):  # warm every worker up
             await load_test(url, concurrency=concurrency, requests=10 * n, seconds=1, progress=False)
@@ -155,8 +158,8 @@ async def sweep_workers(counts: tuple[int, ...] = (1, 2, 3), *, server: Literal[
                     pids |= {answer.json()["pid"] for answer in answers}  # busy workers leave accepts to others
                     if len(pids) >= n:
                         break
-                best = max(bucket, key=lambda r: r.throughput)
-                runs.append(WorkerRun(n, server, best, running.processes(), len(pids), running.command, bucket))
+                median = sorted(bucket, key=lambda r: r.throughput)[(len(bucket) - 1) // 2]
+                runs.append(WorkerRun(n, server, median, running.processes(), len(pids), running.command, bucket))
     return runs
 
 
