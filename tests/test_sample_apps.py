@@ -174,9 +174,9 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("name, tests", [("blog_app", 4), ("bookshop", 5)])
 def test_copied_app_runs_its_own_tests_outside_the_repo(outside: Path, name: str, tests: int) -> None:
-    """Copy the app's folder alone to a temporary folder and run pytest on it there: its own tests pass."""
+    """Copy the app's folder alone to a temporary folder and run pytest from inside the copy: its own tests pass."""
     refused = _run(["-c", "import course_lib"], outside)
     assert refused.returncode != 0 and "copied out of the course" in refused.stderr  # the shadow is what loads
     shutil.copytree(SAMPLE_APPS[name], outside / name, ignore=shutil.ignore_patterns("__pycache__"))
-    run = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no", name], outside)
+    run = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no"], outside / name)
     assert run.returncode == 0 and f"{tests} passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
