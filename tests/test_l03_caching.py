@@ -270,7 +270,7 @@ def test_cache_endpoint_other_right_answers_pass(answer):
 
 @pytest.mark.parametrize(("answer", "says"), [
     (_stats_app(_never_expires), "with no expiry (PTTL -1)"),
-    (_stats_app(_ttl_in_the_wrong_unit), "expires in 3,000 s, but the TTL asked for is 3 s"),
+    (_stats_app(_ttl_in_the_wrong_unit), "s, but the TTL asked for is 3 s"),  # 3,000 s, or 2,999 on a slow run
     (_stats_app(_local_copy_in_front), "the entry should have expired"),
     (_stats_app(_no_param_in_key), "query parameter is not in your key"),
     (_stats_app(_uncached), "50 calls to GET /stats?min_likes=0 ran 50 database queries"),
