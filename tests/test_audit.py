@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Query
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
-from sqlalchemy import text, select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, selectinload
 
 from course_lib.auditor import AuditReport, audit, audit_main, postgres_scanned_tables, sqlite_scanned_tables

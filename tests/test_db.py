@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import os
 from datetime import datetime
 
+import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from course_lib import Comment, Post, User, make_demo_db
@@ -187,7 +187,7 @@ def test_bulk_load_loads_every_row_and_moves_the_id_sequence(rows):
 def test_one_thread_safety_setting_for_sqlite_and_none_for_servers():
     import threading
 
-    from course_lib.db import fresh_engine, drop_fresh_database, thread_safe_connect_args
+    from course_lib.db import drop_fresh_database, fresh_engine, thread_safe_connect_args
 
     assert thread_safe_connect_args("sqlite:///x.db") == {"check_same_thread": False}
     assert thread_safe_connect_args("postgresql+psycopg://u@h/db") == {}

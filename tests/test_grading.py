@@ -334,7 +334,7 @@ def test_an_error_raised_in_a_worker_thread_is_the_learners(synthetic, factory, 
     result = grade(synthetic("99.thread-error", _get_item), namespace[factory], record=False)
     assert not result.passed
     assert result.message.startswith(f"your code raised {raised}"), result.message
-    assert f"in your cell, line" in result.message and line in result.message, result.message
+    assert "in your cell, line" in result.message and line in result.message, result.message
     assert "could not use your answer" not in result.message
 
 
@@ -402,7 +402,6 @@ def test_a_busy_loop_is_stopped_and_cwd_env_and_lock_are_restored(synthetic, tmp
 
 def test_a_busy_def_endpoint_in_a_worker_thread_is_stopped_too(synthetic):
     """The loop runs in FastAPI's thread pool (a `def` endpoint): that thread is stopped as well."""
-    from course_lib.client import app_client
 
     namespace = _as_cell('''
 from fastapi import FastAPI
