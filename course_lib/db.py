@@ -24,8 +24,8 @@ from sqlalchemy import DateTime, ForeignKey, Integer, String, create_engine, fun
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncAttrs
-from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from .settings import course_settings
 
