@@ -1,5 +1,5 @@
-"""Lesson 05 (indexes): fast big tables, query plans of SQLite and PostgreSQL parsed into one typed plan, and the
-index exercise."""
+"""Lesson 05 (indexes): fast big tables, query plans of SQLite and PostgreSQL parsed into one typed plan (the core's
+`course_lib.plans`, re-exported here), and the index exercise."""
 
 from __future__ import annotations
 
