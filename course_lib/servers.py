@@ -301,11 +301,13 @@ def launch(
 ) -> Server:
     """Start any server command that will listen on 127.0.0.1:`port`, in its own process group; wait until it answers
     (an HTTP GET of `ready_path`, or `probe()` returning True for a server that does not speak HTTP)."""
-    started = _spawn(command, port, kind=kind, app=app, workers=workers, env=env, cwd=cwd)
+    started: Server | None = None
     try:
+        started = _spawn(command, port, kind=kind, app=app, workers=workers, env=env, cwd=cwd)
         _wait_ready(started, ready_path, startup_timeout, probe)
     except BaseException:  # failed start, timeout, KeyboardInterrupt: never leave it running
-        started.stop()
+        if started is not None:
+            started.stop()
         raise
     return started
 
