@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import selectinload
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 from sqlalchemy.util.concurrency import await_, in_greenlet
 from starlette.concurrency import run_in_threadpool
 
@@ -311,7 +312,8 @@ class PoolWatch:
     closed: int = 0
     peak_open: int = 0
     checkouts: int = 0
-    new_pools: int = 0
+    in_use: dict[int, int] = field(default_factory=dict)  # per pool: connections checked out right now
+    peak_in_use: dict[int, int] = field(default_factory=dict)  # per pool: the most checked out at once
 
     @property
     def open(self) -> int:
@@ -334,14 +336,26 @@ def watch_pools(engines: Sequence[Engine | AsyncEngine]) -> Iterator[PoolWatch]:
         with lock:
             watch.closed += 1
 
-    def on_checkout(*_: Any) -> None:
+    def on_checkout(dbapi_conn: Any, record: Any, proxy: Any, pool: Any = None) -> None:
         with lock:
             watch.checkouts += 1
+            watch.in_use[id(pool)] = watch.in_use.get(id(pool), 0) + 1
+            watch.peak_in_use[id(pool)] = max(watch.peak_in_use.get(id(pool), 0), watch.in_use[id(pool)])
+
+    def on_checkin(dbapi_conn: Any, record: Any, pool: Any = None) -> None:
+        with lock:
+            watch.in_use[id(pool)] = watch.in_use.get(id(pool), 0) - 1
 
     pools = list({id(p): p for p in (getattr(e, "sync_engine", e).pool for e in engines)}.values())
-    listeners = [(pool, name, fn) for pool in pools
-                 for name, fn in (("connect", on_connect), ("close", on_close), ("close_detached", on_close),
-                                  ("checkout", on_checkout))]
+    # connections the pools already hold count too (a QueuePool knows them; a NullPool holds none between uses)
+    watch.opened = sum(p.checkedin() + p.checkedout() for p in pools if isinstance(p, QueuePool))
+    watch.peak_open = watch.opened
+    listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+    for pool in pools:
+        watch.peak_in_use[id(pool)] = 0
+        listeners += [(pool, "connect", on_connect), (pool, "close", on_close), (pool, "close_detached", on_close),
+                      (pool, "checkout", functools.partial(on_checkout, pool=pool)),
+                      (pool, "checkin", functools.partial(on_checkin, pool=pool))]
     for pool, name, fn in listeners:
         event.listen(pool, name, fn)
     try:
@@ -619,8 +633,7 @@ async def _grade_one_database(checking: Checking, db: DemoDB, engine: AsyncEngin
 
 # --------------------------------------------------------------------------- exercise 10.pool-budget
 
-BUDGET_HOLD_MS = 200  # each request holds its connection this long
-BUDGET_SLO_WAVES = 3.5  # a burst of 2 × share requests must end within 3.5 holds (2 waves when pools are right)
+BUDGET_HOLD_MS = 300  # each request holds its connection this long
 
 
 @dataclass(frozen=True)
@@ -641,11 +654,6 @@ class Budget:
         """One worker's fair share of the available connections."""
         return self.available // self.workers
 
-    @property
-    def slo_ms(self) -> float:
-        """The longest a burst of 2 × share requests per worker may take."""
-        return BUDGET_SLO_WAVES * BUDGET_HOLD_MS
-
     def __str__(self) -> str:
         return (f"{self.workers} workers, max_connections={self.max_connections} with {self.reserved} reserved "
                 f"(so {self.available} for the app, {self.share} per worker)")
@@ -659,7 +667,8 @@ def draw_budget(rng: random.Random) -> Budget:
     return Budget(workers, workers * share + reserved + rng.randrange(workers), reserved)
 
 
-async def _budget_phase(checking: Checking, engines: list[AsyncEngine], budget: Budget, what: str) -> LoadOutcome:
+async def _budget_phase(checking: Checking, engines: list[AsyncEngine], budget: Budget, what: str,
+                        full_share: bool = True) -> LoadOutcome:
     outcome = await hold_load(engines, 2 * budget.share, BUDGET_HOLD_MS)
     pools = outcome.pools
     load = (f"{budget.workers} workers × {2 * budget.share} concurrent requests holding a connection "
@@ -679,11 +688,13 @@ async def _budget_phase(checking: Checking, engines: list[AsyncEngine], budget: 
                     f"{load}: {len(outcome.errors)} requests failed, e.g. {outcome.errors[0] if outcome.errors else ''}"
                     + (". The connections in the pool were dropped by the restart and handed out dead: ask the pool "
                        "to test a connection before handing it out." if what.startswith("after") else ""))
-    checking.expect(outcome.wall_ms <= budget.slo_ms,
-                    f"{load}: the burst took {outcome.wall_ms:,.0f} ms, over the {budget.slo_ms:,.0f} ms allowed "
-                    f"({BUDGET_SLO_WAVES:g} holds): with {budget.share} connections per worker it takes 2 waves of "
-                    f"{BUDGET_HOLD_MS} ms; a smaller pool makes requests queue for connections the database could "
-                    "have given.")
+    least = min(pools.peak_in_use.values(), default=0)
+    checking.record("least_share_used", least)
+    checking.expect(not full_share or least >= budget.share,
+                    f"{load}: a worker never held more than {least} connections at once while its "
+                    f"{2 * budget.share} requests waited for one (the burst took {outcome.wall_ms:,.0f} ms): its share "
+                    f"is {budget.share}, so a smaller pool makes requests queue for connections the database could "
+                    f"have given (with the full share the burst takes 2 waves of {BUDGET_HOLD_MS} ms).")
     return outcome
 
 
@@ -703,10 +714,10 @@ async def _budget_phase(checking: Checking, engines: list[AsyncEngine], budget: 
     timeout=120,
 )
 async def check_pool_budget(make_engine: Any, checking: Checking) -> str:
-    """A deployment drawn at random; one engine per simulated worker from the answer; a burst of 2 × share
-    requests per worker (each holding a connection 200 ms): peak open connections (pool events) within the budget,
-    no pool timeout, within 3.5 holds; then the database "restarts" (every pooled connection dropped) and a second
-    burst must not fail."""
+    """A deployment drawn at random; one engine per simulated worker from the answer; after a warm-up, a burst of
+    2 × share requests per worker (each holding a connection 300 ms): peak open connections (pool events) within
+    the budget, no pool timeout, each worker holding its full share at once (pool events); then the database "restarts" (every pooled connection dropped)
+    and a second burst must not fail nor exceed the budget."""
     checking.require_callable(make_engine, "a function make_engine(url, *, workers, max_connections, reserved)")
     rng = random.Random()
     budget = draw_budget(rng)
@@ -722,14 +733,16 @@ async def check_pool_budget(make_engine: Any, checking: Checking) -> str:
                 checking.fail(f"make_engine returned {type(engine).__name__}, not an AsyncEngine: build it with "
                               "`create_async_engine(url, ...)` from the URL it is given.")
             engines.append(engine)
-        first = await _budget_phase(checking, engines, budget, "first burst")
+        await hold_load(engines, budget.share, 1)  # open the pools' connections first: connecting is not the point
+        first = await _budget_phase(checking, engines, budget, "a burst")
         dropped = 0
         for engine in engines:
             dropped += await drop_connections(db, engine)
             if db.engine.dialect.name == "postgresql":
                 break  # one terminate drops every session of the database
         checking.record("connections_dropped", dropped)
-        second = await _budget_phase(checking, engines, budget, "after the database restarted")
+        # after a restart the pools reconnect as requests come: this burst is held to the budget and must not fail
+        second = await _budget_phase(checking, engines, budget, "after the database restarted", full_share=False)
     finally:
         for engine in engines:
             await engine.dispose()

@@ -78,8 +78,6 @@ for kind, (result, seen) in ways.items():
 blocked, blocked_seen = ways["sync session in async def"]
 awaited, awaited_seen = ways["AsyncSession"]
 threaded, _ = ways["sync def"]
-plot_bars({kind: result.wall_ms for kind, (result, _) in ways.items()},
-          ylabel="20 concurrent requests, wall time (ms)", title=f"{LATENCY_MS} ms per statement")
 say(f"With a sync session inside `async def`, **{blocked_seen.blocking_on_loop} of {blocked_seen.statements}** "
     f"statements waited on the event loop's own thread, one at a time (peak in flight: "
     f"{blocked_seen.peak_in_flight}): the 20 requests took **{blocked.wall_ms:,.0f} ms**, and the loop, which "
@@ -87,6 +85,10 @@ say(f"With a sync session inside `async def`, **{blocked_seen.blocking_on_loop} 
     f"Awaiting an `AsyncSession`: **{awaited.wall_ms:,.0f} ms** ({blocked.wall_ms / awaited.wall_ms:.1f}× less, "
     f"up to {awaited_seen.peak_in_flight} statements in flight); the same sync code in a `def` route: "
     f"**{threaded.wall_ms:,.0f} ms**.")
+
+# %%
+plot_bars({kind: result.wall_ms for kind, (result, _) in ways.items()},
+          ylabel="20 concurrent requests, wall time (ms)", title=f"{LATENCY_MS} ms per statement")
 
 # %% [markdown]
 # Nothing in the blocking endpoint looks wrong: the code is the same as in the `def` route; only the word
@@ -171,11 +173,13 @@ for expire in (True, False):
 
 # %%
 pools = await thread_pools(calls=40, ms=50)
-plot_bars(pools, ylabel="40 concurrent 50 ms calls, wall time (ms)")
 say(f"`asyncio.to_thread`: **{pools['asyncio.to_thread']:,.0f} ms**; `run_in_threadpool`: "
     f"**{pools['run_in_threadpool']:,.0f} ms**. The default executor has min(32, cores + 4) = "
     f"{min(32, (os.cpu_count() or 1) + 4)} threads here; AnyIO's limiter allows "
     f"{anyio.to_thread.current_default_thread_limiter().total_tokens:.0f} at once.")
+
+# %%
+plot_bars(pools, ylabel="40 concurrent 50 ms calls, wall time (ms)")
 
 # %% [markdown]
 # ## When is a sync `def` route the better choice? Measure it
@@ -219,7 +223,8 @@ say(f"Limit: **max_connections = {limit}**, {reserved} reserved for superusers, 
 # %% [markdown]
 # Four workers (four engines here, in one process) each get 30 concurrent requests that hold a connection for
 # 100 ms; pool events count the connections the database would see. First the defaults, then each worker's
-# share of a budget of 20 (`pool_size=5, max_overflow=0`):
+# share of a budget of 20 connections (`pool_size=5, max_overflow=0`), as when the database is a small managed
+# plan or is shared with other services:
 
 # %%
 outcomes = {}
@@ -228,12 +233,15 @@ for label, options in {"default pool": {}, "budget: 5 each, no overflow": {"pool
     outcomes[label] = await hold_load(engines, per_engine=30, hold_ms=100)
     for each in engines:
         await each.dispose()
-plot_bars({label: o.pools.peak_open for label, o in outcomes.items()}, ylabel="connections open at once")
 default, budget = outcomes["default pool"], outcomes["budget: 5 each, no overflow"]
 say(f"Default pools: **{default.pools.peak_open} connections** at once ({default.pools.opened} opened in all, "
     f"overflow connections are closed when returned), burst in {default.wall_ms:,.0f} ms. Budgeted: "
     f"**{budget.pools.peak_open}**, burst in {budget.wall_ms:,.0f} ms, {budget.pool_timeouts} pool timeouts: "
     "requests queue in the pool instead of being refused by the database.")
+
+# %%
+plot_bars({label: o.pools.peak_open for label, o in outcomes.items()},
+          ylabel="connections open at once", title="4 workers × 30 concurrent requests")
 
 # %% [markdown]
 # ### `pool_timeout`: how long a request may queue for a connection
