@@ -180,6 +180,42 @@ say(f"Each extra worker added about **{per_worker:.0f} MiB** here, for this tiny
     f"database could see up to **{(2 * cores + 1) * (pool_size + overflow)}** connections from one machine.")
 
 # %% [markdown]
+# ### A cost load tests rarely show: kept-alive connections
+#
+# Browsers, reverse proxies and HTTP client libraries keep a connection open and send the next request on it.
+# Many load tests open a new connection per request and never see what follows. The same trivial route,
+# 60 requests one after another, on one kept-alive connection and then with a new connection each:
+
+# %%
+keep_alive = await keep_alive_latency({
+    "uvicorn, 1 worker": ("uvicorn", 1),
+    "uvicorn --workers 2": ("uvicorn", 2),
+    "gunicorn + uvicorn-worker, 2": ("gunicorn", 2),
+})
+for run in keep_alive:
+    print(f"{run.label:<30} kept-alive {run.keep_alive_ms:6.1f} ms   new connection each {run.new_connection_ms:6.1f} ms")
+plot_bars({run.label: run.keep_alive_ms for run in keep_alive}, ylabel="ms (median)",
+          title="Median latency on one kept-alive connection, a trivial route")
+
+# %% [markdown]
+# Why would a second worker make a kept-alive request slower? Nagle's algorithm holds back a small write
+# until the peer acknowledges the previous one, and the peer delays its acknowledgement (about 40 ms on
+# Linux), unless the server sets `TCP_NODELAY` on the connection. asyncio sets it only when the listening
+# socket says it is TCP (`proto` 6). The socket each way of starting uvicorn listens on:
+
+# %%
+for way, proto in listener_protocols().items():
+    print(f"{way}: proto {proto}")
+
+# %%
+single, multi, gunicorn_run = keep_alive
+say(f"Here, on a kept-alive connection, `uvicorn --workers 2` answered in **{multi.keep_alive_ms:.0f} ms** against "
+    f"**{single.keep_alive_ms:.1f} ms** for one worker and **{gunicorn_run.keep_alive_ms:.1f} ms** for gunicorn's "
+    f"two: **{multi.keep_alive_ms / single.keep_alive_ms:.0f}×**, for nothing but how the listening socket was made "
+    f"(reported upstream as [uvicorn #3149](https://github.com/Kludex/uvicorn/issues/3149)). Measure your own stack "
+    "with a client that keeps connections alive, as your real clients do.")
+
+# %% [markdown]
 # ## An I/O-bound endpoint: one worker, many requests at once
 #
 # `GET /io` awaits a 100 ms wait (think: a database or an API answering). While one request waits, the event

@@ -53,6 +53,50 @@ def serve_app(name: str, *, workers: int = 1, server: Literal["uvicorn", "gunico
                  announce=announce)
 
 
+@dataclass
+class KeepAliveRun:
+    """Sequential requests to one trivial route: median ms on one reused connection, and with a new one each."""
+
+    label: str
+    keep_alive_ms: float
+    new_connection_ms: float
+
+
+async def keep_alive_latency(configs: Mapping[str, tuple[Literal["uvicorn", "gunicorn"], int]],
+                             n: int = 60) -> list[KeepAliveRun]:
+    """For each label → (server, workers): serve `io_app` and time `n` sequential GET /io?ms=0, first on one
+    kept-alive connection (as browsers, proxies and httpx clients do), then with `Connection: close`."""
+    runs: list[KeepAliveRun] = []
+    for label, (server, workers) in configs.items():
+        with serve_app("io_app", workers=workers, server=server, announce=False) as running:
+            url = f"{running.url}/io?ms=0"
+            timings: dict[str, list[float]] = {"keep": [], "close": []}
+            for mode, headers in (("keep", {}), ("close", {"Connection": "close"})):
+                async with httpx.AsyncClient(headers=headers) as client:
+                    for _ in range(5):  # warm: every worker has answered, the connection is open
+                        await client.get(url)
+                    for _ in range(n):
+                        start = time.perf_counter()
+                        (await client.get(url)).raise_for_status()
+                        timings[mode].append(time.perf_counter() - start)
+        runs.append(KeepAliveRun(label, median_ms(timings["keep"]), median_ms(timings["close"])))
+    return runs
+
+
+def listener_protocols() -> dict[str, int]:
+    """The `proto` of the listening socket each way of starting uvicorn makes (asyncio sets TCP_NODELAY on accepted
+    connections only when it reads IPPROTO_TCP, 6, there): uvicorn's own bind (used by --workers) vs asyncio's."""
+    import socket
+
+    import uvicorn
+
+    bound = uvicorn.Config(io_app, host="127.0.0.1", port=0, log_config=None).bind_socket()  # no logging setup
+    proto_bound = bound.proto
+    bound.close()
+    family, kind, proto, _, _ = socket.getaddrinfo("127.0.0.1", 0, type=socket.SOCK_STREAM)[0]
+    return {"uvicorn --workers N (Config.bind_socket)": proto_bound, "uvicorn, 1 worker (asyncio's getaddrinfo)": proto}
+
+
 def serve_upstream() -> Server:
     """Start the slow upstream on loopback (one uvicorn worker, 1 s graceful shutdown so hung requests end).
 
@@ -786,5 +830,6 @@ __all__ = [
     "Burst", "WorkerRun", "burst", "sweep_workers", "serve_app", "SERVED_DIR", "cpu_app", "io_app", "upstream_app", "serve_upstream",
     "make_sleepy_app", "make_threadpool_app", "thread_tokens", "make_gateway_app", "make_pool_app",
     "slow_lookup", "slow_lookup_async", "make_blocking_items_app", "reseed_catalogue", "workers_bar",
-    "deprecation_warning_of_uvicorn_workers", "measure_config", "ConfigMeasure", "bench",
+    "deprecation_warning_of_uvicorn_workers", "measure_config", "ConfigMeasure", "keep_alive_latency", "KeepAliveRun",
+    "listener_protocols", "bench",
 ]
