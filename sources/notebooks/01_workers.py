@@ -105,10 +105,10 @@ with serve_app("cpu_app", workers=2, server="gunicorn") as running:
 # `sweep_workers` serves it with `uvicorn --workers 1`, `2` and `3` at once, then loads them in turn
 # (1, 2, 3, 1, 2, 3) with 20 concurrent clients, a new connection per request so the kernel spreads them over
 # the workers. Interleaving means whatever else this machine does hits every configuration alike; each keeps
-# its best round.
+# its median round of three, not its luckiest.
 
 # %%
-sweep = await sweep_workers((1, 2, 3), rounds=2, seconds=1.0)
+sweep = await sweep_workers((1, 2, 3), rounds=3, seconds=1.0)
 print(short(sweep[-1].command))
 for run in sweep:
     print(f"{run.workers} worker(s): {run.load!r}; {run.worker_pids_seen} distinct worker pids answered")
