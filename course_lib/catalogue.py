@@ -183,6 +183,8 @@ CATALOGUE = Catalogue((
            ("09.capstone",), serial="all", services=("postgresql",)),
     Lesson("10", "async_db", "async database access: AsyncSession, MissingGreenlet, pools against max_connections",
            ("10.async-endpoint", "10.pool-budget"), services=("postgresql",)),
+    Lesson("11", "diagnose", "find the bottleneck before you fix it: pyinstrument, asyncio debug mode, py-spy",
+           ("11.diagnose",), services=("postgresql",)),
 ))
 
 

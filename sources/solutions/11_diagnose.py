@@ -1,0 +1,64 @@
+# %% [markdown]
+# # Exercise 11 · Find the bottleneck
+#
+# Work through `notebooks/11_diagnose.ipynb` first. Then write your answer in the cell marked `# YOUR CODE HERE` and
+# run the `check(...)` cell below it. A failing check tells you what it measured and gives a hint; run it again
+# after a fix.
+#
+# The grader draws **new mystery apps on every run**: one of each kind of bottleneck, in random order, with random
+# route names, page sizes, delays and table sizes. It calls your `diagnose` on each and compares your verdict with
+# the kind it drew. Nothing can be memorised; everything can be measured.
+
+# %%
+import re
+
+from course_lib import *
+from course_lib.lessons.l11_diagnose import (
+    KINDS, Mystery, count_connections, draw_mysteries, profile_request, request_cost, slow_callbacks,
+    statement_plans, time_share, top_frames,
+)
+from course_lib.queries import observe_statements
+
+print("kinds:", ", ".join(KINDS))
+
+# %% [markdown]
+# ## 11.diagnose
+#
+# A `Mystery` is an app you have never seen, with one bottleneck among the kinds above:
+#
+# - `mystery.make_app(db)` builds the app on a database;
+# - `mystery.database(scale)` makes a fresh demo database, `scale` × its base number of users (10 posts each,
+#   `1 ≤ scale ≤ 20`; close it, or use it in a `with` block);
+# - `mystery.url(db)` is the slow request to examine on that database.
+#
+# Write **`async def diagnose(mystery)`** returning **`(kind, evidence)`**: `kind` one of `KINDS`, `evidence` a
+# sentence with the figure you measured that shows it. The lesson's tools are imported above (`count_queries`,
+# `count_connections`, `statement_plans`, `request_cost`, `slow_callbacks`, `profile_request`, `time_share`,
+# `top_frames`); use any you like, in the order you choose.
+
+# %%
+async def diagnose(mystery: Mystery) -> tuple[str, str]:
+    ### BEGIN SOLUTION
+    #> with mystery.database(1) as db:
+    #>     async with app_client(mystery.make_app(db)) as client:
+    #>         cost = await request_cost(client, mystery.url(db))
+    #> return "n_plus_one", f"a guess: it took {cost.wall_ms:.0f} ms"  # measure, then name it
+    ...  # --8<-- "answers/l11_diagnose.py:answer"
+    ### END SOLUTION
+
+
+# %%
+check("11.diagnose", diagnose)
+
+# %% [markdown]
+# ## Try it yourself
+#
+# Draw a few mysteries and compare your verdicts with what was drawn (the grader does the same, without telling).
+
+# %%
+for kind, mystery in draw_mysteries()[:3]:
+    said, evidence = await diagnose(mystery)
+    print(f"{mystery!r}: drawn {kind!r}, you said {said!r} ({evidence})")
+
+# %% [markdown]
+# Done? `python -m course_lib progress` in a terminal shows this exercise ticked.
