@@ -16,6 +16,8 @@
 #   is down, and measure how long a hung database takes to detect.
 #
 # The course ships the package as `course_lib/lessons/blog_app/`: the notebook imports it, and uvicorn runs it.
+# It imports nothing from the course (its own models, settings, database setup and tests, on FastAPI,
+# SQLAlchemy, pydantic-settings and redis), so the folder can be copied into a project of your own as it is.
 
 # %%
 import fastapi
