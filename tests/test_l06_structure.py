@@ -416,9 +416,9 @@ def test_server_runs_the_package_and_refuses_to_start_without_config(monkeypatch
 
 
 def test_bench_rows_are_measured() -> None:
-    """bench() returns the lesson's rows with a goal on the hung-database ratio."""
+    """bench() returns the lesson's rows with a goal on the hung-database ratio (the runner stamps the lesson)."""
     rows = lesson.bench()
-    assert [r.lesson for r in rows] == ["06"] * 3
+    assert len(rows) == 3 and all(r.lesson == "" for r in rows)
     assert rows[0].met is True and rows[0].value >= 3
     assert rows[1].value > 1
 
