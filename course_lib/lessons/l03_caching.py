@@ -996,23 +996,31 @@ def _one_scan_page(commands: list[RedisCommand]) -> str:
             "it is 0 (`scan_iter` does), or keep the keys in a set.")
 
 
-def _why_stale(stale: list[tuple[str, str]], paths: list[str], writer: str, when: str, again: bool = False) -> str:
-    """Why reads after a write still returned old answers, from which variants were stale on which worker."""
-    where = ", ".join(f"GET {path} on the {which} worker" for path, which in stale)
+def _why_stale(stale: list[tuple[str, str]], paths: list[str], writer: str, when: str, again: bool = False,
+               wrote: list[RedisCommand] | None = None) -> str:
+    """Why reads after a write still returned old answers, from which variants were stale on which worker and what
+    the write sent to Redis (`wrote`: its writing commands, when known)."""
+    workers = {path: [which for p, which in stale if p == path] for path, _ in stale}
+    where = ", ".join(f"GET {path} on " + ("both workers" if len(on) == 2 else f"the {on[0]} worker")
+                      for path, on in workers.items())
     other = "first" if writer == "second" else "second"
+    stored = next((c for c in wrote or [] if c.name in ("SET", "SETEX", "PSETEX", "MSET", "GETSET")), None)
     if {which for _, which in stale} == {other}:
-        why = ("the worker that handled the write serves fresh answers and the other still serves old ones: what your "
+        why = ("The worker that handled the write serves fresh answers and the other still serves old ones: what your "
                "write changes lives in that process's memory (a version counter, a local copy of the answers). Keep "
                "it in Redis (INCR a version key, or a set of keys per tag).")
     elif again and len(stale) == 2 * len(paths):
-        why = ("the first write cleared them, this one cleared nothing: what a write changes must change again on every "
+        why = ("The first write cleared them, this one cleared nothing: what a write changes must change again on every "
                "write (INCR a version, never SET it to a fixed value; add every key cached since to the tag set).")
+    elif len(stale) == 2 * len(paths) and stored is not None:
+        why = (f"Your POST stored answers after its commit (`{stored}`), but old ones: they were read before the commit "
+               "(or from the cache). Store only what you read after `create_post` returns, or delete the keys instead.")
     elif len(stale) == 2 * len(paths):
-        why = ("nothing was cleared, or the entries were written again with answers read before the commit. Every "
-               "/stats variant depends on posts, so once the write has committed it must clear them all (or store "
-               "answers it reads after the commit).")
+        why = ("Nothing was cleared" + (" (your POST sent Redis no command that deletes or changes a key)"
+                                        if wrote is not None and not wrote else "")
+               + ". Every /stats variant depends on posts, so once the write has committed it must clear them all.")
     else:
-        why = (f"some /stats variants were cleared, not all (the grader cached {', '.join(paths)}, chosen at random "
+        why = (f"Some /stats variants were cleared, not all (the grader cached {', '.join(paths)}, chosen at random "
                "each run, some by each worker). Every variant depends on posts, whichever worker cached it: a list of "
                "keys kept in Python memory knows only those its own process wrote, and a fixed list or a key pattern "
                "misses the variants nobody thought of (a /stats with no min_likes, say). Keep the list in Redis (SADD "
@@ -1099,7 +1107,9 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
                     window = queries.count
             finally:
                 rig.hold.release()
+                committing = rig.proxy.mark()  # from here until the response only the writer runs
             kind, replies, _ = await rig.worker.message(checking, timeout=15)
+            wrote = [c for c in rig.proxy.since(committing if held else started) if c.name in _REDIS_WRITES]
             at_response: list[str] = []
             if kind == "ack":
                 try:
@@ -1143,7 +1153,8 @@ async def check_invalidate(make_app: Any, checking: Checking) -> str:
                     "the route returns.")
             if later:
                 checking.fail(_why_stale(later, stats, "second",
-                                         "after POST /posts (sent to the second worker process) had answered")
+                                         "after POST /posts (sent to the second worker process) had answered",
+                                         wrote=early + wrote)
                               + _one_scan_page(rig.proxy.since(started)))
 
             # A second write, on the first worker this time: invalidation must work on every write, from either side.
