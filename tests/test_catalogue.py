@@ -133,21 +133,23 @@ def test_dev_check_fails_on_a_drifted_notebook_and_a_missing_file(tmp_path):
 
 def test_dev_new_scaffolds_a_lesson_that_checks_and_grades(tmp_path):
     copy = _copy_course(tmp_path)
-    made = _dev(copy, "new", "10", "async_db", "async database access")
+    number = f"{int(CATALOGUE.lessons[-1].number) + 1:02d}"  # the next free number, after the course's last lesson
+    made = _dev(copy, "new", number, "scaffolded", "a scaffolded lesson")
     assert made.returncode == 0, made.stdout + made.stderr
-    built = _dev(copy, "build", "10")
+    built = _dev(copy, "build", number)
     assert built.returncode == 0, built.stdout + built.stderr
     for folder in ("notebooks", "solutions", "exercises"):
-        assert (copy / folder / "10_async_db.ipynb").exists(), built.stdout
+        assert (copy / folder / f"{number}_scaffolded.ipynb").exists(), built.stdout
     checked = _dev(copy, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "11 lessons, 18 exercises" in checked.stdout
+    exercises = sum(len(lesson.exercises) for lesson in CATALOGUE) + 1
+    assert f"{len(CATALOGUE) + 1} lessons, {exercises} exercises" in checked.stdout
     env = {**os.environ, "PYTHONPATH": str(copy), "COURSE_LAB_HOME": str(tmp_path / "home")}
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                            "tests/test_l10_async_db.py"], cwd=copy, env=env, capture_output=True, text=True,
+                            f"tests/test_l{number}_scaffolded.py"], cwd=copy, env=env, capture_output=True, text=True,
                            timeout=300)
     assert tests.returncode == 0, tests.stdout[-2000:]
-    again = _dev(copy, "new", "10", "other", "another")
+    again = _dev(copy, "new", number, "other", "another")
     assert again.returncode == 2 and "used twice" in again.stderr
 
 
