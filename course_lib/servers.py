@@ -82,12 +82,26 @@ def _die_with_parent() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+DEFAULT_LOOP, DEFAULT_HTTP = "asyncio", "h11"
+"""What every course server runs on unless asked otherwise: uvicorn's `--loop auto --http auto` would silently pick
+uvloop and httptools once installed (`uvicorn[standard]`), changing every measurement; lesson 01 compares the two."""
+DEFAULT_GUNICORN_WORKER = "uvicorn_worker.UvicornH11Worker"  # uvicorn-worker's UvicornWorker fixed to asyncio + h11
+
+
+def _given(extra: Sequence[str], *options: str) -> bool:
+    """True when `extra` sets one of `options` (as `--opt value` or `--opt=value`)."""
+    return any(arg in options or arg.split("=", 1)[0] in options for arg in extra)
+
+
 def _command(kind: ServerKind, app: str, port: int, workers: int, extra: Sequence[str]) -> list[str]:
     if kind == "uvicorn":
+        chosen = [*(() if _given(extra, "--loop") else ("--loop", DEFAULT_LOOP)),
+                  *(() if _given(extra, "--http") else ("--http", DEFAULT_HTTP))]
         return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-                "--workers", str(workers), "--no-access-log", "--log-level", "warning", *extra]
+                "--workers", str(workers), "--no-access-log", "--log-level", "warning", *chosen, *extra]
     if kind == "gunicorn":
-        return [sys.executable, "-m", "gunicorn", app, "--worker-class", "uvicorn_worker.UvicornWorker",
+        worker = () if _given(extra, "-k", "--worker-class") else ("--worker-class", DEFAULT_GUNICORN_WORKER)
+        return [sys.executable, "-m", "gunicorn", app, *worker,
                 "--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--no-control-socket",
                 "--log-level", "warning", *extra]
     raise ValueError(f"server must be 'uvicorn' or 'gunicorn', not {kind!r}")
