@@ -13,7 +13,14 @@ from sqlalchemy import text
 from course_lib.grading import grade
 from course_lib.lessons.bookshop.app import make_app
 from course_lib.lessons.l09_capstone import (
-    GOAL, audit_bookshop, compare_behaviour, copy_db, corpus, load_answer, load_factory, make_bookshop_db,
+    GOAL,
+    audit_bookshop,
+    compare_behaviour,
+    copy_db,
+    corpus,
+    load_answer,
+    load_factory,
+    make_bookshop_db,
 )
 from course_lib.notebooks import BEGIN, END, ROOT, STARTER
 from course_lib.servers import running_servers
