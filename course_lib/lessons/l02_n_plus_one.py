@@ -7,12 +7,12 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlalchemy import ForeignKey, Select, String, func, insert, select, update
+from sqlalchemy import ForeignKey, Select, String, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -31,7 +31,6 @@ from ..db import Comment, DemoDB, Post, User, dialect, make_demo_db
 from ..grading import Checking, exercise
 from ..queries import StatementLog, count_queries, observe_statements
 from ..timing import Comparison, compare, measure, measure_sync
-
 
 Strategy = Literal["lazy", "joinedload", "selectinload", "subqueryload"]
 STRATEGIES: tuple[Strategy, ...] = ("lazy", "joinedload", "selectinload", "subqueryload")
@@ -118,7 +117,7 @@ NESTED_ADAPTER = TypeAdapter(list[UserWithPostsAndComments])
 
 # --- loading strategies ------------------------------------------------------------------------------------
 
-def users_statement(strategy: Strategy, nested: bool = False) -> Select[tuple[User]]:
+def users_statement(strategy: Strategy, nested: bool = False) -> Select[Any]:
     """`SELECT users` with posts (and, if nested, their comments) loaded by `strategy`; ordered by id."""
     statement = select(User).order_by(User.id)
     if strategy == "lazy":
@@ -143,7 +142,7 @@ def render_users(db: DemoDB, strategy: Strategy, nested: bool = False) -> list[d
     adapter = NESTED_ADAPTER if nested else USERS_ADAPTER
     with db.session() as session:
         users = adapter.validate_python(load_users(session, strategy, nested), from_attributes=True)
-        return adapter.dump_python(users, mode="json")
+        return adapter.dump_python(users, mode="json")  # type: ignore[arg-type]  # validated by the same adapter
 
 
 def expected_payload(db: DemoDB, nested: bool = False) -> list[dict[str, Any]]:
@@ -232,7 +231,8 @@ def strategy_table(db: DemoDB, latency_ms: float, *, nested: bool = False, n: in
             render_users(db, strategy, nested)
         counts[strategy] = log.count
     with count_queries(db.engine, latency_ms=latency_ms):
-        result = compare_sync({s: (lambda s=s: render_users(db, s, nested)) for s in strategies}, n=n, warmup=1)
+        calls: dict[str, Callable[[], Any]] = {s: partial(render_users, db, s, nested) for s in strategies}
+        result = compare_sync(calls, n=n, warmup=1)
     return [{"strategy": s, "queries": counts[s], "median ms": round(result[s].median_ms, 2),
              "simulated round trip ms": latency_ms} for s in strategies]
 
@@ -247,7 +247,8 @@ def latency_by_size(sizes: Sequence[int], latency_ms: float, *, posts_per_user: 
     for size in sizes:
         with make_demo_db(users=size, posts_per_user=posts_per_user, seed=size) as db, \
                 count_queries(db.engine, latency_ms=latency_ms):
-            result = compare_sync({s: (lambda s=s: render_users(db, s)) for s in strategies}, n=n, warmup=1)
+            calls: dict[str, Callable[[], Any]] = {s: partial(render_users, db, s) for s in strategies}
+            result = compare_sync(calls, n=n, warmup=1)
         for s in strategies:
             series[s].append(result[s].median_ms)
     return series
@@ -584,7 +585,7 @@ def check_raise_on_lazy(strict_posts: Any, checking: Checking) -> str:
                             f"with {size}, strict_posts sent {len(loading)} queries; expected 1 to 3 (posts, "
                             "authors, comments) whatever the size"
                             + (f". {_most_repeated(loading)}" if loading else ""))
-            raised, reading = _touch(log, lambda: sum(len(p.author.name) + len(p.comments) for p in loaded))
+            raised, reading = _touch(log, lambda: sum(len(p.author.name) + len(p.comments) for p in loaded))  # noqa: B023 - called now
             if raised is not None:
                 checking.fail(f"reading post.author and post.comments raised {type(raised).__name__}: "
                               f"{str(raised)[:200]}. Those two are the ones to load eagerly; only the others raise.")
@@ -596,7 +597,7 @@ def check_raise_on_lazy(strict_posts: Any, checking: Checking) -> str:
             checking.expect(seen == users * posts * comments,
                             f"the posts returned hold {seen} comments in all, expected {users * posts * comments}")
             checking.record(f"queries@{users}", len(loading))
-            raised, sent = _touch(log, lambda: loaded[0].author.posts)
+            raised, sent = _touch(log, lambda: loaded[0].author.posts)  # noqa: B023 - called now
             checking.expect(sent == [] and _raised_lazy(raised),
                             f"reading post.author.posts (never loaded) sent {len(sent)} "
                             f"quer{'y' if len(sent) == 1 else 'ies'} and "
@@ -604,7 +605,7 @@ def check_raise_on_lazy(strict_posts: Any, checking: Checking) -> str:
                                "returned the posts") + "; expected it to refuse with SQLAlchemy's "
                             "InvalidRequestError (raiseload, lazy='raise' or 'raise_on_sql') and no query")
             if comments:
-                raised, sent = _touch(log, lambda: loaded[0].comments[0].post)
+                raised, sent = _touch(log, lambda: loaded[0].comments[0].post)  # noqa: B023 - called now
                 checking.expect(sent == [] and (raised is None or _raised_lazy(raised)),
                                 f"reading comment.post sent {len(sent)} queries"
                                 + (f" and raised {type(raised).__name__}: {str(raised)[:160]}" if raised else "")

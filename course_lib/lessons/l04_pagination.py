@@ -17,12 +17,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import DateTime, Index, MetaData, String, event, func, select, tuple_
+from sqlalchemy import DateTime, Index, MetaData, String, Table, event, func, select, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from starlette.middleware.gzip import GZipMiddleware
@@ -34,7 +34,6 @@ from ..grading import Checking, Fail, LearnerCodeError, _learner_frames, exercis
 from ..plans import explain_driver_sql, postgresql_nodes
 from ..queries import StatementLog, observe_statements
 from ..timing import Comparison, compare, compare_sync, median_ms
-
 
 __all__ = [
     "Item", "ItemOut", "Page", "make_items_db", "add_items", "newest_ids",
@@ -167,11 +166,11 @@ def make_serialization_app(items: list[ItemOut]) -> FastAPI:
         return items
 
     @app.get("/undeclared-dicts")
-    def undeclared_dicts():  # type: ignore[no-untyped-def]  # no return type: the point of the demo
+    def undeclared_dicts():  # no return type: the point of the demo
         return [item.model_dump() for item in items]
 
     @app.get("/undeclared-models")
-    def undeclared_models():  # type: ignore[no-untyped-def]
+    def undeclared_models():
         return items
 
     return app
@@ -232,7 +231,7 @@ def make_keyset_app(db: DemoDB) -> FastAPI:
             stmt = stmt.where(Item.id < cursor)
         items = session.scalars(stmt).all()
         more = len(items) == limit
-        return Page(items=items, next_cursor=str(items[-1].id) if more else None)  # type: ignore[arg-type]
+        return Page(items=items, next_cursor=str(items[-1].id) if more else None)
 
     return app
 
@@ -280,7 +279,7 @@ def make_feed_app(db: DemoDB, *, tiebreaker: bool = True) -> FastAPI:
         items = session.scalars(stmt).all()
         more = len(items) == limit
         last = items[-1] if items else None
-        return Page(items=items,  # type: ignore[arg-type]
+        return Page(items=items,
                     next_cursor=encode_cursor(last.created_at, last.id) if more and last else None)
 
     return app
@@ -320,7 +319,7 @@ def feed_index(db: DemoDB) -> Iterator[str]:
     """CREATE INDEX ix_items_created_id ON items (created_at, id) in `db` for the block, then DROP it. The index is
     built on a private copy of the table, so `Item.__table__` never carries it: a rerun does not collide with it,
     and tables built later do not get it."""
-    table = Item.__table__.to_metadata(MetaData())
+    table = cast(Table, Item.__table__).to_metadata(MetaData())
     index = Index(FEED_INDEX, table.c.created_at, table.c.id)
     index.create(db.engine)
     try:
@@ -569,7 +568,7 @@ class DatabaseWatch:
 
     def since(self, mark: tuple[tuple[int, ...], int, int]) -> list[tuple[str, Any]]:
         """(SQL, parameters or None) of each statement that read or wrote a table since `mark`."""
-        seen = [(sql, None) for log, at in zip(self.logs, (*mark[0], *[0] * len(self.logs))) for sql in log.since(at)]
+        seen = [(sql, None) for log, at in zip(self.logs, (*mark[0], *[0] * len(self.logs)), strict=False) for sql in log.since(at)]
         return seen + [(sql, parameters) for sql, parameters, _ in self.engine_statements[mark[1]:]]
 
     @property
@@ -615,8 +614,8 @@ def watch_database() -> Iterator[DatabaseWatch]:
             if conn.engine.dialect.name != "sqlite":
                 watch.engine_statements.append((statement, parameters, conn.engine))
 
-        sqlite3.connect = connect  # type: ignore[assignment]
-        sqlite3.dbapi2.connect = connect  # type: ignore[assignment]  # SQLAlchemy's pysqlite calls this one
+        sqlite3.connect = connect
+        sqlite3.dbapi2.connect = connect  # SQLAlchemy's pysqlite calls this one
         event.listen(Engine, "before_cursor_execute", before)
         try:
             yield watch

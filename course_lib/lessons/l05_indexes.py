@@ -27,6 +27,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql import Executable
 
 from ..bench_rows import BenchRow
+from ..client import app_client
 from ..db import (
     Base,
     DemoDB,
@@ -42,9 +43,7 @@ from ..db import (
 from ..grading import Checking, exercise
 from ..plans import EXPLAINERS, PlanStep, QueryPlan, explain, parse_postgresql_plan, parse_sqlite_plan
 from ..settings import course_settings
-from ..client import app_client
 from ..timing import compare, compare_sync
-
 
 __all__ = [
     "PlanStep", "QueryPlan", "explain", "parse_sqlite_plan", "parse_postgresql_plan", "EXPLAINERS",
@@ -328,7 +327,7 @@ class ShopReport:
 def table_indexes(engine: Engine, table: str) -> dict[str, list[str]]:
     """Every index the database keeps on `table` except the primary key's, declared or implied by a UNIQUE
     constraint, with its columns in order (`inspect(engine).get_indexes`, on any dialect)."""
-    kw = {"include_auto_indexes": True} if engine.dialect.name == "sqlite" else {}
+    kw: dict[str, Any] = {"include_auto_indexes": True} if engine.dialect.name == "sqlite" else {}
     found: dict[str, list[str]] = {}
     for index in inspect(engine).get_indexes(table, **kw):
         columns = index.get("column_names") or []
