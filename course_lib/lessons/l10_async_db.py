@@ -673,11 +673,14 @@ async def _budget_phase(checking: Checking, engines: list[AsyncEngine], budget: 
     pools = outcome.pools
     load = (f"{budget.workers} workers × {2 * budget.share} concurrent requests holding a connection "
             f"{BUDGET_HOLD_MS} ms ({what}; {budget})")
+    per_worker = max(pools.peak_in_use.values(), default=0)
     checking.expect(pools.peak_open <= budget.available,
-                    f"{load}: your engines held {pools.peak_open} connections at once, over the {budget.available} "
-                    f"the database leaves to the app; the next connection would be refused ('too many clients'). "
-                    + (f"They opened {pools.opened} connections for {outcome.requests} requests: a pool that opens "
-                       "one per checkout (NullPool) has no bound. " if pools.opened >= outcome.requests else "")
+                    f"{load}: your engines held {pools.peak_open} connections at once (up to {per_worker} for one "
+                    f"worker, whose share is {budget.share}), over the {budget.available} the database leaves to the "
+                    "app; the next connection would be refused ('too many clients'). "
+                    + (f"None of the {pools.opened} connections opened stayed open for the next request: a pool that "
+                       "opens one per checkout and closes it after (NullPool) has no bound and pays a connect per "
+                       "request. " if pools.open == 0 else "")
                     + "Every worker has its own pool: pool_size + max_overflow is per worker, and the workers share "
                     "the limit.")
     checking.expect(outcome.pool_timeouts == 0,
@@ -691,7 +694,8 @@ async def _budget_phase(checking: Checking, engines: list[AsyncEngine], budget: 
     least = min(pools.peak_in_use.values(), default=0)
     checking.record("least_share_used", least)
     checking.expect(not full_share or least >= budget.share,
-                    f"{load}: a worker never held more than {least} connections at once while its "
+                    f"{load}: a worker never held more than {least} connection{'s' if least != 1 else ''} at once "
+                    f"while its "
                     f"{2 * budget.share} requests waited for one (the burst took {outcome.wall_ms:,.0f} ms): its share "
                     f"is {budget.share}, so a smaller pool makes requests queue for connections the database could "
                     f"have given (with the full share the burst takes 2 waves of {BUDGET_HOLD_MS} ms).")
