@@ -10,8 +10,8 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -245,10 +245,11 @@ def _capped_client(output_bytes: int) -> type:
     class CappedClient(NotebookClient):
         kept = 0
         cut = False
+        records: dict[int, list[Any]]  # the grader's result outputs, by cell index (set before each run)
 
         def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
                    cell_index: int) -> NotebookNode | None:
-            content = msg.get("content") if isinstance(msg.get("content"), dict) else {}
+            content: dict[str, Any] = msg["content"] if isinstance(msg.get("content"), dict) else {}
             size = _output_size(content)
             data = content.get("data")
             if isinstance(data, dict) and MIME in data:
@@ -379,8 +380,9 @@ def _course_changed(exercise_id: str | None = None) -> list[str]:
     relevant = {package / "grading.py", package / "classroom.py"}
     found = [ex for ex in exercises() if ex.id == exercise_id]
     module = sys.modules.get(found[0].checker.__module__) if found else None
-    if module is not None and getattr(module, "__file__", None):
-        relevant.add(Path(module.__file__).resolve())
+    module_file = getattr(module, "__file__", None) if module is not None else None
+    if module_file:
+        relevant.add(Path(module_file).resolve())
     return sorted(str(path.relative_to(package.parent)) for path in relevant
                   if path in now and _COURSE_FILES.get(path) != now[path])
 

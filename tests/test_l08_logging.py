@@ -17,10 +17,16 @@ import pytest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from course_lib.grading import grade, hint
-from course_lib.notebooks import solution_namespace
 from course_lib.lessons.l08_logging import (
-    AccessLogMiddleware, LogCapture, add_article_log, make_demo_app, middleware_overhead, per_route, quiet_client,
+    AccessLogMiddleware,
+    LogCapture,
+    add_article_log,
+    make_demo_app,
+    middleware_overhead,
+    per_route,
+    quiet_client,
 )
+from course_lib.notebooks import solution_namespace
 
 EXERCISE = "08.access-log"
 
@@ -206,7 +212,7 @@ class StateInGlobals(Reference):
                                                "duration_ms": (time.perf_counter() - state["start"]) * 1000})
 
 
-_STATE: ContextVar[dict[str, Any]] = ContextVar("access_state", default={})  # one default dict, shared by all
+_STATE: ContextVar[dict[str, Any]] = ContextVar("access_state", default={})  # noqa: B039 - the wrong answer: one default dict, shared by all
 _LOCAL = threading.local()
 
 
@@ -658,8 +664,9 @@ def test_grading_leaves_the_learners_logging_as_it_was() -> None:
 
 def test_call_asgi_answers_and_leaves_no_task_behind() -> None:
     """The direct call gets the status, and BaseHTTPMiddleware's tasks end inside the call that made them."""
-    from course_lib.lessons.l08_logging import _alone_variants, call_asgi
     import io
+
+    from course_lib.lessons.l08_logging import _alone_variants, call_asgi
 
     async def run() -> list[tuple[int, int]]:
         seen = []

@@ -67,8 +67,9 @@ def test_original_runs_n_plus_one_and_reference_does_not(db, tmp_path: Path) -> 
 
 
 def test_the_course_ships_no_fixed_bookshop() -> None:
-    import course_lib.lessons.bookshop.app as shipped
     import inspect as inspect_code
+
+    import course_lib.lessons.bookshop.app as shipped
 
     assert list(inspect_code.signature(shipped.make_app).parameters) == ["database_url"]  # no switch of fixes
     assert not hasattr(shipped, "ALL_FIXES") and not hasattr(shipped, "FIXES")
@@ -77,8 +78,10 @@ def test_the_course_ships_no_fixed_bookshop() -> None:
 
 
 def test_reference_migrates_instead_of_indexing_at_startup(db, tmp_path: Path) -> None:
+    from sqlalchemy import event
+    from sqlalchemy import inspect as inspect_db
+
     from course_lib import app_client
-    from sqlalchemy import event, inspect as inspect_db
 
     url = copy_db(db)
     module = load_answer(str(write(tmp_path, "reference", reference_source())))
@@ -100,7 +103,9 @@ def test_reference_migrates_instead_of_indexing_at_startup(db, tmp_path: Path) -
 
 
 def test_copies_are_independent_databases(db) -> None:
-    from sqlalchemy import create_engine, inspect as inspect_db
+    from sqlalchemy import create_engine
+    from sqlalchemy import inspect as inspect_db
+
     from course_lib.lessons.bookshop import engine_args
 
     first, second = copy_db(db), copy_db(db)

@@ -18,19 +18,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-
-from ..auditor import AuditReport, audit
 import httpx
 from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.engine import Engine
 
-from ..db import copy_database, drop_fresh_database, fresh_engine, insert_in_batches, temp_folder
+from ..auditor import AuditReport, audit
 from ..bench_rows import BenchRow
 from ..client import app_client
+from ..db import copy_database, drop_fresh_database, fresh_engine, insert_in_batches, temp_folder
 from ..grading import Checking, exercise
+from ..layout import BEGIN, END, ROOT, STARTER
 from ..load import load_test
 from ..servers import ServerGroup
-from ..layout import BEGIN, END, ROOT, STARTER
 from . import bookshop as _bookshop
 from .bookshop import DEMO_API_KEY, RATES, Author, Book, BookshopBase, Review, engine_args
 from .bookshop.app import make_app
@@ -327,7 +326,7 @@ async def race(db: BookshopDB, variants: dict[str, dict[str, str]], *, seconds: 
                                            **env})
                    for label, env in variants.items()}
         await group.ready()  # side by side: their imports take seconds
-        for label, server in servers.items():  # warm-up: lifespan work, first connections, caches
+        for server in servers.values():  # warm-up: lifespan work, first connections, caches
             await _mixed_load(server.url, paths, 0.2, 1)
         for _ in range(rounds):
             for label, server in servers.items():
