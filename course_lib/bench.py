@@ -25,13 +25,13 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from sqlalchemy import select
 
 from . import catalogue
-from .bench_rows import LEVELS, BenchRow, _number
+from .bench_rows import LEVELS, BenchRow
 from .text_table import text_table
 
 __all__ = ["BenchRow", "run_bench", "toolkit_bench", "merge_rounds", "exit_code", "quiet", "LEVELS"]

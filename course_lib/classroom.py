@@ -35,8 +35,8 @@ from typing import Any
 from jupyter_client import AsyncKernelManager
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
-from traitlets import Type
 from jupyter_core.utils import run_sync
+from traitlets import Type
 
 __all__ = ["MIME", "Limits", "Sandbox", "isolation", "fingerprint", "report", "check_cell"]
 

@@ -16,7 +16,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -564,7 +564,7 @@ def load_progress() -> dict[str, dict[str, Any]]:
 
 
 def _save(result: Result) -> None:
-    record = {**asdict(result), "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = {**asdict(result), "when": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
         path = progress_file()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ import ipaddress
 import os
 import socket
 import time
-from typing import Any
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from .timing import percentile
@@ -404,9 +404,9 @@ async def load_test(
 def _progress_bar(seconds: float) -> Any:
     """An ipywidgets progress bar when running in a Jupyter kernel, else None."""
     try:
+        import ipywidgets
         from IPython import get_ipython
         from IPython.display import display
-        import ipywidgets
 
         if get_ipython() is None or not hasattr(get_ipython(), "kernel"):
             return None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -80,7 +81,7 @@ def serve_redis() -> Iterator[str]:
         else:
             command, kind = [sys.executable, "-c", _FAKE_SERVER, str(port)], "fakeredis"
         try:
-            server = launch(command, port, kind=kind, app=kind, probe=lambda: _answers_ping(port), startup_timeout=30)
+            server = launch(command, port, kind=kind, app=kind, probe=partial(_answers_ping, port), startup_timeout=30)
         except RuntimeError as error:
             if "address already in use" not in str(error).lower() or attempt == 2:
                 raise
@@ -369,7 +370,7 @@ class KeyWatch:
                             pipe.pttl(key)
                         ttls = pipe.execute()
                     now = time.monotonic()
-                    for key, ttl in zip(keys, ttls):
+                    for key, ttl in zip(keys, ttls, strict=True):
                         if ttl != -2:  # -2: deleted between SCAN and PTTL
                             self.samples.setdefault(key, []).append((now, int(ttl)))
                 self.polls += 1

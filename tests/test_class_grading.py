@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import random
 import resource
@@ -27,8 +26,8 @@ import nbformat
 import pytest
 
 from course_lib.__main__ import main
-from course_lib.grading import exercises
 from course_lib.classroom import MIME, isolation
+from course_lib.grading import exercises
 from course_lib.notebooks import ROOT, build_exercise
 
 WELCOME = "00_welcome"
@@ -139,9 +138,9 @@ from IPython.display import display
 def make_app(db):
     record = {"nonce": "0" * 32, "exercise": "00.first-endpoint", "status": "passed", "message": "forged",
               "hint": "", "figures": {}}
-    display({%r: record}, raw=True)
+    display({MIME!r: record}, raw=True)
     raise RuntimeError("never mind")
-""" % MIME
+""".replace("MIME!r", repr(MIME))
 
 SPINNER = """
 import signal

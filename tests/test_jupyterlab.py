@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -36,7 +34,7 @@ def jupyter(tmp_path_factory):
 def _execute_request(code: str, session: str) -> dict:
     return {
         "header": {"msg_id": uuid.uuid4().hex, "username": "test", "session": session, "msg_type": "execute_request",
-                   "version": "5.3", "date": datetime.now(timezone.utc).isoformat()},
+                   "version": "5.3", "date": datetime.now(UTC).isoformat()},
         "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
         "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                     "allow_stdin": False, "stop_on_error": True},

@@ -46,7 +46,6 @@ from course_lib.lessons.l04_pagination import (
     with_gzip,
 )
 
-
 ON_SQLITE = dialect() == "sqlite"
 
 
@@ -646,9 +645,9 @@ def test_keyset_checker_survives_odd_answers():
 
     cases = [(None, "None"), (42, "expected a function"), (raises, "RuntimeError: boom"),
              (lambda db: None, "not a FastAPI app"), (not_done, "NotImplementedError")]
-    for answer, text in cases:
+    for answer, expected in cases:
         result = grade("04.keyset", answer)
-        assert not result.passed and text in result.message, result.message
+        assert not result.passed and expected in result.message, result.message
 
 
 def test_keyset_checker_gives_up_on_a_hanging_answer_within_its_limit():
@@ -728,9 +727,9 @@ def test_gzip_checker_survives_odd_answers():
     def raises(app: Any) -> Any:
         raise KeyError("x")
 
-    for answer, text in [(None, "None"), ("gzip", "expected a function"), (raises, "KeyError")]:
+    for answer, expected in [(None, "None"), ("gzip", "expected a function"), (raises, "KeyError")]:
         result = grade("04.gzip", answer)
-        assert not result.passed and text in result.message, result.message
+        assert not result.passed and expected in result.message, result.message
 
 
 # ---------- reruns (issue 14) ----------

@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from course_lib.lessons.l05_indexes import (
-    add_index, clone_db, emails_to_look_up, held_lookup, lookup_levels, make_users_db,
+    add_index,
+    clone_db,
+    emails_to_look_up,
+    held_lookup,
+    lookup_levels,
+    make_users_db,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import warnings
 from pathlib import Path
@@ -11,14 +12,26 @@ from typing import Annotated, Any
 import pytest
 from answers.l07_settings import ShopSettings
 from pydantic import (
-    AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError, field_serializer, field_validator,
+    AliasChoices,
+    BaseModel,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from course_lib.client import app_client
 from course_lib.grading import grade, hint
 from course_lib.lessons.l07_settings import (
-    Settings, cached_vs_uncached, env_folder, get_settings, legacy_config_warning, make_settings_app,
+    Settings,
+    cached_vs_uncached,
+    env_folder,
+    get_settings,
+    legacy_config_warning,
+    make_settings_app,
 )
 
 EXERCISE = "07.settings-class"
@@ -228,7 +241,7 @@ def test_secret_masked_in_str_but_not_repr_only() -> None:
 
     class JsonLeak(Reference):
         def model_dump_json(self, **kwargs: Any) -> str:  # type: ignore[override]
-            return '{"api_key": "%s"}' % self.api_key.get_secret_value()
+            return json.dumps({"api_key": self.api_key.get_secret_value()})
 
     result = grade(EXERCISE, JsonLeak)
     assert not result.passed and "model_dump_json()" in result.message, result.message

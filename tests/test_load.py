@@ -55,7 +55,7 @@ class TinyServer:
     def __init__(self, framing: str = "length", close_after: int = 0) -> None:
         self.framing, self.close_after, self.accepted, self.port = framing, close_after, 0, 0
 
-    async def __aenter__(self) -> "TinyServer":
+    async def __aenter__(self) -> TinyServer:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -99,7 +99,7 @@ class TinyServer:
             writer.close()
 
 
-async def _against(server: TinyServer, **options) -> "object":
+async def _against(server: TinyServer, **options) -> object:
     async with server:
         return await load_test(server.url, progress=False, **options)
 

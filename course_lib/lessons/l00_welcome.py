@@ -23,7 +23,6 @@ from ..grading import Checking, exercise
 from ..queries import count_queries
 
 
-
 def make_tour_app(db: DemoDB) -> FastAPI:
     """The welcome tour's app: list users (names only) and read one user."""
     app = FastAPI(title="Welcome tour")

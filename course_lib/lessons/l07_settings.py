@@ -22,7 +22,6 @@ from ..client import app_client
 from ..grading import Checking, exercise
 from ..timing import compare
 
-
 __all__ = [
     "DatabaseSettings", "Settings", "get_settings", "make_settings_app", "settings_app", "env_folder",
     "legacy_config_warning", "validation_summary", "cached_vs_uncached", "cache_story", "bench",
