@@ -25,14 +25,14 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import selectinload, sessionmaker
 from sqlalchemy.pool import NullPool, QueuePool
 from sqlalchemy.util.concurrency import await_, in_greenlet
 from starlette.concurrency import run_in_threadpool
 
 from ..bench_rows import BenchRow
 from ..client import app_client
-from ..db import Comment, DemoDB, Post, User, make_demo_db
+from ..db import Comment, DemoDB, Post, User, make_demo_db, thread_safe_connect_args
 from ..grading import Checking, LearnerCodeError, _caused_by, exercise
 from ..queries import count_queries, observe_statements
 
@@ -177,12 +177,14 @@ def _profile_query(user_id: int) -> Any:
     return select(User).options(selectinload(User.posts)).where(User.id == user_id)
 
 
-def make_profile_app(db: DemoDB, kind: ProfileKind) -> FastAPI:
-    """GET /users/{user_id} → the user and their post titles (2 statements), served three ways."""
+def make_profile_app(db: DemoDB, kind: ProfileKind, pool_size: int | None = None) -> FastAPI:
+    """GET /users/{user_id} → the user and their post titles (2 statements), served three ways; `pool_size`: an
+    engine of the app's own with that many connections (no overflow), else the default pool (5 + 10)."""
+    pool = {"pool_size": pool_size, "max_overflow": 0} if pool_size else {}
     if kind == "AsyncSession":
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            engine = make_async_engine(db)
+            engine = make_async_engine(db, **pool)
             app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
             yield
             await engine.dispose()
@@ -196,16 +198,24 @@ def make_profile_app(db: DemoDB, kind: ProfileKind) -> FastAPI:
 
         return app
 
-    app = FastAPI()
+    @asynccontextmanager
+    async def sync_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(db.url, connect_args=thread_safe_connect_args(db.url), **pool) if pool else db.engine
+        app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+        yield
+        if engine is not db.engine:
+            engine.dispose()
+
+    app = FastAPI(lifespan=sync_lifespan)
     if kind == "sync def":
         @app.get("/users/{user_id}", response_model=Profile)
         def profile_threaded(user_id: int) -> Any:
-            with db.Session() as session:
+            with app.state.sessions() as session:
                 return Profile.model_validate(session.scalar(_profile_query(user_id)))
     elif kind == "sync session in async def":
         @app.get("/users/{user_id}", response_model=Profile)
         async def profile_blocking(user_id: int) -> Any:
-            with db.Session() as session:
+            with app.state.sessions() as session:
                 return Profile.model_validate(session.scalar(_profile_query(user_id)))
     else:
         raise ValueError(f"kind must be one of {PROFILE_KINDS}")
@@ -266,15 +276,16 @@ async def serve_three_ways(db: DemoDB, concurrency: int = 20, latency_ms: float 
 
 # --------------------------------------------------------------------------- sync or async: measured
 
-async def sync_or_async(db: DemoDB, *, latency_ms: float, concurrency: int, rounds: int = 3) -> dict[str, float]:
+async def sync_or_async(db: DemoDB, *, latency_ms: float, concurrency: int, rounds: int = 3,
+                        pool_size: int | None = None) -> dict[str, float]:
     """Median wall time (ms) of a burst of profile requests, `sync def` vs `AsyncSession`, interleaved rounds."""
     paths = [f"/users/{1 + i % db.counts['users']}" for i in range(concurrency)]
     walls: dict[str, list[float]] = {"sync def": [], "AsyncSession": []}
-    async with app_client(make_profile_app(db, "sync def")) as sync_client, \
-            app_client(make_profile_app(db, "AsyncSession")) as async_client:
+    async with app_client(make_profile_app(db, "sync def", pool_size)) as sync_client, \
+            app_client(make_profile_app(db, "AsyncSession", pool_size)) as async_client:
         clients = {"sync def": sync_client, "AsyncSession": async_client}
         for client in clients.values():
-            await burst(client, paths[:5])
+            await burst(client, paths)  # open the pools' connections first
         with round_trips(db, latency_ms):
             for _ in range(rounds):
                 for label, client in clients.items():

@@ -197,15 +197,23 @@ def verdict(times: dict[str, float]) -> str:
     return f"`{fast}` is {times[slow] / times[fast]:.1f}× faster than `{slow}`"
 
 
+winners = {min(times, key=times.get) for times in (quiet, busy)}
+advice = {
+    frozenset({"sync def"}): "`sync def` was faster in both: with waits this short next to each request's own work, "
+                             "the simpler sync route is the right default until a measurement of your load says "
+                             "otherwise.",
+    frozenset({"AsyncSession"}): "`AsyncSession` was faster in both: on this database the async driver pays its way.",
+}.get(frozenset(winners), "the winner depends on the load: measure yours before choosing.")
 say(f"One at a time, no latency: `sync def` {quiet['sync def']:.1f} ms per request, `AsyncSession` "
     f"{quiet['AsyncSession']:.1f} ms: {verdict(quiet)}. Fifty at once, {LATENCY_MS} ms per statement: "
-    f"`sync def` {busy['sync def']:,.0f} ms, `AsyncSession` {busy['AsyncSession']:,.0f} ms: {verdict(busy)}.")
+    f"`sync def` {busy['sync def']:,.0f} ms, `AsyncSession` {busy['AsyncSession']:,.0f} ms: {verdict(busy)}. "
+    f"Here {advice}")
 
 # %% [markdown]
 # Both are bounded by the same connection pool (SQLAlchemy's default, counted below), and a `def` route by
-# FastAPI's thread pool too. A sync route is the simpler choice when the driver is sync, queries are short or the
-# concurrency per worker stays below those bounds; an async driver pays off when many requests wait on round
-# trips at once. What is never right is the first row of the bars above: a sync driver called from `async def`.
+# FastAPI's thread pool too (AnyIO's limiter, read above). An async driver saves a thread per waiting request;
+# each statement costs it some event-loop work instead (aiosqlite also hops to its own thread). What is never right
+# is the first bar of the plot above: a sync driver called from `async def`.
 #
 # ## Pools against the database's connection limit
 #
