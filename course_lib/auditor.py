@@ -444,6 +444,14 @@ async def _check_cache(a: _Audit) -> Verdict:
             f"(a 404 takes {floor:.1f} ms here)")
 
 
+BLOCKING_TRIES = 7
+
+
+def _stalled(lag: float, total: float) -> bool:
+    """True when one request's event-loop stall (ms) is at least 10 ms and half of the request's time."""
+    return lag >= 10 and lag >= 0.5 * total
+
+
 @_item("blocking", "No blocking calls in async def routes", ("workers", "workers, async and blocking"))
 async def _check_blocking(a: _Audit) -> Verdict:
     """No `async def` route stalls the event loop for most of its request (the database made `db_latency_ms` away)."""
@@ -453,17 +461,21 @@ async def _check_blocking(a: _Audit) -> Verdict:
         if not inspect.iscoroutinefunction(endpoint):
             continue
         assert a.client is not None
-        measured = []
-        for _ in range(3):  # the least of three: one pause of a busy machine is not a blocking route
+        measured: list[tuple[float, float]] = []
+        # A blocking route stalls the loop on every request; a busy machine's pause hits some requests only. So up to
+        # BLOCKING_TRIES requests, stopping at the first that ran without a stall: the least stall is the verdict.
+        for _ in range(BLOCKING_TRIES):
             if a.engine is not None:
                 with simulated_latency(a.engine, a.db_latency_ms):
                     measured.append(await _loop_lag(a.client, p.path))
             else:
                 measured.append(await _loop_lag(a.client, p.path))
+            if not _stalled(*measured[-1]):
+                break
         lag = min(m[0] for m in measured)
         total = min(m[1] for m in measured)
         lags.append(lag)
-        if lag >= 10 and lag >= 0.5 * total:
+        if all(_stalled(*m) for m in measured):
             blocked.append(f"{p.path} (async def) stalled the event loop {lag:.0f} ms of a {total:.0f} ms request")
     return (FAIL if blocked else PASS,
             "; ".join(blocked) if blocked else
