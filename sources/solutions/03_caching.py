@@ -77,6 +77,9 @@ check("03.cache-endpoint", make_app)
 #
 # - the next `GET /stats?min_likes=…` shows the new data, for **every** `min_likes` cached before,
 #   on **both** worker processes (the grader caches some on each, and sends the POST to one);
+# - from the moment `POST /posts` has answered, no read returns the old answer, not even a read that arrived
+#   while the write was still in flight (the grader holds the commit back and reads meanwhile): invalidate
+#   after the write has committed, before the route returns;
 # - `GET /users/{id}` entries **survive** (still hits, no query);
 # - and no `KEYS` (it blocks Redis), no `FLUSHDB`.
 
