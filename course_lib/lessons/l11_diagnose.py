@@ -8,6 +8,7 @@ import asyncio
 import html
 import inspect
 import json
+import linecache
 import logging
 import os
 import random
@@ -228,6 +229,7 @@ class FrameRow:
     self_ms: float
     total_ms: float
     library: bool
+    code: str = ""  # the source line itself, when the profiler gives the line being run (py-spy)
 
 
 @dataclass
@@ -507,9 +509,12 @@ def speedscope_top(path: str | Path, n: int = 8, title: str = "", thread: str = 
             for index in set(stack):
                 total[index] = total.get(index, 0.0) + weight
     ranked = sorted(own, key=lambda i: -own[i])[:n]
-    rows = [FrameRow(frames[i]["name"], f"{_short_path(str(frames[i].get('file', '?')))}:{frames[i].get('line', '')}",
-                     own[i] * 1000, total[i] * 1000, "site-packages" in str(frames[i].get("file", ""))
-                     or "/lib/python3" in str(frames[i].get("file", ""))) for i in ranked]
+    rows = []
+    for i in ranked:
+        file, line = str(frames[i].get("file", "?")), frames[i].get("line") or 0
+        rows.append(FrameRow(frames[i]["name"], f"{_short_path(file)}:{line}", own[i] * 1000, total[i] * 1000,
+                             "site-packages" in file or "/lib/python3" in file,
+                             linecache.getline(file, int(line)).strip() if line else ""))
     return FrameTable(rows, duration * 1000, title or f"py-spy samples ({thread or 'all threads'})")
 
 
@@ -782,7 +787,7 @@ def _shown(value: Any) -> str:
         "`if q.count > ____: return \"n_plus_one\", ...` / sizes: `if cost.size > ____ * small_cost.size: ...` / "
         "`plans`: a WHERE with `plan.full_scans` → ____ / `cost.cpu_share < ____` → ____ / else ____.",
     ),
-    timeout=300,
+    timeout=180,
 )
 async def check_diagnose(diagnose: Any, checking: Checking) -> str:
     """One mystery app per kind, shuffled, with random routes, sizes and delays: every verdict must name its kind."""

@@ -81,12 +81,12 @@ frames
 # %%
 encoding = time_share(session, "fastapi/encoders.py")
 sleeping = time_share(session, "fetch_exchange_rate")
-handler = time_share(session, "report")
+database = time_share(session, "sqlalchemy/")
 say(f"Of **{frames.duration_ms:.0f} ms** profiled, **{encoding:.0%}** is inside `fastapi/encoders.py` "
     "(`jsonable_encoder`, walking every model field by field because the route declares no return type), and "
     f"**{sleeping:.0%}** inside `fetch_exchange_rate`, which calls `time.sleep`: a synchronous HTTP client, "
-    "simulated. The route is `async def`, so that wait happens *on the event loop*. Two costs, and neither is the "
-    "database.")
+    "simulated. The route is `async def`, so that wait happens *on the event loop*. Everything under SQLAlchemy "
+    f"(the query and building 1,000 objects) is **{database:.0%}**: the database is not where to start.")
 
 # %% [markdown]
 # ## asyncio debug mode: who holds the loop
@@ -159,13 +159,14 @@ async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
     loop_info = (await http.get("/loop")).json()
 print(loop_info)
 if loop_info["debug_at_startup"]:
-    say(f"Under Python {loop_info['python']}, uvicorn's loop started in debug mode from `PYTHONASYNCIODEBUG=1`.")
+    started = f"Under Python {loop_info['python']}, uvicorn's loop started in debug mode from `PYTHONASYNCIODEBUG=1`."
 else:
-    say(f"Under Python {loop_info['python']}, uvicorn's loop started with debug mode **off** although "
-        "`PYTHONASYNCIODEBUG=1` was set: on 3.11 uvicorn runs its loop through a backport of `asyncio.run` that "
-        "passes `debug=False`, which overrides the variable (Python 3.12's `asyncio.run` does not). So the app's "
-        "startup (its lifespan) turns it on itself, `loop.set_debug(True)`, and sets `loop.slow_callback_duration` "
-        f"to {loop_info['slow_callback_duration']:g} s: now `debug` is **{loop_info['debug']}**.")
+    started = (f"Under Python {loop_info['python']}, uvicorn's loop started with debug mode **off** although "
+               "`PYTHONASYNCIODEBUG=1` was set: on 3.11 uvicorn runs its loop through a backport of `asyncio.run` "
+               "that passes `debug=False`, which overrides the variable (Python 3.12's `asyncio.run` does not). So "
+               "the app's startup (its lifespan) turns it on itself with `loop.set_debug(True)`.")
+say(started + f" The loop's `debug` is now **{loop_info['debug']}**, `slow_callback_duration` "
+    f"**{loop_info['slow_callback_duration']:g} s**.")
 
 # %%
 async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
@@ -238,11 +239,14 @@ recorded if recorded is not None else say("py-spy could not record here (see abo
 # %%
 if recorded is not None and recorded.rows:
     top = recorded.rows[0]
-    say(f"Over {recorded.duration_ms / 1000:.1f} s of samples of the loop's thread, the function seen running most "
-        f"often is `{top.function}` ({top.where}, **{top.self_ms / recorded.duration_ms:.0%}** of samples), under "
-        f"{result.concurrency} concurrent clients getting {result.throughput:.1f} requests/s.")
+    reading = (f"Over {recorded.duration_ms / 1000:.1f} s of samples of the loop's thread, the function seen running most "
+        f"often is `{top.function}` (**{top.self_ms / recorded.duration_ms:.0%}** of samples), under "
+        f"{result.concurrency} concurrent clients getting {result.throughput:.1f} requests/s. py-spy records the "
+        f"line being *run*, not where the function starts: `{top.where}` is `{top.code}`. (pyinstrument's tables "
+        "give the line where each function is defined; its call tree shows which function called which.)")
 else:
-    say("No recording to read on this machine.")
+    reading = "No recording to read on this machine."
+say(reading)
 
 # %%
 server.stop()
