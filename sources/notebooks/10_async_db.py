@@ -242,8 +242,9 @@ for label, options in {"default pool": {}, "budget: 5 each, no overflow": {"pool
     for each in engines:
         await each.dispose()
 default, budget = outcomes["default pool"], outcomes["budget: 5 each, no overflow"]
-say(f"Default pools: **{default.pools.peak_open} connections** at once ({default.pools.opened} opened in all, "
-    f"overflow connections are closed when returned), burst in {default.wall_ms:,.0f} ms. Budgeted: "
+say(f"Default pools: **{default.pools.peak_open} connections** at once ({default.pools.opened} opened, "
+    f"{default.pools.closed} closed again when returned: the overflow beyond `pool_size`), burst in "
+    f"{default.wall_ms:,.0f} ms. Budgeted: "
     f"**{budget.pools.peak_open}**, burst in {budget.wall_ms:,.0f} ms, {budget.pool_timeouts} pool timeouts: "
     "requests queue in the pool instead of being refused by the database.")
 
