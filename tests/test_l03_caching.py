@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+import course_lib.redis as course_redis
 from course_lib.client import app_client
 from course_lib.db import DemoDB, make_demo_db
 from course_lib.grading import grade
@@ -41,7 +42,6 @@ from course_lib.lessons.l03_caching import (
     user_json,
 )
 from course_lib.queries import count_queries, simulated_latency
-import course_lib.redis as course_redis
 from course_lib.redis import RecordingProxy, get_redis, serve_redis
 from course_lib.servers import running_servers
 

@@ -20,12 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from course_lib.db import Post, User, make_demo_db
 from course_lib.grading import grade
-from course_lib.notebooks import solution_namespace
 from course_lib.lessons import l06_structure as lesson
 from course_lib.lessons.blog_app.config import Settings
 from course_lib.lessons.blog_app.main import create_app as create_blog_app
-
-
+from course_lib.notebooks import solution_namespace
 
 # ------------------------------------------------------------------ answers
 

@@ -275,6 +275,7 @@ def _parts(answer: Any, checking: Checking) -> tuple[Callable[..., Any], Callabl
                     f"expected {{'create_app': create_app, 'get_db': get_db}}, got {str(answer)[:120]}")
     checking.require_callable(factory, "create_app, a function create_app(database_url) returning the app")
     checking.require_callable(get_db, "get_db, the yield dependency your routes use for their session")
+    assert factory is not None and get_db is not None  # checked above; for the type checker
     return factory, get_db
 
 

@@ -31,7 +31,6 @@ from ..client import app_client
 from ..grading import Checking, Fail, exercise
 from ..timing import Comparison, compare, percentile
 
-
 __all__ = [
     "json_logger", "AccessLogMiddleware", "add_article_log", "NoopASGIMiddleware", "add_http_access_log", "add_http_noop",
     "make_demo_app", "quiet_client", "LogCapture", "per_route", "middleware_overhead", "bench",
@@ -476,9 +475,9 @@ def _alone_variants(capture_stream: TextIO) -> dict[str, ASGIApp]:
 
     return {"no middleware": hello_asgi,
             "pure ASGI, no-op": NoopASGIMiddleware(hello_asgi),
-            "@app.middleware, no-op": BaseHTTPMiddleware(hello_asgi, *noop_mw.args, **noop_mw.kwargs),
+            "@app.middleware, no-op": BaseHTTPMiddleware(hello_asgi, *noop_mw.args, **noop_mw.kwargs),  # type: ignore[arg-type]
             "pure ASGI + JSON log": AccessLogMiddleware(hello_asgi, logger=logger),
-            "@app.middleware + JSON log": BaseHTTPMiddleware(hello_asgi, *log_mw.args, **log_mw.kwargs)}
+            "@app.middleware + JSON log": BaseHTTPMiddleware(hello_asgi, *log_mw.args, **log_mw.kwargs)}  # type: ignore[arg-type]
 
 
 async def middleware_alone(n: int = 300) -> Comparison:
@@ -595,8 +594,9 @@ def bench() -> list[BenchRow]:
 # Exercise 08.access-log
 # --------------------------------------------------------------------------------------------------
 
-_REQUIRED = {"method": str, "path": str, "query": str, "status": int, "duration_ms": (int, float),
-             "request_id": str, "bytes": int}
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "method": str, "path": str, "query": str, "status": int, "duration_ms": (int, float), "request_id": str,
+    "bytes": int}
 SENSITIVE_WORDS = ("token", "key", "secret", "password", "auth", "sig")
 """A query parameter whose name contains one of these (any case) is a secret: its value is never logged."""
 _SECRET_PARAMS = ("access_token", "apiKey", "client_secret", "password", "auth", "refresh_token", "signature",
@@ -760,7 +760,7 @@ async def _construct(answer: Any, logger: logging.Logger, checking: Checking) ->
         raise
     except NotImplementedError:
         raise
-    except asyncio.TimeoutError:
+    except TimeoutError:
         checking.fail("given a 'lifespan' scope, your middleware had not returned after 5 s (the app behind it "
                       "had): does it wait for something that only HTTP requests bring? Pass scopes that are not "
                       "'http' straight to the app.")
@@ -957,9 +957,10 @@ async def _check_burst(client: httpx.AsyncClient, capture: LogCapture, checking:
         checking.expect(rid is None or echoed == rid,
                         f"with {_BURST} requests in flight at once, {me} was answered with X-Request-ID "
                         f"{echoed!r}: another request's id.{why}")
-        record = by_id.get(echoed or "", [None])[0]
-        checking.expect(record is not None, f"with {_BURST} requests in flight at once, {me} was answered with "
+        found = by_id.get(echoed or "") or []
+        checking.expect(bool(found), f"with {_BURST} requests in flight at once, {me} was answered with "
                         f"X-Request-ID {echoed!r}, but no log line has that id.{why}")
+        record = found[0]
         got = (record["path"], record["status"])
         checking.expect(got == (f"/jobs/{n}", code) and response.status_code == code,
                         f"with {_BURST} requests in flight at once, {me} answered {response.status_code} with "
@@ -1056,7 +1057,7 @@ async def _overhead_ratio(answer: Any, checking: Checking) -> float:
 
     The bar sits between the two styles (at most 1.5× the reference's overhead plus noise, and below halfway to
     BaseHTTPMiddleware's), and a miss is measured once more: a busy machine must not fail a pure ASGI answer."""
-    for attempt in range(2):
+    for _attempt in range(2):
         ms = await _measure_overheads(answer)
         none = ms["none"]
         ref_over, base_over, yours_over = (max(ms[k] - none, 0.0) for k in ("reference", "basehttp", "yours"))
