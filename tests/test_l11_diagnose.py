@@ -21,6 +21,7 @@ from course_lib.lessons.l11_diagnose import (
     _parse_slow,
     count_connections,
     draw_mysteries,
+    loop_lag_during,
     make_fixed_report_app,
     make_report_app,
     observe_kind_signs,
@@ -315,3 +316,36 @@ def test_bad_answers_fail_with_a_message(answer, says):
     result = _grade(answer)
     assert not result.passed and says in result.message, result.message
     assert "Traceback" not in result.message
+
+
+def test_profiler_middleware_profiles_only_when_asked():
+    from fastapi import FastAPI
+
+    from course_lib.lessons.l11_diagnose import ProfilerMiddleware
+
+    async def main():
+        app = FastAPI()
+
+        @app.get("/work")
+        async def work() -> dict[str, int]:
+            return {"total": sum(range(200_000))}
+
+        async with app_client(ProfilerMiddleware(app)) as client:
+            return (await client.get("/work"), await client.get("/work?profile=text"),
+                    await client.get("/work?profile=1"), await client.get("/work?profile"))
+
+    plain, text, page, bare = asyncio.run(main())
+    assert plain.json() == {"total": sum(range(200_000))} and bare.json() == plain.json()
+    assert text.headers["content-type"].startswith("text/plain") and "work" in text.text
+    assert page.headers["content-type"].startswith("text/html") and "<html" in page.text.lower()
+
+
+def test_loop_lag_shows_a_blocking_call_on_the_loop():
+    async def main():
+        with make_demo_db(users=20, posts_per_user=10) as db:
+            async with app_client(make_report_app(db, items=50, delay_s=0.05)) as client:
+                await client.get("/report")
+                return await loop_lag_during(client, "/report")
+
+    worst_ms, ticks = asyncio.run(main())
+    assert worst_ms >= 40  # the 50 ms sleep runs on the loop: no timer can fire during it
