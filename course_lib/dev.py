@@ -376,7 +376,8 @@ def renumber(old: str, new: str, root: Path = ROOT) -> list[str]:
         raise ValueError("; ".join(problems))
     renames = {lesson.name: moved.name, **dict(zip(lesson.exercises, moved.exercises, strict=True))}
     pattern = re.compile("|".join(re.escape(key) for key in sorted(renames, key=len, reverse=True)))
-    for old_path, new_path in zip(lesson.files(root), moved.files(root), strict=True):
+    optional = [(root / "sources" / "answers" / f"l{lesson.name}.py", root / "sources" / "answers" / f"l{moved.name}.py")]
+    for old_path, new_path in [*zip(lesson.files(root), moved.files(root), strict=True), *optional]:
         if old_path.exists() and not new_path.exists():
             target = new_path.parent if old_path.name == "__init__.py" else new_path
             (old_path.parent if old_path.name == "__init__.py" else old_path).rename(target)
@@ -396,11 +397,17 @@ def renumber(old: str, new: str, root: Path = ROOT) -> list[str]:
         changed = pattern.sub(lambda m: renames[m.group(0)], text)
         if path.name == "catalogue.py":  # keep the lines in teaching order: the catalogue refuses any other
             changed = _reorder_catalogue(changed)
+        if moved.name in path.name:  # the lesson's own files: its title and "Lesson NN" follow the new number
+            changed = re.sub(rf"(?<![\d.]){old} · ", f"{new} · ", changed)
+            changed = re.sub(rf"· {old}\b", f"· {new}", changed)
+            changed = re.sub(rf"\b([Ll]esson |[Ee]xercise |notebooks/|solutions/|exercises/){old}\b", rf"\g<1>{new}",
+                             changed)
         if changed != text:
             path.write_text(changed)
         if moved.name in path.name or path.name == f"l{moved.name}.py":
             to_read += [f"{path.relative_to(root)}:{i}: {line.strip()}" for i, line in
-                        enumerate(changed.splitlines(), 1) if re.search(rf"(?<![\d.]){old}(?![\d])", line)]
+                        enumerate(changed.splitlines(), 1)
+                        if re.search(rf"(?i)(lesson|exercise|capstone|·|/)\W{{0,3}}{old}(?!\d)", line)]
     return to_read
 
 
