@@ -463,6 +463,9 @@ def ptrace_status(pid: int | None = None) -> tuple[bool, str]:
         return True, f"py-spy can read process {pid} ({facts})"
     if scope == "3" or (scope == "2" and not has_cap):
         return False, f"ptrace is restricted ({facts})"
+    if scope == "1" and not has_cap:
+        return False, (f"ptrace is allowed only on a process's own descendants ({facts}): start the server under "
+                       "py-spy (`py-spy record -o x.json -- python -m uvicorn ...`) or run py-spy with sudo")
     return True, f"ptrace should be allowed ({facts})"
 
 

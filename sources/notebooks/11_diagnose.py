@@ -54,8 +54,8 @@ say(f"`GET /report` takes **{report.median_ms:.0f} ms** (median of 5), `GET /pin
 # %% [markdown]
 # ## pyinstrument on one request
 #
-# [pyinstrument](https://pyinstrument.readthedocs.io/) is a *sampling* profiler: every millisecond it records the
-# Python call stack, so its overhead stays small and the time it reports is wall-clock time. In **async mode**
+# [pyinstrument](https://pyinstrument.readthedocs.io/) is a *sampling* profiler: every millisecond (here) it records
+# the Python call stack, and the time it reports is wall-clock time. In **async mode**
 # (`Profiler(async_mode="enabled")`), time a coroutine spends awaiting is charged to the line that awaits, so a
 # request's profile reads like a synchronous program. `profile_request(client, url)` wraps one GET in it.
 #
@@ -86,7 +86,9 @@ say(f"Of **{frames.duration_ms:.0f} ms** profiled, **{encoding:.0%}** is inside 
     "(`jsonable_encoder`, walking every model field by field because the route declares no return type), and "
     f"**{sleeping:.0%}** inside `fetch_exchange_rate`, which calls `time.sleep`: a synchronous HTTP client, "
     "simulated. The route is `async def`, so that wait happens *on the event loop*. Everything under SQLAlchemy "
-    f"(the query and building 1,000 objects) is **{database:.0%}**: the database is not where to start.")
+    f"(the query and building 1,000 objects) is **{database:.0%}**: the database is not where to start. Read "
+    f"shares, not milliseconds: profiled, the request took {frames.duration_ms:.0f} ms against "
+    f"{report.median_ms:.0f} ms without; a profiler slows down what it watches, Python-heavy code most.")
 
 # %% [markdown]
 # ## asyncio debug mode: who holds the loop
@@ -201,9 +203,10 @@ say(f"On the server, `GET /ping` takes **{alone_ms:.1f} ms** alone and **{during
 # [py-spy](https://github.com/benfred/py-spy) reads another Python process's memory and prints its stacks, without
 # changing or restarting it: `py-spy dump --pid PID` (every thread's stack, once) and
 # `py-spy record --pid PID --format speedscope -o profile.json` (samples over time; open the file on
-# speedscope.app, or `-o profile.svg` for a flame graph). It needs **ptrace** on the target: as root, or the same
-# user with the kernel's Yama `ptrace_scope` at 0 or 1. Docker drops the `SYS_PTRACE` capability by default, and
-# many Kubernetes clusters forbid it. `ptrace_status(pid)` tries and says why:
+# speedscope.app, or `-o profile.svg` for a flame graph). It needs **ptrace** on the target: as root (or with the
+# `CAP_SYS_PTRACE` capability), or as the same user when the kernel's Yama `ptrace_scope` is 0; at 1 (Ubuntu's
+# default) only on processes it starts itself (`py-spy record -o x.json -- python -m uvicorn ...`). Docker drops
+# `SYS_PTRACE` by default, and many Kubernetes clusters forbid it. `ptrace_status(pid)` tries and says why:
 
 # %%
 allowed, why = ptrace_status(server.pid)
