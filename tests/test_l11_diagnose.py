@@ -242,7 +242,7 @@ async def _held_loop_means_blocking(mystery):
             for sql, plan in await statement_plans(client, large, url):
                 if re.search(r"\bWHERE\b", sql) and plan.full_scans:
                     return "missing_index", "filtered full scan"
-            async with slow_callbacks(0.01) as held:
+            async with slow_callbacks(0.005) as held:  # 5 ms: any encoding of ~1,000 models holds it longer
                 await client.get(url)
     if held:
         return "blocking_call", f"the loop was held {held[0].seconds * 1000:.0f} ms"
