@@ -37,7 +37,8 @@ PACKAGE = Path(__file__).parent / "blog_app"
 __all__ = [
     "make_tangled_app", "create_app", "Settings", "PACKAGE", "layout", "probe_paths", "answers",
     "same_answers", "unreachable_url", "hanging_database", "time_health", "Probe", "show_server_log",
-    "source_listing", "layout_table", "make_eager_app", "record_response_end", "deadline_story", "probe_cost_story",
+    "source_listing", "layout_table", "make_eager_app", "eager_served", "Supervised", "restart_policy",
+    "record_response_end", "deadline_story", "probe_cost_story",
     "run_package_tests",
 ]
 
@@ -225,6 +226,58 @@ def make_eager_app(database_url: str) -> FastAPI:
 
     app.router.lifespan_context = lifespan
     return app
+
+
+def eager_served() -> FastAPI:
+    """`make_eager_app` for a real server (`uvicorn ... --factory`), its database URL from BLOG_DATABASE_URL."""
+    return make_eager_app(os.environ["BLOG_DATABASE_URL"])
+
+
+@dataclass
+class Supervised:
+    """What a restart policy saw for one app within its window: each exit code, and whether the app stayed up."""
+
+    label: str
+    exits: list[int]
+    seconds: float
+    live: int | None = None  # /health/live's status once it stayed up
+    ready: int | None = None  # /health's status then
+
+
+def restart_policy(label: str, app_path: str, env: Mapping[str, str], *, window_s: float = 6.0,
+                   factory: bool = False) -> Supervised:
+    """Run `app_path` under uvicorn as a restart policy would (start it again whenever it exits) for `window_s`
+    seconds, then stop it; record each exit code, and the probes' statuses if it stayed up."""
+    import httpx
+
+    from ..servers import free_port
+
+    started = time.monotonic()
+    exits: list[int] = []
+    outcome = Supervised(label, exits, 0.0)
+    while time.monotonic() - started < window_s:
+        port = free_port()
+        command = [sys.executable, "-m", "uvicorn", app_path, "--port", str(port), "--log-level", "critical",
+                   *(["--factory"] if factory else [])]
+        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            while process.poll() is None and time.monotonic() - started < window_s:
+                try:
+                    live = httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=0.5).status_code
+                    ready = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0).status_code
+                    outcome.live, outcome.ready = live, ready
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
+            else:
+                exits.append(process.returncode)
+    outcome.seconds = time.monotonic() - started
+    return outcome
 
 
 def record_response_end(app: Any, events: list[str]) -> Any:

@@ -29,7 +29,7 @@ from course_lib.lessons.blog_app.dependencies import get_db
 from course_lib.lessons.blog_app.main import create_app
 from course_lib.lessons.l06_structure import (
     answers, deadline_story, hanging_database, layout_table, make_eager_app, make_tangled_app, probe_cost_story,
-    probe_paths, record_response_end, run_package_tests, same_answers, show_server_log, source_listing, time_health,
+    probe_paths, record_response_end, restart_policy, run_package_tests, same_answers, show_server_log, source_listing, time_health,
     unreachable_url,
 )
 from course_lib.servers import free_port
@@ -112,9 +112,28 @@ for name, factory in starters.items():
         print(f"{name}: never started ({type(error).__name__} at startup) · answered nothing")
 
 # %% [markdown]
-# The eager app never answers, not even its liveness probe: a process that exits at startup is what a
-# restart policy restarts again and again until the database is back (Kubernetes shows it as `CrashLoopBackOff`).
-# The package starts, stays alive, and reports *not ready* instead.
+# The eager app never answers, not even its liveness probe. Under a real server, a process that fails at
+# startup exits; a restart policy (systemd's `Restart=always`, Kubernetes' pods) starts it again. Both apps
+# under uvicorn for six seconds, restarted whenever they exit, the database still down:
+
+# %%
+down = {"BLOG_DATABASE_URL": unreachable_url("policy")}
+policy = [restart_policy("warm-up query in the lifespan", "course_lib.lessons.l06_structure:eager_served", down,
+                         factory=True),
+          restart_policy("this package", "course_lib.lessons.blog_app.main:app", down)]
+for run in policy:
+    print(f"{run.label}: {len(run.exits)} exit(s) (codes {sorted(set(run.exits)) or '—'}) in {run.seconds:.1f} s; "
+          f"/health/live {run.live or '—'}, /health {run.ready or '—'}")
+
+# %%
+eager_run, package_run = policy
+say(f"The eager app exited **{len(eager_run.exits)}** times in {eager_run.seconds:.0f} s and never answered a "
+    "probe: started, failed, started again, until the database is back (Kubernetes shows it as "
+    f"`CrashLoopBackOff`, waiting longer between tries). The package exited **{len(package_run.exits)}** times: "
+    f"alive ({package_run.live}) and *not ready* ({package_run.ready}), so traffic goes elsewhere and it serves "
+    "again the moment the database returns.")
+
+# %% [markdown]
 #
 # ## The session is a `yield` dependency, and tests override it
 #
