@@ -19,18 +19,33 @@ from course_lib.client import app_client
 from course_lib.db import make_demo_db
 from course_lib.grading import Result, grade
 from course_lib.lessons.l01_workers import (
+    STACKS,
+    MixedRun,
+    StackRun,
+    ToolRun,
     burst,
+    compare_stacks,
+    connection_budget,
+    describe_mix,
     make_blocking_items_app,
     make_pool_app,
     make_sleepy_app,
     make_threadpool_app,
+    parse_wrk,
+    run_wrk,
+    serve_app,
+    serving_costs,
     slow_lookup,
     slow_lookup_async,
+    sweep_mixed,
     sweep_workers,
     thread_tokens,
     workers_bar,
+    wrk_available,
+    wrk_beside_load_test,
+    wrk_command,
 )
-from course_lib.servers import usable_cores
+from course_lib.servers import _command, usable_cores
 
 
 @pytest.fixture(autouse=True)
@@ -620,3 +635,115 @@ Path({str(info)!r}).write_text(json.dumps({{"pid": s.pid, "port": s.port}}))
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     _wait_gone(started["pid"], started["port"])
+
+
+# ------------------------------------------ serving costs: uvloop vs asyncio, the mixed load and its pools, wrk
+
+
+def test_course_servers_choose_asyncio_and_h11_unless_asked() -> None:
+    plain = _command("uvicorn", "m:app", 8000, 1, ())
+    assert plain[plain.index("--loop") + 1] == "asyncio" and plain[plain.index("--http") + 1] == "h11"
+    asked = _command("uvicorn", "m:app", 8000, 1, ("--loop", "uvloop", "--http=httptools"))
+    assert asked.count("--loop") == 1 and "asyncio" not in asked and "h11" not in asked
+    assert "uvicorn_worker.UvicornH11Worker" in _command("gunicorn", "m:app", 8000, 2, ())
+    own = _command("gunicorn", "m:app", 8000, 2, ("-k", "uvicorn_worker.UvicornWorker"))
+    assert "uvicorn_worker.UvicornH11Worker" not in own and "uvicorn_worker.UvicornWorker" in own
+
+
+def test_served_loop_is_asyncio_by_default_and_uvloop_when_asked() -> None:
+    with serve_app("io_app", announce=False) as plain, \
+            serve_app("io_app", announce=False, extra_args=("--loop", "uvloop")) as fast:
+        assert httpx.get(f"{plain.url}/stack").json()["loop"].startswith("asyncio.")
+        assert httpx.get(f"{fast.url}/stack").json()["loop"].startswith("uvloop")
+    with serve_app("io_app", server="gunicorn", workers=1, announce=False) as under_gunicorn:
+        assert httpx.get(f"{under_gunicorn.url}/stack").json()["loop"].startswith("asyncio.")
+
+
+@pytest.mark.serial
+def test_compare_stacks_shape_and_the_servers_really_differ() -> None:
+    runs = asyncio.run(compare_stacks(rounds=1, seconds=0.3, concurrency=10))
+    assert [type(r) for r in runs] == [StackRun] * 4
+    assert {r.stack for r in runs} == set(STACKS) and len({r.route for r in runs}) == 2
+    for run in runs:
+        assert run.load.keep_alive and run.load.requests > 0 and run.load.errors == 0 and len(run.rounds) == 1
+        loop, http = run.command[run.command.index("--loop") + 1], run.command[run.command.index("--http") + 1]
+        assert (loop, http) == (("uvloop", "httptools") if "uvloop" in run.stack else ("asyncio", "h11"))
+
+
+@pytest.mark.serial
+def test_sweep_mixed_counts_each_workers_pool() -> None:
+    with make_demo_db(users=20, posts_per_user=0) as db:
+        runs = asyncio.run(sweep_mixed(db.url, (1, 2), pool_size=1, max_overflow=0, rounds=1, seconds=0.4,
+                                       concurrency=12))
+    assert [type(r) for r in runs] == [MixedRun, MixedRun] and [r.workers for r in runs] == [1, 2]
+    for run in runs:
+        assert len(run.pools) == run.workers, "every worker reported its pool"
+        assert run.worst_case_connections == run.workers * 1
+        assert all(1 <= pool["peak_checked_out"] <= 1 for pool in run.pools.values()), "pool_size reached the workers"
+        assert run.connections_opened >= 1 and run.load.errors == 0 and run.p95_ms >= run.load.p50_ms
+    assert "%" in describe_mix()
+
+
+def test_connection_budget_sqlite_is_the_stated_one_postgres_is_read() -> None:
+    assert connection_budget("sqlite:///x.sqlite3", stated=25)[0] == 25
+    with make_demo_db(users=1, posts_per_user=0) as db:
+        budget, source = connection_budget(db.url, stated=25)
+    if db.url.startswith("postgresql"):
+        assert budget > 0 and "max_connections" in source
+    else:
+        assert (budget, "stated" in source) == (25, True)
+
+
+WRK_SAMPLE = """Running 1s test @ http://127.0.0.1:8000/items/1
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    39.50ms   12.81ms  1.02s    60.18%
+    Req/Sec     1.24k   439.54     2.18k    81.82%
+  Latency Distribution
+     50%  812.00us
+     75%   48.84ms
+     90%   54.24ms
+     99%    1.02s
+  1356 requests in 1.10s, 204.05KB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 7
+Requests/sec:   1229.26
+Transfer/sec:    184.98KB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_and_errors() -> None:
+    parsed = parse_wrk(WRK_SAMPLE)
+    assert parsed.requests_per_s == 1229.26 and parsed.requests == 1356
+    assert parsed.percentiles_ms == {"p50": 0.812, "p75": 48.84, "p90": 54.24, "p99": 1020.0}
+    assert parsed.socket_errors == {"connect": 0, "read": 3, "write": 0, "timeout": 2} and parsed.non_2xx_3xx == 7
+    clean = parse_wrk(WRK_SAMPLE.replace("  Socket errors: connect 0, read 3, write 0, timeout 2\n", "")
+                      .replace("  Non-2xx or 3xx responses: 7\n", ""))
+    assert sum(clean.socket_errors.values()) == 0 and clean.non_2xx_3xx == 0
+    with pytest.raises(ValueError, match="not wrk output"):
+        parse_wrk("bash: wrk: command not found")
+
+
+def test_wrk_command_keep_alive_or_close() -> None:
+    assert wrk_command("http://127.0.0.1:1/", connections=8, seconds=3, threads=2) == [
+        "wrk", "-t2", "-c8", "-d3s", "--latency", "http://127.0.0.1:1/"]
+    assert wrk_command("http://127.0.0.1:1/", keep_alive=False)[-3:-1] == ["-H", "Connection: close"]
+
+
+def test_without_wrk_only_load_test_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serving_costs.shutil, "which", lambda name: None)
+    assert not wrk_available() and asyncio.run(run_wrk("http://127.0.0.1:1/")) is None
+    with serve_app("io_app", announce=False) as running:
+        runs, raw = asyncio.run(wrk_beside_load_test(running, connections=4, seconds=1))
+    assert raw == [] and [(r.tool, r.keep_alive) for r in runs] == [("load_test", True), ("load_test", False)]
+    assert all(isinstance(r, ToolRun) and r.requests_per_s > 0 and r.errors == 0 for r in runs)
+
+
+@pytest.mark.skipif(not wrk_available(), reason="wrk is not installed (apt-get install wrk)")
+def test_wrk_beside_load_test_with_wrk() -> None:
+    with serve_app("io_app", announce=False) as running:
+        runs, raw = asyncio.run(wrk_beside_load_test(running, connections=4, seconds=1))
+    assert [(r.tool, r.keep_alive) for r in runs] == [("wrk", True), ("load_test", True), ("wrk", False),
+                                                       ("load_test", False)]
+    assert len(raw) == 2 and all(w.requests > 0 and w.percentiles_ms["p50"] > 0 for w in raw)
+    assert "Connection: close" in raw[1].command and all(r.errors == 0 for r in runs)

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 01 · Serving: workers, async vs blocking, the thread pool, timeouts and pools
 #
-# **Teaching:** 35 min · **Exercises:** 25 min
+# **Teaching:** 45 min · **Exercises:** 25 min
 #
 # **Questions**
 # - How many worker processes should serve a FastAPI app on *this* machine, and what does each one cost?
@@ -14,6 +14,8 @@
 # - See one worker serve many concurrent I/O-bound requests, and the same worker serialise them with one blocking call.
 # - Find the 40-token thread pool's step in latency, and resize it in `lifespan`.
 # - Give outbound calls a timeout and one shared client; see a database pool run dry.
+# - Measure `uvicorn[standard]` (uvloop + httptools) against plain uvicorn; size workers on a mixed load and a
+#   database connection budget; run wrk and read its output.
 #
 # Every server below runs on `127.0.0.1` on a free port and is stopped when its `with` block ends, even on an
 # error or an interrupt. The load generator runs in this notebook and competes with the servers for the same
@@ -84,7 +86,9 @@ print(deprecation_warning_of_uvicorn_workers())
 # %% [markdown]
 # `serve(...)` starts the same commands in a subprocess (its own process group, a free port, a readiness wait)
 # and stops every process of the group on exit. Here is gunicorn with two uvicorn workers: the exact command
-# line, and the processes it is made of (a master plus one process per worker).
+# line, and the processes it is made of (a master plus one process per worker). The course names its worker class
+# `uvicorn_worker.UvicornH11Worker`: uvicorn-worker's `UvicornWorker` fixed to asyncio + h11, for the reason given
+# in the `uvicorn[standard]` section below.
 
 # %%
 def short(command: list[str]) -> str:
@@ -214,6 +218,43 @@ say(f"Here, on a kept-alive connection, `uvicorn --workers 2` answered in **{mul
     f"two: **{multi.keep_alive_ms / single.keep_alive_ms:.0f}×**, for nothing but how the listening socket was made "
     f"(reported upstream as [uvicorn #3149](https://github.com/Kludex/uvicorn/issues/3149)). Measure your own stack "
     "with a client that keeps connections alive, as your real clients do.")
+
+# %% [markdown]
+# ## `uvicorn[standard]`: uvloop and httptools
+#
+# `pip install "uvicorn[standard]"` (and `fastapi[standard]`) adds **uvloop**, an event loop built on libuv, and
+# **httptools**, a C HTTP parser. uvicorn's defaults, `--loop auto --http auto`, then pick them *silently*. So that
+# no figure in this course changes because a package happens to be installed, every server here is started with
+# `--loop asyncio --http h11` (the pure-Python pair) unless a cell asks otherwise. Below both pairs, one worker each,
+# the same app, 50 clients on kept-alive connections, a trivial route and a route that awaits 20 ms, interleaved
+# round by round:
+
+# %%
+stacks = await compare_stacks()
+for run in stacks:
+    print(f"{run.route:<31} {run.stack:<40} {run.load.throughput:7,.0f} req/s   "
+          f"p50 {run.load.p50_ms:6.1f} ms   p99 {run.load.p99_ms:6.1f} ms   errors {run.load.errors}")
+print(short(stacks[-1].command))
+
+# %%
+plot_bars({f"{r.route.split(' (')[0]}\n{r.stack.split(' (')[0]}": r.load.throughput for r in stacks},
+          ylabel="requests per second", title="One uvicorn worker, 50 kept-alive clients")
+
+# %%
+plain_stack, fast_stack = STACKS
+trivial_route, waiting_route = STACK_ROUTES
+by_stack = {(r.stack, r.route): r.load for r in stacks}
+gain = {route: by_stack[(fast_stack, route)].throughput / by_stack[(plain_stack, route)].throughput
+        for route in STACK_ROUTES}
+say(f"On the trivial route uvloop + httptools served **{by_stack[(fast_stack, trivial_route)].throughput:,.0f} req/s** "
+    f"against **{by_stack[(plain_stack, trivial_route)].throughput:,.0f}** for asyncio + h11 "
+    f"(**{gain[trivial_route]:.2f}×**; p99 {by_stack[(fast_stack, trivial_route)].p99_ms:.0f} ms vs "
+    f"{by_stack[(plain_stack, trivial_route)].p99_ms:.0f} ms); on the route awaiting 20 ms, "
+    f"**{by_stack[(fast_stack, waiting_route)].throughput:,.0f}** vs **{by_stack[(plain_stack, waiting_route)].throughput:,.0f}"
+    f" req/s** (**{gain[waiting_route]:.2f}×**). What they speed up is the server's own work per request (parsing, "
+    "scheduling), not your handler's: a blocking call blocks uvloop just the same. Install `uvicorn[standard]` in "
+    "the production image (uvloop does not build on Windows), and pass `--loop`/`--http` explicitly whenever you "
+    "compare two setups.")
 
 # %% [markdown]
 # ## An I/O-bound endpoint: one worker, many requests at once
@@ -387,7 +428,108 @@ with make_demo_db(users=10, posts_per_user=0) as db:
 # %% [markdown]
 # Size the pool for the concurrency one worker really has (its thread pool and its awaits), and multiply by
 # the workers to know what the database must accept. Hold connections briefly.
+
+# %% [markdown]
+# ## Sizing workers on a mixed load and a connection budget
 #
+# The CPU-bound sweep at the top is a toy: real routes mostly wait, some compute, some use the database. The app
+# below draws each request's kind at random (printed under the cell). Every worker makes its own SQLAlchemy pool,
+# `pool_size=5` + `max_overflow=10` (the defaults), and counts the connections it opens. 40 concurrent clients, a new
+# connection each, against 1, 2 and 3 workers, interleaved; beside each count, what its pools may ask of the
+# database against its connection budget (with `DATABASE_URL` on PostgreSQL, read from the server):
+
+# %%
+with make_demo_db(users=100, posts_per_user=0) as db:
+    budget, budget_source = connection_budget(db.url, stated=25)
+    mixed = await sweep_mixed(db.url, (1, 2, 3), pool_size=5, max_overflow=10)
+print(describe_mix())
+print(f"connection budget: {budget} ({budget_source})")
+for run in mixed:
+    print(f"{run.workers} worker(s): {run.load.throughput:6,.0f} req/s  p50 {run.load.p50_ms:5.0f} ms  "
+          f"p95 {run.p95_ms:5.0f} ms  errors {run.load.errors} | pools {run.workers} × ({run.pool_size} + "
+          f"{run.max_overflow}) = {run.worst_case_connections:2} possible, peaks held {run.peak_held}, "
+          f"{run.connections_opened} opened")
+
+# %%
+counts = [run.workers for run in mixed]
+plot_curve(counts, {"p50": [r.load.p50_ms for r in mixed], "p95": [r.p95_ms for r in mixed]},
+           xlabel="uvicorn workers", ylabel="latency (ms)",
+           title=f"Mixed load: latency ({', '.join(f'{r.load.throughput:,.0f}' for r in mixed)} req/s)")
+
+# %%
+plot_curve(counts, {"workers × (pool_size + max_overflow)": [r.worst_case_connections for r in mixed],
+                    "peaks held in this run, summed over workers": [r.peak_held for r in mixed]},
+           reference={f"budget: {budget} connections": [budget] * len(mixed)},
+           xlabel="uvicorn workers", ylabel="database connections", title="What the pools may ask of the database")
+
+# %%
+best = max(mixed, key=lambda r: r.load.throughput)
+allowance = budget // best.workers
+busiest = max(pool["peak_checked_out"] for pool in best.pools.values())
+over = [r.workers for r in mixed if r.worst_case_connections > budget]
+churn = [r for r in mixed if r.connections_opened > r.peak_held]
+say(f"On this mix, **{best.workers}** worker(s) served the most: **{best.load.throughput:,.0f} req/s**, p95 "
+    f"**{best.p95_ms:.0f} ms** (1 worker: {mixed[0].load.throughput:,.0f} req/s, p95 {mixed[0].p95_ms:.0f} ms; "
+    f"{usable_cores()} usable cores). "
+    + (f"With the default pools, {' and '.join(map(str, over))} worker(s) may ask for more than the **{budget}** "
+       "connections of the budget: a burst that fills every pool would be refused connections by the database "
+       "instead of waiting in its own pool. " if over else f"Every count here stays within the budget of {budget}. ")
+    + (f"The pools opened more connections than they held at their peaks ({churn[0].connections_opened} vs "
+       f"{churn[0].peak_held} for {churn[0].workers} worker(s)): an overflow connection is closed when given back "
+       "and opened again at the next burst. " if churn else "")
+    + f"Size from the budget down: {best.workers} worker(s) × (pool_size + max_overflow) ≤ {budget} leaves "
+      f"**{allowance}** connections per worker; the busiest worker held at most **{busiest}** at once in this run"
+    + (", within that." if busiest <= allowance else
+       ", more than that: fewer workers, a larger budget, or a pooler (PgBouncer) in front of the database."))
+
+# %% [markdown]
+# ## The load-testing tools you will use next
+#
+# `load_test` is this course's own generator, in the notebook's process. Outside the course, use a dedicated tool
+# against a server started the way production starts it:
+#
+# | tool | install | 50 connections for 30 s |
+# |---|---|---|
+# | wrk | `apt-get install wrk` | `wrk -t2 -c50 -d30s --latency http://127.0.0.1:8000/items/1` |
+# | oha | a release binary, or `cargo install oha` | `oha -c 50 -z 30s http://127.0.0.1:8000/items/1` |
+# | locust | `pip install locust` | `locust -f locustfile.py --headless -u 50 -r 10 -t 30s -H http://127.0.0.1:8000` |
+#
+# wrk and oha keep each connection alive, as browsers and proxies do; `-H "Connection: close"` (wrk) or
+# `--disable-keepalive` (oha) opens a new one per request. locust scripts users in Python (several routes, think
+# time between requests). Here is wrk, when it is installed, against one uvicorn worker, kept alive and then
+# a new connection each, with `load_test` in the same modes beside it:
+
+# %%
+with serve_app("io_app", announce=False) as running:
+    print(" ".join(wrk_command(f"{running.url}/io?ms=0", connections=50, seconds=1)))
+    tools, wrk_outputs = await wrk_beside_load_test(running, "/io?ms=0", connections=50, seconds=1)
+print(wrk_outputs[0].output if wrk_outputs else
+      "wrk is not installed here (apt-get install wrk): the command above was not run, only load_test below.")
+
+# %% [markdown]
+# How to read it: **Requests/sec** is the throughput. **Latency Distribution** (printed with `--latency`) gives the
+# percentiles: read p50 and p99, not the *Avg* of *Thread Stats*, which hides the slow tail. **Socket errors**
+# (connect, read, write, timeout) and **Non-2xx or 3xx responses** appear only when there were some: a run with
+# errors measured how fast the server *failed*. `-c` is connections, each sending its next request as soon as the
+# answer comes back (a closed loop), so latency grows with `-c` once the server is saturated.
+
+# %%
+for run in tools:
+    print(f"{run.tool:<10} {'kept alive' if run.keep_alive else 'new connection each':<20} "
+          f"{run.requests_per_s:7,.0f} req/s   p50 {run.p50_ms:6.1f} ms   p99 {run.p99_ms:6.1f} ms   errors {run.errors}")
+
+# %%
+tool = {(run.tool, run.keep_alive): run for run in tools}
+say((f"Against the same one-worker server, wrk measured **{tool[('wrk', True)].requests_per_s:,.0f} req/s** kept "
+     f"alive and **{tool[('wrk', False)].requests_per_s:,.0f}** with a new connection each; `load_test` "
+     f"**{tool[('load_test', True)].requests_per_s:,.0f}** and **{tool[('load_test', False)].requests_per_s:,.0f}**. "
+     "Both generators share this machine's cores with the server: figures that agree say the server is the limit; "
+     "a gap is the generators' own cost. "
+     if ("wrk", True) in tool else "wrk was not run here (not installed). ")
+    + f"`load_test` served {tool[('load_test', True)].requests_per_s / tool[('load_test', False)].requests_per_s:.1f}× "
+      "as many requests per second on kept-alive connections as with a new connection each.")
+
+# %% [markdown]
 # ## Key points
 # - Start from **usable cores** (affinity, cgroup quota), not the host's count and not "2 × cores + 1"
 #   (that is for gunicorn's sync workers): measure throughput and p99 against one worker.
@@ -396,6 +538,11 @@ with make_demo_db(users=10, posts_per_user=0) as db:
 # - Each worker multiplies memory, the 40-token thread pool and the database pool.
 # - Never block inside `async def`: write `def`, or `await` an async library (or `asyncio.to_thread`).
 # - Every outbound call gets a timeout and one shared client created in `lifespan`.
+# - `uvicorn[standard]` (uvloop + httptools) cuts the server's own cost per request; choose `--loop`/`--http`
+#   explicitly when you compare setups.
+# - Size workers on a mixed load you measured, and keep `workers × (pool_size + max_overflow)` within the
+#   database's `max_connections`.
+# - Load test with wrk, oha or locust, kept alive as real clients are; read percentiles and errors, not the mean.
 #
 # Now open **`exercises/01_workers.ipynb`**.
 
@@ -405,5 +552,8 @@ say(
     f"{rps[1]:,.0f} on two ({rps[1] / rps[0]:.2f}×), load generator ≤ {generator:.0%} of a core; one async worker "
     f"{io_run.throughput:,.0f} req/s on 100 ms waits; 40 × 50 ms blocking in `async def` {blocked * 1000:,.0f} ms vs "
     f"{awaited * 1000:,.0f} ms awaited ({blocked / awaited:.0f}×); thread pool step {at41 / at40:.1f}× from 40 to 41 "
-    f"requests; shared client {pooling.ratio:.1f}× faster than a client per request."
+    f"requests; shared client {pooling.ratio:.1f}× faster than a client per request; uvloop + httptools "
+    f"{gain[trivial_route]:.2f}× plain uvicorn on a trivial route; mixed load best at {best.workers} worker(s), "
+    f"{best.load.throughput:,.0f} req/s, p95 {best.p95_ms:.0f} ms, {allowance} connections per worker in a "
+    f"{budget}-connection budget."
 )

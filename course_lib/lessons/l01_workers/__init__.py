@@ -28,8 +28,6 @@ from fastapi import FastAPI, HTTPException, Request
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from .l01_served import CPU_ROUNDS, cpu_app, io_app, upstream_app
-
 from ...bench_rows import BenchRow
 from ...client import app_client
 from ...db import thread_safe_connect_args
@@ -37,8 +35,9 @@ from ...grading import Checking, Fail, _explain_exception, exercise
 from ...load import LoadResult, load_test
 from ...servers import Server, ServerGroup, serve, usable_cores
 from ...timing import median_ms
-
-
+from .l01_served import CPU_ROUNDS, cpu_app, io_app, upstream_app
+from .serving_costs import *  # noqa: F403  (uvloop vs asyncio, the mixed load, wrk)
+from .serving_costs import __all__ as _serving_costs_all
 
 # --------------------------------------------------------------------------- apps served by real servers
 
@@ -831,5 +830,5 @@ __all__ = [
     "make_sleepy_app", "make_threadpool_app", "thread_tokens", "make_gateway_app", "make_pool_app",
     "slow_lookup", "slow_lookup_async", "make_blocking_items_app", "reseed_catalogue", "workers_bar",
     "deprecation_warning_of_uvicorn_workers", "measure_config", "ConfigMeasure", "keep_alive_latency", "KeepAliveRun",
-    "listener_protocols", "bench",
+    "listener_protocols", "bench", *_serving_costs_all,
 ]

@@ -9,9 +9,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 
 CPU_ROUNDS = 20_000  # sha256 rounds per request: ≈ 9 ms on the course's reference machine
 
@@ -49,6 +54,13 @@ async def io_wait(ms: float = 100) -> dict[str, Any]:
     return {"waited_ms": ms, "pid": os.getpid()}
 
 
+@io_app.get("/stack")
+async def io_stack() -> dict[str, str]:
+    """Which event loop serves this worker (asyncio's own, or uvloop's): what --loop chose, seen from outside."""
+    loop = asyncio.get_running_loop()
+    return {"loop": f"{type(loop).__module__}.{type(loop).__name__}"}
+
+
 upstream_app = FastAPI(title="A slow upstream service")
 _OUTAGE = {"hang_s": 0.0}  # set by POST /_outage: /data then hangs, so an outage is not visible in the URL
 
@@ -83,3 +95,79 @@ async def upstream_outage(hang_s: float = 0) -> dict[str, float]:
     """Start (hang_s > 0) or end (0) an outage of /data: the grader's switch, the same URL before and during it."""
     _OUTAGE["hang_s"] = max(0.0, hang_s)
     return _OUTAGE
+
+
+# A mixed, realistic load: each request draws its kind, most wait on I/O, some compute, some use the database pool.
+MIX_SHARES = {"io": 0.7, "cpu": 0.15, "db": 0.15}
+MIX_IO_MS, MIX_CPU_ROUNDS, MIX_DB_HOLD_MS = 30.0, 4_000, 10.0
+_MIX: dict[str, Any] = {"engine": None, "opened": 0, "out": 0, "peak": 0}
+
+
+@asynccontextmanager
+async def _mixed_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Each worker makes its own engine (its own pool) from LAB_MIX_DB, LAB_POOL_SIZE and LAB_MAX_OVERFLOW,
+    and counts the connections it opens and the most it holds at once."""
+    from sqlalchemy import create_engine, event  # imported here: the other apps' workers stay lean
+
+    url = os.environ["LAB_MIX_DB"]
+    engine = create_engine(url, pool_size=int(os.environ.get("LAB_POOL_SIZE", "5")),
+                           max_overflow=int(os.environ.get("LAB_MAX_OVERFLOW", "10")),
+                           connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
+
+    def opened(*_: object) -> None:
+        _MIX["opened"] += 1
+
+    def checked_out(*_: object) -> None:
+        _MIX["out"] += 1
+        _MIX["peak"] = max(_MIX["peak"], _MIX["out"])
+
+    def checked_in(*_: object) -> None:
+        _MIX["out"] -= 1
+
+    event.listen(engine, "connect", opened)
+    event.listen(engine, "checkout", checked_out)
+    event.listen(engine, "checkin", checked_in)
+    _MIX["engine"] = engine
+    yield
+    engine.dispose()
+
+
+mixed_app = FastAPI(title="A mixed load", lifespan=_mixed_lifespan)
+
+
+@mixed_app.get("/")
+async def mixed_ready() -> dict[str, bool]:
+    """Readiness probe."""
+    return {"ok": True}
+
+
+def _db_work() -> int:
+    """Check a connection out of this worker's pool, run a query, hold it a little (a 10 ms query), give it back."""
+    from sqlalchemy import text
+
+    with _MIX["engine"].connect() as conn:
+        users = int(conn.execute(text("SELECT count(*) FROM users")).scalar_one())
+        time.sleep(MIX_DB_HOLD_MS / 1000)
+    return users
+
+
+@mixed_app.get("/mix")
+async def mixed_request() -> dict[str, Any]:
+    """One request of the mix: an awaited I/O wait, some CPU on the loop (rendering, hashing), or a pooled query
+    run in the thread pool, drawn with MIX_SHARES."""
+    draw = random.random()
+    if draw < MIX_SHARES["io"]:
+        await asyncio.sleep(MIX_IO_MS / 1000)
+        return {"kind": "io", "pid": os.getpid()}
+    if draw < MIX_SHARES["io"] + MIX_SHARES["cpu"]:
+        digest = b"mix"
+        for _ in range(MIX_CPU_ROUNDS):
+            digest = hashlib.sha256(digest).digest()
+        return {"kind": "cpu", "pid": os.getpid()}
+    return {"kind": "db", "users": await run_in_threadpool(_db_work), "pid": os.getpid()}
+
+
+@mixed_app.get("/pool")
+def mixed_pool() -> dict[str, int]:
+    """This worker's pool so far: connections opened, the most checked out at once."""
+    return {"pid": os.getpid(), "opened": _MIX["opened"], "peak_checked_out": _MIX["peak"]}
