@@ -109,6 +109,18 @@ say(f"The slowest request of the mix is **GET {slowest}**: **{ms:.0f} ms**, {n} 
     "does each one read more rows than it returns, and what else is the rest of the time doing?")
 
 # %% [markdown]
+# The rest of the time: profile that one request, as lesson 11 taught (pyinstrument in async mode, the same
+# simulated round trip), and read the functions that cost the most in themselves:
+
+# %%
+from course_lib.lessons.l11_diagnose import profile_request, top_frames
+
+async with app_client(original) as client:
+    with count_queries(original.state.engine, latency_ms=LATENCY_MS):
+        profile = await profile_request(client, slowest)
+top_frames(profile, n=8, title=f"GET {slowest}: where its time goes (own time per function)")
+
+# %% [markdown]
 # ## The baseline under load
 #
 # `race` serves apps under **uvicorn (1 worker)**, each with its own copy of the database (so one app's
