@@ -53,6 +53,18 @@ source_listing(make_tangled_app)
 # `main.py` builds the app and its lifespan → `routers/users.py` validates and picks a status code →
 # `services/users.py` runs the query and knows nothing about HTTP → `dependencies.get_db` hands the session →
 # `schemas/` shapes the JSON.
+#
+# ```mermaid
+# flowchart LR
+#     R[GET /users/7] --> M[main.py<br/>app + lifespan:<br/>engine, Redis on app.state]
+#     M --> RT[routers/users.py<br/>validate, status code]
+#     RT -- Depends --> D[dependencies.py<br/>get_db: one session<br/>per request]
+#     RT --> S[services/users.py<br/>the query, no HTTP]
+#     D --> S
+#     S --> DB[(database)]
+#     S --> SC[schemas/<br/>the JSON's shape]
+#     SC --> OUT[200 JSON]
+# ```
 
 # %%
 layout_table()

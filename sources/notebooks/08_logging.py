@@ -64,6 +64,25 @@ for record in capture.records():
 # status (and add the `X-Request-ID` header), times the call with `perf_counter`, logs once with the fields
 # in `extra=` (the JSON formatter makes them top-level keys), and on an exception logs status 500 with the
 # id and re-raises, so the server still answers 500. It logs no header: nothing secret can slip in.
+#
+# Middleware wraps the app like layers of an onion: a request passes every layer on the way in, the response
+# every layer on the way out, in reverse order. In an app that also compresses (lesson 04's GZipMiddleware),
+# add the access log last so it is outermost: its clock then covers everything inside, and it sees the final
+# status on the way out:
+#
+# ```mermaid
+# sequenceDiagram
+#     participant C as client
+#     participant L as AccessLogMiddleware
+#     participant G as GZipMiddleware
+#     participant A as the app's route
+#     C->>L: request (start the clock, pick the id)
+#     L->>G: request
+#     G->>A: request
+#     A-->>G: http.response.start 200, body
+#     G-->>L: compressed body
+#     L-->>C: + X-Request-ID (stop the clock, log one JSON line)
+# ```
 
 # %%
 source_listing(AccessLogMiddleware)
