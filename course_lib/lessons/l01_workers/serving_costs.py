@@ -53,7 +53,7 @@ class StackRun:
 
 
 async def compare_stacks(stacks: dict[str, tuple[str, ...]] | None = None, routes: dict[str, str] | None = None, *,
-                         rounds: int = 2, seconds: float = 0.8, concurrency: int = 50) -> list[StackRun]:
+                         rounds: int = 2, seconds: float = 0.6, concurrency: int = 50) -> list[StackRun]:
     """Serve `io_app` on one uvicorn worker per stack (side by side), then load each route on each stack in turn,
     interleaved round by round, with kept-alive connections; each (stack, route) keeps its median round."""
     stacks = stacks or STACKS
@@ -122,7 +122,7 @@ async def _pools_of(client: httpx.AsyncClient, url: str, workers: int) -> dict[i
 
 
 async def sweep_mixed(db_url: str, counts: tuple[int, ...] = (1, 2, 3), *, pool_size: int = 5, max_overflow: int = 10,
-                      rounds: int = 2, seconds: float = 1.0, concurrency: int = 40) -> list[MixedRun]:
+                      rounds: int = 2, seconds: float = 0.8, concurrency: int = 40) -> list[MixedRun]:
     """Serve `mixed_app` (70 % awaited I/O, 15 % CPU on the loop, 15 % a pooled query) under `uvicorn --workers n`
     for each count at once, every worker with a pool of `pool_size` + `max_overflow` on `db_url`; load them
     interleaved with a new connection per request (spread over the workers); report throughput, latency and pools."""
@@ -131,7 +131,7 @@ async def sweep_mixed(db_url: str, counts: tuple[int, ...] = (1, 2, 3), *, pool_
         servers = [group.start(f"{SERVED_DIR_NAME}:mixed_app", workers=n, cwd=_served_dir(), env=env) for n in counts]
         await group.ready()
         for running, n in zip(servers, counts, strict=True):  # warm every worker up
-            await load_test(f"{running.url}/mix", concurrency=concurrency, requests=40 * n, seconds=1, progress=False)
+            await load_test(f"{running.url}/mix", concurrency=concurrency, requests=20 * n, seconds=1, progress=False)
         results: list[list[LoadResult]] = [[] for _ in counts]
         for _ in range(rounds):
             for running, bucket in zip(servers, results, strict=True):
