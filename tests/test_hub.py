@@ -6,8 +6,11 @@ stops everything it started, and the collision watch flags planted collisions.""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import sys
@@ -25,6 +28,7 @@ pytest.importorskip("jupyterhub")
 pytest.importorskip("jupyter_server_proxy")
 import collect_class  # noqa: E402
 import hub_lab  # noqa: E402
+import unix_users  # noqa: E402
 
 pytestmark = [
     pytest.mark.serial,  # six single-user servers and eight kernels: needs the cores to itself
@@ -32,34 +36,48 @@ pytestmark = [
     pytest.mark.skipif(hub_lab.find_chp() is None, reason="configurable-http-proxy is not installed (see .ci/run)"),
 ]
 
-LEARNERS = ["ada", "bob", "cyd", "dee"]
-PLANTED = ["eve", "fay"]  # the hub is told to give these two one shared COURSE_LAB_HOME: a planted collision
-IDLE = "gus"  # the only learner the hub's jupyterhub-idle-culler may see: culled after 20 s without activity
+REAL = unix_users.can_create_users()  # as root: every learner a throwaway Unix user, spawned with setuid
+PREFIX = f"lab{secrets.token_hex(2)}-" if REAL else ""  # unique per run: never meets a real account or a past run
+ADA, BOB, CYD, DEE, EVE, FAY, GUS = (PREFIX + name for name in ("ada", "bob", "cyd", "dee", "eve", "fay", "gus"))
+LEARNERS = [ADA, BOB, CYD, DEE]
+PLANTED = [EVE, FAY]  # the hub is told to give these two one shared COURSE_LAB_HOME: a planted collision
+IDLE = GUS  # the only learner the hub's jupyterhub-idle-culler may see: culled after 20 s without activity
 EXERCISE = dict(zip(LEARNERS + PLANTED, ["00.first-endpoint", "01.timeout-client", "02.nested", "03.invalidate",
                                          "04.gzip", "04.keyset"], strict=True))
 LESSONS = ["notebooks/02_n_plus_one.ipynb", "notebooks/03_caching.ipynb"]
 HELLO = "course_lib.lessons.l00_welcome:hello_app"
 
 
+def _nothing_outlived_the_hub() -> None:
+    assert hub_lab.learner_processes(LEARNERS + PLANTED + [IDLE]) == {}, "a learner's process outlived the hub"
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     root.chmod(0o700)
-    started = hub_lab.Hub(root, LEARNERS + PLANTED + [IDLE], shared_home_users=PLANTED, cull_users=[IDLE],
-                          cull_timeout=20)
-    started.start()
-    try:
+    everyone = LEARNERS + PLANTED + [IDLE]
+    with contextlib.ExitStack() as stack:  # on exit, in reverse: stop the hub, check, restore modes, remove users
+        granted: dict[Path, int] = {}
+        if REAL:
+            stack.enter_context(unix_users.throwaway_users(everyone))
+            granted = stack.enter_context(unix_users.traverse_grant([Path(sys.executable), ROOT]))
+        stack.callback(_nothing_outlived_the_hub)
+        started = hub_lab.Hub(root, everyone, shared_home_users=PLANTED, cull_users=[IDLE], cull_timeout=20,
+                              real_users=REAL)
+        started.granted = granted
+        stack.callback(started.stop)
+        started.start()
         for user in LEARNERS + PLANTED:  # the course in every home, as nbgitpuller or the image's start script puts it
             for folder in ("notebooks", "exercises"):
                 shutil.copytree(ROOT / folder, started.home(user) / folder)
+                if REAL:
+                    unix_users.give(started.home(user) / folder, user)
             started.start_server(user)
         for user in LEARNERS + PLANTED:
             started.wait_ready(user)
         started.tokens = {user: started.user_token(user) for user in LEARNERS + PLANTED}
         yield started
-    finally:
-        started.stop()
-    assert hub_lab.learner_processes(LEARNERS + PLANTED + [IDLE]) == {}, "a learner's process outlived the hub"
 
 
 def _in_parallel(work: dict[str, object]) -> dict[str, str]:
@@ -115,13 +133,45 @@ def test_four_learners_run_the_data_and_caching_lessons_at_once_without_collidin
     print(f"4 learners × {len(LESSONS)} lessons at once: {elapsed:.0f} s, {watch.samples} samples")
 
 
+@pytest.mark.skipif(not REAL, reason="the learners share the hub's Unix account unless the suite runs as root")
+@pytest.mark.timeout(300)
+def test_a_learner_cannot_read_another_learners_home_from_their_kernel(hub):
+    """Real Unix users: ada's kernel runs as ada, in her home, and the kernel refuses her bob's progress, notebook and
+    folder listing (his home is his: mode 700), while her own notebook reads."""
+    import pwd
+
+    bob = hub.home(BOB)
+    targets = {"own notebook": str(hub.home(ADA) / "exercises" / "00_welcome.ipynb"),
+               "bob's progress": str(bob / ".fastapi-perf-lab" / "progress.json"),
+               "bob's notebook": str(bob / "exercises" / "00_welcome.ipynb")}
+    kernel = hub_lab.RemoteKernel(hub, ADA, hub.tokens[ADA])
+    try:
+        shown = "".join(kernel.execute(
+            "import json, os\nseen = {'uid': os.getuid(), 'home': os.environ['HOME']}\n"
+            f"for what, path in {targets!r}.items():\n"
+            "    try:\n        open(path).read(1)\n        seen[what] = 'read'\n"
+            "    except OSError as error:\n        seen[what] = type(error).__name__\n"
+            f"try:\n    os.listdir({str(bob)!r})\n    seen['bob\\'s home listed'] = 'read'\n"
+            "except OSError as error:\n    seen['bob\\'s home listed'] = type(error).__name__\n"
+            "print(json.dumps(seen))"))
+    finally:
+        kernel.shutdown()
+    seen = json.loads(shown)
+    assert (seen.pop("uid"), seen.pop("home")) == (pwd.getpwnam(ADA).pw_uid, str(hub.home(ADA))), (
+        "ada's kernel does not run as her own Unix user in her own home: the hub did not spawn it with setuid")
+    assert seen == {"own notebook": "read", "bob's progress": "PermissionError", "bob's notebook": "PermissionError",
+                    "bob's home listed": "PermissionError"}, (
+        f"from ada's kernel (uid {pwd.getpwnam(ADA).pw_uid}): {seen}; another learner's home must refuse her "
+        "(PermissionError), else she can read or copy his answers and progress")
+
+
 @pytest.mark.timeout(300)
 def test_a_served_apps_docs_answer_through_the_hub_proxy_for_its_learner_only(hub):
     """As in a learner's notebook: serve() in a cell shows an "open its API docs" link when the cell ends. Through
     the hub's proxy, that page, the API definition it names and the server it lists answer for its learner only."""
     import httpx
 
-    kernels = {user: hub_lab.RemoteKernel(hub, user, hub.tokens[user]) for user in ("ada", "bob")}
+    kernels = {user: hub_lab.RemoteKernel(hub, user, hub.tokens[user]) for user in (ADA, BOB)}
     try:
         links = {}
         for user, kernel in kernels.items():
@@ -134,7 +184,7 @@ def test_a_served_apps_docs_answer_through_the_hub_proxy_for_its_learner_only(hu
             links[user] = link
         hub.docs_links = links  # ada's server stays up: the browser test below opens it, the next stop must end it
         for user, link in links.items():
-            other = "bob" if user == "ada" else "ada"
+            other = BOB if user == ADA else ADA
             headers = {"Authorization": f"token {hub.tokens[user]}"}
             own = httpx.get(hub.url + link, headers=headers, timeout=60)
             assert own.status_code == 200 and "swagger" in own.text.lower(), (own.status_code, own.text[:300])
@@ -159,7 +209,7 @@ def test_a_served_apps_docs_answer_through_the_hub_proxy_for_its_learner_only(hu
             assert anonymous.status_code in (302, 303) and where.startswith(("/hub/login", "/hub/api/oauth2/")), (
                 anonymous.status_code, where)
     finally:
-        kernels["bob"].shutdown()  # ada's kernel and its server stay up for the next tests: stopping must end them
+        kernels[BOB].shutdown()  # ada's kernel and its server stay up for the next tests: stopping must end them
 
 
 @pytest.mark.timeout(300)
@@ -176,7 +226,7 @@ def test_the_docs_page_shows_the_apps_routes_in_a_browser_through_the_hub_proxy(
         pytest.skip(f"{' and '.join(missing)} not installed")
     from playwright.sync_api import expect, sync_playwright
 
-    link = getattr(hub, "docs_links", {}).get("ada")
+    link = getattr(hub, "docs_links", {}).get(ADA)
     assert link, "the link test above did not leave ada's served app running"
     prefix = link.removesuffix("/docs")
     asked: list[str] = []
@@ -193,7 +243,7 @@ def test_the_docs_page_shows_the_apps_routes_in_a_browser_through_the_hub_proxy(
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:  # ada's login, as her browser's hub cookie would carry it
-            context = browser.new_context(extra_http_headers={"Authorization": f"token {hub.tokens['ada']}"})
+            context = browser.new_context(extra_http_headers={"Authorization": f"token {hub.tokens[ADA]}"})
             context.route("https://cdn.jsdelivr.net/**", from_disk)
             context.route("https://fastapi.tiangolo.com/**", lambda route: route.fulfill(status=404))
             page = context.new_page()
@@ -218,17 +268,17 @@ def test_the_docs_page_shows_the_apps_routes_in_a_browser_through_the_hub_proxy(
 
 @pytest.mark.timeout(300)
 def test_stopping_a_learners_server_stops_everything_it_started(hub):
-    ada = hub_lab.snapshot(["ada"])
+    ada = hub_lab.snapshot([ADA])
     ada_ports = set(ada.listening)
     served = [pid for pid in ada.pids if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert served and len(ada_ports) >= 3, "ada's server, kernel and served app should be running before the stop"
-    hub.stop_server("ada")  # the REST call jupyterhub-idle-culler makes for an idle server
+    hub.stop_server(ADA)  # the REST call jupyterhub-idle-culler makes for an idle server
     deadline = time.monotonic() + 30
-    while hub_lab.learner_processes(["ada"]) and time.monotonic() < deadline:
+    while hub_lab.learner_processes([ADA]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert hub_lab.learner_processes(["ada"]) == {}, "processes of ada outlived her stopped server"
+    assert hub_lab.learner_processes([ADA]) == {}, "processes of ada outlived her stopped server"
     assert [port for port in ada_ports if _listening(port)] == [], "ada's ports still answer after the stop"
-    assert hub.api("GET", "/users/bob").json()["servers"][""]["ready"], "stopping ada's server stopped bob's"
+    assert hub.api("GET", f"/users/{BOB}").json()["servers"][""]["ready"], "stopping ada's server stopped bob's"
 
 
 @pytest.mark.timeout(400)
@@ -250,7 +300,7 @@ def test_an_idle_learners_server_is_culled_with_everything_it_started(hub):
     assert hub_lab.learner_processes([IDLE]) == {}, "processes of gus outlived the culled server"
     assert [port for port in idle.listening if _listening(port)] == [], "gus's ports still answer after culling"
     assert "idle-culler" in hub.log() and "Culling server" in hub.log()
-    assert all(hub.api("GET", f"/users/{user}").json()["servers"] for user in ("bob", "cyd")), (
+    assert all(hub.api("GET", f"/users/{user}").json()["servers"] for user in (BOB, CYD)), (
         "the culler, limited to gus, stopped another learner")
 
 
@@ -262,8 +312,8 @@ def test_the_collision_watch_flags_planted_collisions(hub):
     fixed = f"import course_lib.servers as s; s.free_port = lambda: {port}\n"
     try:
         with hub_lab.CollisionWatch(PLANTED, every=0.1, ignore={str(hub.root / "hub.log")}) as watch:
-            kernels["eve"].execute(fixed + f"server = s.serve({HELLO!r}, announce=False)")
-            kernels["fay"].execute(  # fay's start fails (the port is taken) or finds eve's server answering
+            kernels[EVE].execute(fixed + f"server = s.serve({HELLO!r}, announce=False)")
+            kernels[FAY].execute(  # fay's start fails (the port is taken) or finds eve's server answering
                 fixed + f"try:\n    server = s.serve({HELLO!r}, announce=False)\nexcept Exception:\n    pass\n"
                 "import httpx, time\nclient = httpx.Client()\n"
                 f"client.get('http://127.0.0.1:{port}/')\ntime.sleep(1.5)\nclient.close()")
@@ -273,20 +323,26 @@ def test_the_collision_watch_flags_planted_collisions(hub):
         for kernel in kernels.values():
             kernel.shutdown()
     found = "\n".join(sorted(watch.found))
-    assert "COURSE_LAB_HOME" in found and "['eve', 'fay']" in found, found
-    assert f"fay is connected to port {port}, which ['eve'] listen(s) on" in found, found
+    assert "COURSE_LAB_HOME" in found and str(sorted(PLANTED)) in found, found
+    assert f"{FAY} is connected to port {port}, which {[EVE]} listen(s) on" in found, found
     mixups = hub_lab.progress_mixups(hub, {user: {EXERCISE[user]} for user in PLANTED})
     assert len(mixups) == 2 and all("no progress of their own" in m for m in mixups), mixups
-    shared = hub.root / "shared-progress" / "progress.json"
-    assert set(__import__("json").loads(shared.read_text())) == {EXERCISE[u] for u in PLANTED}
+    shared = set(json.loads((hub.shared_progress / "progress.json").read_text()))
+    if REAL:  # two Unix users: the second one's save is refused by the first one's files (the lock is not theirs)
+        assert EXERCISE[EVE] in shared and shared <= {EXERCISE[u] for u in PLANTED}, shared
+    else:
+        assert shared == {EXERCISE[u] for u in PLANTED}, shared
 
 
 @pytest.mark.timeout(600)
 def test_a_class_is_collected_from_the_learners_homes_and_graded(hub, tmp_path):
     """From the homes to `grade --class`: regular files only (a planted symlink to a private file is left behind)."""
+    if REAL:  # each home is its learner's alone: only root (the instructor) can collect them
+        assert all((hub.home(u).stat().st_uid, hub.home(u).stat().st_mode & 0o077) == (__import__("pwd").getpwnam(
+            u).pw_uid, 0) for u in LEARNERS + PLANTED), "a learner's home is not theirs alone (owner, mode 700)"
     secret, marker = hub.root / "instructor-only.txt", f"only-for-the-instructor-{os.getpid()}-{time.time_ns()}"
     secret.write_text(marker)
-    sneaky = hub.home("bob") / "exercises" / "99_sneaky.ipynb"
+    sneaky = hub.home(BOB) / "exercises" / "99_sneaky.ipynb"
     sneaky.symlink_to(secret)
     try:
         dest = tmp_path / "submissions"
@@ -294,19 +350,19 @@ def test_a_class_is_collected_from_the_learners_homes_and_graded(hub, tmp_path):
     finally:
         sneaky.unlink()
     assert sorted(p.name for p in dest.iterdir()) == sorted(LEARNERS + PLANTED)
-    assert skipped["bob"] == ["99_sneaky.ipynb: not a regular file"], skipped
+    assert skipped[BOB] == ["99_sneaky.ipynb: not a regular file"], skipped
     assert not any(p.is_symlink() for p in dest.rglob("*")) and marker not in "".join(
         p.read_text() for p in dest.rglob("*.ipynb"))
     assert (dest.stat().st_mode & 0o077) == 0 and all((p.stat().st_mode & 0o077) == 0 for p in dest.rglob("*"))
     shipped = sorted(p.name for p in (ROOT / "exercises").glob("*.ipynb"))
-    assert sorted(p.name for p in (dest / "ada").iterdir()) == shipped
+    assert sorted(p.name for p in (dest / ADA).iterdir()) == shipped
 
     from course_lib.notebooks import grade_class
 
     one = tmp_path / "one-notebook-each"
-    for user in ("ada", "bob"):  # grading every notebook of six learners takes minutes: one each shows the path
+    for user in (ADA, BOB):  # grading every notebook of six learners takes minutes: one each shows the path
         (one / user).mkdir(parents=True)
         shutil.copy(dest / user / "00_welcome.ipynb", one / user)
     rows = grade_class(one)
-    assert sorted({learner for learner, _ in rows}) == ["ada", "bob"]
+    assert sorted({learner for learner, _ in rows}) == [ADA, BOB]
     assert [row.status for _, row in rows] == ["failed", "failed"], rows  # the shipped starters, graded: not passed

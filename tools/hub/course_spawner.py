@@ -1,4 +1,7 @@
-"""The spawner of the test hub: one single-user server per learner, each in a home folder of its own."""
+"""The spawners of the test hub: one single-user server per learner, each in a home folder of its own.
+
+`LearnerSpawner` (the suite runs as root): JupyterHub's own LocalProcessSpawner, each learner a real Unix user (setuid),
+HOME theirs. `CourseSpawner` (not root): every learner as the hub's own Unix user, each with a home folder of its own."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from jupyterhub.spawner import SimpleLocalProcessSpawner
+from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
 from traitlets import List, Unicode, default
 
 VENV_BIN = Path(sys.executable).parent
@@ -40,7 +43,7 @@ class CourseSpawner(SimpleLocalProcessSpawner):
         env = super().user_env(env)
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', os.defpath)}"
         if self.user.name in self.shared_home_users:
-            env["COURSE_LAB_HOME"] = str(Path(self.homes_root).parent / "shared-progress")
+            env["COURSE_LAB_HOME"] = str(Path(self.homes_root).parent / "shared-progress")  # Hub.shared_progress
         else:
             env["COURSE_LAB_HOME"] = str(Path(self.home_dir) / ".fastapi-perf-lab")
         return env
@@ -49,3 +52,26 @@ class CourseSpawner(SimpleLocalProcessSpawner):
         """Create the home folder first (a real hub's user has one)."""
         Path(self.home_dir).mkdir(parents=True, exist_ok=True)
         return await super().start()
+
+
+class LearnerSpawner(LocalProcessSpawner):
+    """A learner's server as their own Unix user (JupyterHub's LocalProcessSpawner: setuid, HOME from the password
+    database), running the course's venv; `shared_lab_home` and `shared_home_users` plant a collision on purpose."""
+
+    shared_home_users = List(Unicode(), help="Learners made to share one COURSE_LAB_HOME (a planted collision)"
+                             ).tag(config=True)
+    shared_lab_home = Unicode(help="The COURSE_LAB_HOME those learners share").tag(config=True)
+
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        return [str(VENV_BIN / "jupyterhub-singleuser")]
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        """HOME, USER and SHELL are the learner's (LocalProcessSpawner); the venv first on PATH; progress in HOME."""
+        env = super().user_env(env)
+        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', os.defpath)}"
+        if self.user.name in self.shared_home_users:
+            env["COURSE_LAB_HOME"] = self.shared_lab_home
+        else:
+            env["COURSE_LAB_HOME"] = str(Path(env["HOME"]) / ".fastapi-perf-lab")
+        return env

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -49,14 +51,19 @@ def find_chp() -> str | None:
 
 @dataclass
 class Hub:
-    """A JupyterHub process (tools/hub/jupyterhub_config.py) with an admin token; `stop()` ends it and its servers."""
+    """A JupyterHub process (tools/hub/jupyterhub_config.py) with an admin token; `stop()` ends it and its servers.
+
+    `real_users`: the learners are existing Unix users (tools/hub/unix_users.py) and the hub, run as root, spawns each
+    server as its learner; otherwise every server runs as this process's user with a home folder under `root`."""
 
     root: Path
     users: list[str]
     shared_home_users: list[str] = field(default_factory=list)
     cull_users: list[str] = field(default_factory=list)
     cull_timeout: int = 10
+    real_users: bool = False
     port: int = 0
+    shared_progress: Path | None = None
     token: str = ""
     process: subprocess.Popen[bytes] | None = None
 
@@ -66,8 +73,8 @@ class Hub:
         return f"http://127.0.0.1:{self.port}"
 
     def home(self, user: str) -> Path:
-        """A learner's home folder."""
-        return self.root / "home" / user
+        """A learner's home folder (a real user's from the password database)."""
+        return Path(pwd.getpwnam(user).pw_dir) if self.real_users else self.root / "home" / user
 
     def start(self, timeout: float = 120.0) -> Hub:
         """Start the hub and wait until its REST API answers."""
@@ -76,11 +83,18 @@ class Hub:
             raise RuntimeError("configurable-http-proxy is not installed (npm install -g configurable-http-proxy)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.port, self.token = free_port(), secrets.token_hex(16)
+        if self.real_users:  # the planted pair must both reach it, as two Unix users: outside the private root
+            self.shared_progress = Path(tempfile.mkdtemp(prefix="hub-shared-progress-"))
+            self.shared_progress.chmod(0o777)
+        else:
+            self.shared_progress = self.root / "shared-progress"
         env = {**os.environ, "COURSE_HUB_ROOT": str(self.root), "COURSE_HUB_PORT": str(self.port),
                "COURSE_HUB_API_PORT": str(free_port()), "COURSE_HUB_PROXY_API_PORT": str(free_port()),
                "COURSE_HUB_ADMIN_TOKEN": self.token, "COURSE_HUB_USERS": ",".join(self.users),
                "COURSE_HUB_SHARED_HOME_USERS": ",".join(self.shared_home_users), "COURSE_HUB_CHP": chp,
                "COURSE_HUB_CULL_USERS": ",".join(self.cull_users), "COURSE_HUB_CULL_TIMEOUT": str(self.cull_timeout),
+               "COURSE_HUB_REAL_USERS": "1" if self.real_users else "0",
+               "COURSE_HUB_SHARED_LAB_HOME": str(self.shared_progress),
                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
         log = (self.root / "hub.log").open("wb")
         self.process = subprocess.Popen([str(VENV_BIN / "jupyterhub"), "-f", str(HERE / "jupyterhub_config.py")],
@@ -166,6 +180,8 @@ class Hub:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.real_users and self.shared_progress is not None:
+            shutil.rmtree(self.shared_progress, ignore_errors=True)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -392,10 +408,11 @@ def progress_mixups(hub: Hub, expected: dict[str, set[str]]) -> list[str]:
     """Learners whose progress.json (in their own home) is missing or holds results other than their own."""
     problems = []
     for user, exercises in expected.items():
-        path = hub.home(user) / ".fastapi-perf-lab" / "progress.json"
+        path: Path | str = f"{user}'s home"
         try:
+            path = hub.home(user) / ".fastapi-perf-lab" / "progress.json"
             found = set(json.loads(path.read_text()))
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, KeyError) as error:
             problems.append(f"{user} has no progress of their own ({type(error).__name__}: {path})")
             continue
         if found != exercises:

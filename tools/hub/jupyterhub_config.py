@@ -4,7 +4,8 @@ Everything comes from environment variables set by the test (or tools/hub/hub_la
 COURSE_HUB_ROOT (a private temporary folder), COURSE_HUB_PORT / COURSE_HUB_API_PORT / COURSE_HUB_PROXY_API_PORT,
 COURSE_HUB_ADMIN_TOKEN, COURSE_HUB_USERS (comma-separated), COURSE_HUB_SHARED_HOME_USERS (planted collision),
 COURSE_HUB_CHP (the configurable-http-proxy executable), COURSE_HUB_CULL_USERS (learners jupyterhub-idle-culler may
-cull: its token's scopes are limited to them) with COURSE_HUB_CULL_TIMEOUT (seconds idle)."""
+cull: its token's scopes are limited to them) with COURSE_HUB_CULL_TIMEOUT (seconds idle), COURSE_HUB_REAL_USERS=1 when
+the learners are real Unix users (the hub runs as root and spawns each as its user), then COURSE_HUB_SHARED_LAB_HOME."""
 
 import os
 import sys
@@ -45,9 +46,15 @@ if cull:  # the real culler, as Zero to JupyterHub runs it, seeing only these le
         scope for name in cull for scope in (f"list:users!user={name}", f"read:users:activity!user={name}",
                                              f"read:servers!user={name}", f"delete:servers!user={name}")]})
 
-c.JupyterHub.spawner_class = "course_spawner.CourseSpawner"
-c.CourseSpawner.homes_root = str(root / "home")
-c.CourseSpawner.shared_home_users = [n for n in os.environ.get("COURSE_HUB_SHARED_HOME_USERS", "").split(",") if n]
+shared = [n for n in os.environ.get("COURSE_HUB_SHARED_HOME_USERS", "").split(",") if n]
+if os.environ.get("COURSE_HUB_REAL_USERS") == "1":  # each learner a Unix user: JupyterHub's LocalProcessSpawner
+    c.JupyterHub.spawner_class = "course_spawner.LearnerSpawner"
+    c.LearnerSpawner.shared_home_users = shared
+    c.LearnerSpawner.shared_lab_home = os.environ.get("COURSE_HUB_SHARED_LAB_HOME", "")
+else:  # everyone the hub's own user, a home folder each
+    c.JupyterHub.spawner_class = "course_spawner.CourseSpawner"
+    c.CourseSpawner.homes_root = str(root / "home")
+    c.CourseSpawner.shared_home_users = shared
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
 # no DATABASE_URL / REDIS_URL of the test run; PYTHONPATH, if set, names the course under test
