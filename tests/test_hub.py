@@ -36,7 +36,8 @@ pytestmark = [
     pytest.mark.skipif(hub_lab.find_chp() is None, reason="configurable-http-proxy is not installed (see .ci/run)"),
 ]
 
-REAL = unix_users.can_create_users()  # as root: every learner a throwaway Unix user, spawned with setuid
+# as root: every learner a throwaway Unix user, spawned with setuid (COURSE_HUB_REAL_USERS=0: the shared-account spawner)
+REAL = unix_users.can_create_users() and os.environ.get("COURSE_HUB_REAL_USERS", "1") != "0"
 PREFIX = f"lab{secrets.token_hex(2)}-" if REAL else ""  # unique per run: never meets a real account or a past run
 ADA, BOB, CYD, DEE, EVE, FAY, GUS = (PREFIX + name for name in ("ada", "bob", "cyd", "dee", "eve", "fay", "gus"))
 LEARNERS = [ADA, BOB, CYD, DEE]
@@ -102,6 +103,60 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _as_user(name: str):
+    """A preexec_fn that drops a child to the Unix user `name` (what LocalProcessSpawner does)."""
+    import pwd
+
+    entry = pwd.getpwnam(name)
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    return drop
+
+
+@pytest.mark.skipif(not REAL, reason="creates Unix users: only where the suite runs as root")
+@pytest.mark.timeout(120)
+def test_throwaway_users_and_the_traverse_grant_are_undone_even_when_the_test_fails(tmp_path):
+    """A failing body still removes the user, their home and their processes, and restores every folder's mode; the
+    grant is what lets a learner run the course's Python (without it the venv is refused or runs another Python). First in
+    the file: the hub's own grant is not in place yet."""
+    import pwd
+    import subprocess
+
+    name, deep = f"{PREFIX}tmp", tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    (tmp_path / "a").chmod(0o700)
+    before = {folder: os.stat(folder).st_mode for folder in [*deep.parents, deep]}
+    probe = [sys.executable, "-c", "import sys; print(sys.version)"]
+    sleeper: subprocess.Popen[bytes] | None = None
+    with pytest.raises(RuntimeError, match="planted failure"):
+        with unix_users.throwaway_users([name]) as homes, unix_users.traverse_grant([Path(sys.executable), deep]) as g:
+            home = homes[name]
+            assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (pwd.getpwnam(name).pw_uid, 0o700)
+            assert all(not mode & 0o001 for mode in g.values()) and (tmp_path / "a") in g, g
+            assert all(os.stat(folder).st_mode & 0o001 for folder in g), "the grant did not add o+x"
+            ran = subprocess.run(probe, preexec_fn=_as_user(name), capture_output=True, text=True, cwd=home)
+            assert ran.stdout.strip() == sys.version, (ran.stdout, ran.stderr[-500:])
+            sleeper = subprocess.Popen(["sleep", "300"], preexec_fn=_as_user(name))  # left running by the learner
+            raise RuntimeError("planted failure")
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+    assert not home.exists(), f"{home} outlived userdel -r"
+    assert sleeper is not None and sleeper.wait(timeout=10) == -9, "the learner's process outlived their removal"
+    assert {folder: os.stat(folder).st_mode for folder in before} == before, "a folder's mode was not restored"
+    if unix_users.folders_to_traverse([Path(sys.executable)]):  # this machine: /root is 700
+        with unix_users.throwaway_users([name]):
+            try:
+                ran = subprocess.run(probe, preexec_fn=_as_user(name), capture_output=True, text=True, cwd="/")
+                seen = f"exit {ran.returncode}, Python {ran.stdout.strip()[:30]!r}"
+            except PermissionError as error:
+                seen = f"{type(error).__name__}: {error}"
+        assert sys.version[:30] not in seen, "without the grant a learner ran the course's own Python"
+        print(f"without the grant: {seen}")
 
 
 @pytest.mark.timeout(900)
