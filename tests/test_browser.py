@@ -56,6 +56,8 @@ def lab(tmp_path_factory):
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
         nbformat.write(nb, root / folder / "00_welcome.ipynb")
+    for lesson in _with_diagrams():  # rendered, never run
+        shutil.copy(ROOT / "notebooks" / lesson, root / "notebooks" / lesson)
     runtime = tmp_path_factory.mktemp("runtime")
     settings = runtime / "settings"
     # render every cell (no virtual scrolling), start the notebook's kernel without asking, no news pop-up
@@ -92,9 +94,20 @@ def page(lab):
         browser.close()
 
 
+def _with_diagrams() -> dict[str, int]:
+    """Each lesson notebook with mermaid diagrams in its markdown, and how many."""
+    found = {}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        count = sum(cell.source.count("```mermaid") for cell in nb.cells if cell.cell_type == "markdown")
+        if count:
+            found[path.name] = count
+    return found
+
+
 def _open(page: Page, lab, path: str) -> None:
     page.goto(f"{lab.url}/lab/tree/{path}?token={TOKEN}")
-    expect(page.locator(".jp-Notebook").first).to_be_visible(timeout=60_000)
+    expect(page.locator(".jp-Notebook:visible").first).to_be_visible(timeout=60_000)  # other tabs stay hidden
     select = page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True)
     try:  # JupyterLab may ask which kernel to start; the notebook's own (python3) is preselected
         select.click(timeout=10_000)
@@ -153,3 +166,15 @@ def test_exercise_pass_then_hint(page, lab):
     expect(hint).to_contain_text("answered 200")
     hint.scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "exercise-hint.png")
+
+
+@pytest.mark.parametrize(("notebook", "count"), list(_with_diagrams().items()))
+def test_every_diagram_renders_in_jupyterlab(page, lab, notebook, count):
+    """A mermaid block that JupyterLab cannot draw shows as an error or as code: each must become a picture."""
+    _open(page, lab, f"notebooks/{notebook}")
+    drawn = page.locator(".jp-NotebookPanel:visible .jp-RenderedMermaid").locator("img, svg")
+    expect(drawn).to_have_count(count, timeout=60_000)  # JupyterLab draws each block as a picture
+    expect(page.locator(".jp-NotebookPanel:visible").get_by_text("Syntax error in text")).to_have_count(0)
+    drawn.first.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / f"diagram-{notebook.removesuffix('.ipynb')}.png")
+
