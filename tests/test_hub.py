@@ -1,8 +1,10 @@
-"""A class on a real JupyterHub (loopback, configurable-http-proxy, one single-user server per learner): four learners
+"""A class on a real JupyterHub (loopback, configurable-http-proxy, one single-user server per learner; as root each
+learner a throwaway Unix user spawned with setuid, else all the hub's own user): four learners
 run the data lesson and the caching lesson at the same time without meeting each other (ports, files, databases,
 progress), a served app's docs link works through the hub's proxy for its learner only (its Swagger page loads its
 API definition and runs a request, in Chromium), stopping a learner's server
-stops everything it started, and the collision watch flags planted collisions."""
+stops everything it started, the collision watch flags planted collisions, and (real users) a learner's kernel is
+refused another learner's home."""
 
 from __future__ import annotations
 
@@ -199,25 +201,32 @@ def test_a_learner_cannot_read_another_learners_home_from_their_kernel(hub):
     targets = {"own notebook": str(hub.home(ADA) / "exercises" / "00_welcome.ipynb"),
                "bob's progress": str(bob / ".fastapi-perf-lab" / "progress.json"),
                "bob's notebook": str(bob / "exercises" / "00_welcome.ipynb")}
+    probe = ("import json, os\nseen = {'uid': os.getuid(), 'home': os.environ['HOME']}\n"
+             f"for what, path in {targets!r}.items():\n"
+             "    try:\n        open(path).read(1)\n        seen[what] = 'read'\n"
+             "    except OSError as error:\n        seen[what] = type(error).__name__\n"
+             f"try:\n    os.listdir({str(bob)!r})\n    seen['bob\\'s home listed'] = 'read'\n"
+             "except OSError as error:\n    seen['bob\\'s home listed'] = type(error).__name__\n"
+             "print(json.dumps(seen))")
     kernel = hub_lab.RemoteKernel(hub, ADA, hub.tokens[ADA])
     try:
-        shown = "".join(kernel.execute(
-            "import json, os\nseen = {'uid': os.getuid(), 'home': os.environ['HOME']}\n"
-            f"for what, path in {targets!r}.items():\n"
-            "    try:\n        open(path).read(1)\n        seen[what] = 'read'\n"
-            "    except OSError as error:\n        seen[what] = type(error).__name__\n"
-            f"try:\n    os.listdir({str(bob)!r})\n    seen['bob\\'s home listed'] = 'read'\n"
-            "except OSError as error:\n    seen['bob\\'s home listed'] = type(error).__name__\n"
-            "print(json.dumps(seen))"))
+        seen = json.loads("".join(kernel.execute(probe)))
+        mode = bob.stat().st_mode & 0o777
+        bob.chmod(0o755)  # planted: a home others may enter (useradd's default with UMASK 022 and no HOME_MODE)
+        try:
+            planted = json.loads("".join(kernel.execute(probe)))
+        finally:
+            bob.chmod(mode)
     finally:
         kernel.shutdown()
-    seen = json.loads(shown)
     assert (seen.pop("uid"), seen.pop("home")) == (pwd.getpwnam(ADA).pw_uid, str(hub.home(ADA))), (
         "ada's kernel does not run as her own Unix user in her own home: the hub did not spawn it with setuid")
     assert seen == {"own notebook": "read", "bob's progress": "PermissionError", "bob's notebook": "PermissionError",
                     "bob's home listed": "PermissionError"}, (
         f"from ada's kernel (uid {pwd.getpwnam(ADA).pw_uid}): {seen}; another learner's home must refuse her "
         "(PermissionError), else she can read or copy his answers and progress")
+    assert planted["bob's notebook"] == "read" and planted["bob's home listed"] == "read", (
+        f"with bob's home opened (755) ada's probe still saw {planted}: the probe would not notice an open home")
 
 
 @pytest.mark.timeout(300)
@@ -384,7 +393,7 @@ def test_the_collision_watch_flags_planted_collisions(hub):
     assert len(mixups) == 2 and all("no progress of their own" in m for m in mixups), mixups
     shared = set(json.loads((hub.shared_progress / "progress.json").read_text()))
     if REAL:  # two Unix users: the second one's save is refused by the first one's files (the lock is not theirs)
-        assert EXERCISE[EVE] in shared and shared <= {EXERCISE[u] for u in PLANTED}, shared
+        assert shared == {EXERCISE[EVE]}, shared
     else:
         assert shared == {EXERCISE[u] for u in PLANTED}, shared
 
