@@ -150,6 +150,13 @@ def test_throwaway_users_and_the_traverse_grant_are_undone_even_when_the_test_fa
     assert not home.exists(), f"{home} outlived userdel -r"
     assert sleeper is not None and sleeper.wait(timeout=10) == -9, "the learner's process outlived their removal"
     assert {folder: os.stat(folder).st_mode for folder in before} == before, "a folder's mode was not restored"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a run killed outright (its pid is gone) left a user behind: the next run removes it
+    subprocess.run(["useradd", "-m", "-c", f"{unix_users.MARK}{dead.pid}", name], check=True)
+    stale_home = Path(pwd.getpwnam(name).pw_dir)
+    assert unix_users.remove_stale() == [name] and not stale_home.exists(), "a killed run's user was left"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
     if unix_users.folders_to_traverse([Path(sys.executable)]):  # this machine: /root is 700
         with unix_users.throwaway_users([name]):
             try:

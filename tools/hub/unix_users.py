@@ -1,7 +1,8 @@
 """Throwaway Unix users for the hub test when it runs as root, and the least access they need to run the course's venv.
 
 `throwaway_users(names)` creates each learner with `useradd -m` (home mode 700, as a hub should make them) and removes
-them with `userdel -r` on exit, even after a failure, killing whatever they still run first. `traverse_grant(paths)`
+them with `userdel -r` on exit, even after a failure, killing whatever they still run first (a run killed outright
+leaves them marked with its pid: the next run removes them). `traverse_grant(paths)`
 adds only the search bit for others (o+x, no listing, no reading) to the folders on the way to `paths` that lack it
 (here: /root, mode 700, which holds pyenv's Python the venv links to) and restores their exact modes on exit."""
 
@@ -69,14 +70,30 @@ def _remove(names: Iterable[str]) -> list[str]:
     return failed
 
 
+MARK = "fastapi-perf-lab hub test, pid "
+
+
+def remove_stale() -> list[str]:
+    """Remove the users a killed run left behind (their comment names a run whose process is gone); return them."""
+    stale = [entry.pw_name for entry in pwd.getpwall() if entry.pw_gecos.startswith(MARK)
+             and entry.pw_gecos.removeprefix(MARK).isdigit()
+             and not Path(f"/proc/{entry.pw_gecos.removeprefix(MARK)}").exists()]
+    failed = _remove(stale)
+    if failed:
+        raise RuntimeError(f"users of a killed run could not be removed: {failed}")
+    return stale
+
+
 @contextmanager
 def throwaway_users(names: list[str]) -> Iterator[dict[str, Path]]:
-    """Create the Unix users `names` (homes mode 700); yield name → home; remove them and their homes on exit."""
+    """Create the Unix users `names` (homes mode 700, marked with this run's pid); yield name → home; remove them and
+    their homes on exit (and, first, the users of any killed run)."""
+    remove_stale()
     created: list[str] = []
     try:
         for name in names:
-            subprocess.run(["useradd", "-m", "-K", "HOME_MODE=0700", "-s", "/bin/bash", name], check=True,
-                           capture_output=True, text=True)
+            subprocess.run(["useradd", "-m", "-K", "HOME_MODE=0700", "-s", "/bin/bash", "-c", f"{MARK}{os.getpid()}",
+                            name], check=True, capture_output=True, text=True)
             created.append(name)
         yield {name: Path(pwd.getpwnam(name).pw_dir) for name in names}
     finally:
