@@ -78,7 +78,7 @@ def _built_problems(lessons: Catalogue, root: Path) -> list[str]:
     except ImportError:
         sources = None  # type: ignore[assignment]
     if sources is not None and (root / "sources").is_dir():
-        problems += [f"drift: {sentence}" for sentence in sources.drifted()]
+        problems += [f"drift: {sentence}" for sentence in sources.drifted(root)]
     from .notebooks import build_exercises
 
     stale = build_exercises(root, check=True, names=[lesson.name for lesson in lessons])
