@@ -179,12 +179,12 @@ CATALOGUE = Catalogue((
            ("07.settings-class",)),
     Lesson("08", "logging", "structured JSON request logs, pure ASGI middleware",
            ("08.access-log",)),
-    Lesson("09", "capstone", "audit a slow app against the checklist, fix it, prove it under load",
-           ("09.capstone",), serial="all", services=("postgresql",)),
-    Lesson("10", "async_db", "async database access: AsyncSession, MissingGreenlet, pools against max_connections",
-           ("10.async-endpoint", "10.pool-budget"), services=("postgresql",)),
-    Lesson("11", "diagnose", "find the bottleneck before you fix it: pyinstrument, asyncio debug mode, py-spy",
-           ("11.diagnose",), services=("postgresql",)),
+    Lesson("09", "async_db", "async database access: AsyncSession, MissingGreenlet, pools against max_connections",
+           ("09.async-endpoint", "09.pool-budget"), services=("postgresql",)),
+    Lesson("10", "diagnose", "find the bottleneck before you fix it: pyinstrument, asyncio debug mode, py-spy",
+           ("10.diagnose",), services=("postgresql",)),
+    Lesson("11", "capstone", "audit a slow app against the checklist, fix it, prove it under load",
+           ("11.capstone",), serial="all", services=("postgresql",)),
 ))
 
 

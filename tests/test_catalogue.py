@@ -62,14 +62,14 @@ def test_the_readme_table_and_ci_selections_come_from_the_catalogue():
     assert redis == ["tests/test_l03_caching.py", "notebooks/03_caching.ipynb", "solutions/03_caching.ipynb"]
     postgres = [p.relative_to(ROOT).as_posix() for p in dev.files("postgresql")]
     assert "notebooks/01_workers.ipynb" in postgres and "solutions/01_workers.ipynb" not in postgres
-    assert "tests/test_l09_capstone.py" in postgres and "tests/test_l03_caching.py" not in postgres
+    assert "tests/test_l11_capstone.py" in postgres and "tests/test_l03_caching.py" not in postgres
     assert "dev files --service redis" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_serial_lessons_are_marked_from_their_catalogue_line():
     keys = dev.serial_keys()
     assert "notebooks/01_workers.ipynb" in keys and "tests/test_l01_workers.py" not in keys
-    assert "tests/test_l09_capstone.py" in keys and not any("02_n_plus_one" in k for k in keys)
+    assert "tests/test_l11_capstone.py" in keys and not any("02_n_plus_one" in k for k in keys)
 
 
 # ---------- dev check: passes on the course, fails on each planted defect ----------
@@ -167,14 +167,18 @@ def test_dev_check_run_grades_solutions_and_shipped_exercises(tmp_path):
 
 def test_dev_renumber_moves_a_lesson_and_the_course_still_checks(tmp_path):
     copy = _copy_course(tmp_path)
-    moved = _dev(copy, "renumber", "09", "12")
+    capstone = next(lesson for lesson in CATALOGUE if lesson.slug == "capstone")
+    last = max(int(lesson.number) for lesson in CATALOGUE)
+    new = f"{last + 1:02d}"
+    moved = _dev(copy, "renumber", capstone.number, new)
     assert moved.returncode == 0, moved.stdout + moved.stderr
-    assert (copy / "notebooks" / "12_capstone.ipynb").exists() and not (copy / "notebooks" / "09_capstone.ipynb").exists()
-    assert (copy / "tests" / "test_l12_capstone.py").exists()
-    assert '"12.capstone"' in (copy / "course_lib" / "lessons" / "l12_capstone.py").read_text()
-    built = _dev(copy, "build", "12")
+    assert (copy / "notebooks" / f"{new}_capstone.ipynb").exists()
+    assert not (copy / "notebooks" / f"{capstone.name}.ipynb").exists()
+    assert (copy / "tests" / f"test_l{new}_capstone.py").exists()
+    assert f'"{new}.capstone"' in (copy / "course_lib" / "lessons" / f"l{new}_capstone.py").read_text()
+    built = _dev(copy, "build", new)
     assert built.returncode == 0, built.stdout + built.stderr
     checked = _dev(copy, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    refused = _dev(copy, "renumber", "12", "05")
+    refused = _dev(copy, "renumber", new, "05")
     assert refused.returncode == 2 and "used twice" in refused.stderr

@@ -1,4 +1,4 @@
-"""Lesson 09: the bookshop's behaviour, the audit of each step, and the capstone grader on right and wrong answers."""
+"""Lesson 11: the bookshop's behaviour, the audit of each step, and the capstone grader on right and wrong answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from course_lib.grading import grade
 from course_lib.lessons.bookshop.app import make_app
-from course_lib.lessons.l09_capstone import (
+from course_lib.lessons.l11_capstone import (
     GOAL,
     audit_bookshop,
     compare_behaviour,
@@ -25,12 +25,12 @@ from course_lib.lessons.l09_capstone import (
 from course_lib.notebooks import BEGIN, END, ROOT, STARTER
 from course_lib.servers import running_servers
 
-EX = "09.capstone"
+EX = "11.capstone"
 
 
 def reference_source() -> str:
     """The reference fix, exactly as the solutions notebook writes it."""
-    nb = json.loads((ROOT / "solutions" / "09_capstone.ipynb").read_text())
+    nb = json.loads((ROOT / "solutions" / "11_capstone.ipynb").read_text())
     cell = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and BEGIN in "".join(c["source"]))
     inside = cell.split(BEGIN, 1)[1].split(END, 1)[0]
     return "\n".join(line for line in inside.splitlines() if not line.startswith(STARTER.strip()))
@@ -233,13 +233,13 @@ SHIPPED = "from course_lib.lessons.bookshop.app import make_app as shipped\n"
      "def make_app(database_url):\n    inner = shipped(database_url)\n    app = FastAPI()\n"
      "    app.state.engine = inner.state.engine\n\n    @app.get('/health')\n    def health():\n"
      "        return {'status': 'ok'}\n    return app\n", "building it ran the course's bookshop"),
-    ("exec_reference", "from course_lib.lessons.l09_capstone import _reference_file\n"
+    ("exec_reference", "from course_lib.lessons.l11_capstone import _reference_file\n"
      "exec(_reference_file().read_text())\n", "compiled from a string"),
-    ("loads_reference", "from course_lib.lessons.l09_capstone import _reference_file\n"
-     "from course_lib.lessons.l09_capstone import load_factory\nmake_app = load_factory(str(_reference_file()))\n",
+    ("loads_reference", "from course_lib.lessons.l11_capstone import _reference_file\n"
+     "from course_lib.lessons.l11_capstone import load_factory\nmake_app = load_factory(str(_reference_file()))\n",
      "capstone-reference"),
-    ("subclass_of_reference", "from course_lib.lessons.l09_capstone import _reference_file\n"
-     "from course_lib.lessons.l09_capstone import load_answer\n_ref = load_answer(str(_reference_file()))\n"
+    ("subclass_of_reference", "from course_lib.lessons.l11_capstone import _reference_file\n"
+     "from course_lib.lessons.l11_capstone import load_answer\n_ref = load_answer(str(_reference_file()))\n"
      + reference_source().replace("app.add_middleware(ProcessTime)",
                                   "app.add_middleware(type('Timing', (_ref.ProcessTime,), {}))"),
      "middleware Timing comes from"),
@@ -258,8 +258,8 @@ def test_the_course_s_reference_swapped_in_under_the_server_is_refused(tmp_path:
     """Its own app in-process, the course's answer where the load test runs: refused there too."""
     source = reference_source() + (
         "\n\nimport os\nif os.environ.get('BOOKSHOP_DB_LATENCY_MS'):  # only in the served process\n"
-        "    from course_lib.lessons.l09_capstone import _reference_file\n"
-        "    from course_lib.lessons.l09_capstone import load_factory\n"
+        "    from course_lib.lessons.l11_capstone import _reference_file\n"
+        "    from course_lib.lessons.l11_capstone import load_factory\n"
         "    os.environ['BOOKSHOP_REFERENCE'] = '1'\n"
         "    make_app = load_factory(str(_reference_file()))\n")
     result = grade(EX, write(tmp_path, "swapped_when_served", source))
@@ -399,7 +399,7 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def _race_three(db: Any) -> None:
-    from course_lib.lessons.l09_capstone import race
+    from course_lib.lessons.l11_capstone import race
 
     asyncio.run(race(db, {"a": {}, "b": {}, "c": {}}, seconds=0.5, rounds=1))
 
@@ -440,9 +440,9 @@ def test_interrupted_while_probing_readiness_stops_every_server(db, spawned, mon
 
 
 def test_interrupted_during_the_load_stops_every_server(db, spawned, monkeypatch) -> None:
-    from course_lib.lessons import l09_capstone
+    from course_lib.lessons import l11_capstone
 
-    real = l09_capstone._mixed_load
+    real = l11_capstone._mixed_load
     calls = [0]
 
     async def load(*args: Any, **kwargs: Any) -> Any:
@@ -451,7 +451,7 @@ def test_interrupted_during_the_load_stops_every_server(db, spawned, monkeypatch
             raise KeyboardInterrupt
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(l09_capstone, "_mixed_load", load)
+    monkeypatch.setattr(l11_capstone, "_mixed_load", load)
     with pytest.raises(KeyboardInterrupt):
         _race_three(db)
     assert len(spawned) == 3 and all(_gone(s.pid, s.port) for s in spawned) and running_servers() == []
@@ -459,7 +459,7 @@ def test_interrupted_during_the_load_stops_every_server(db, spawned, monkeypatch
 
 def test_a_cancelled_race_stops_every_server(db, spawned) -> None:
     """What a notebook's interrupt does to a cell that awaits (ipykernel 7 cancels its task)."""
-    from course_lib.lessons.l09_capstone import race
+    from course_lib.lessons.l11_capstone import race
 
     async def main() -> None:
         task = asyncio.create_task(race(db, {"a": {}, "b": {}}, seconds=0.5, rounds=1))
@@ -505,7 +505,7 @@ def test_a_kernel_interrupt_at_any_point_of_the_race_leaves_nothing_listening(wh
 
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
     try:
-        kc.execute_interactive("from course_lib.lessons.l09_capstone import race, make_bookshop_db\n"
+        kc.execute_interactive("from course_lib.lessons.l11_capstone import race, make_bookshop_db\n"
                                "db = make_bookshop_db(authors=50)", timeout=120)
         kernel = km.provisioner.pid
         msg_id = kc.execute('r = await race(db, {"a": {}, "b": {}, "c": {}}, seconds=3.0, rounds=2)')

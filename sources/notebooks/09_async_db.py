@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 10 · Async database access: AsyncSession, MissingGreenlet, pools against max_connections
+# # 09 · Async database access: AsyncSession, MissingGreenlet, pools against max_connections
 #
 # **Teaching:** 35 min · **Exercises:** 30 min
 #
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from course_lib import *
-from course_lib.lessons.l10_async_db import (
+from course_lib.lessons.l09_async_db import (
     LATENCY_MS, async_url, connection_limit, drop_connections, first_line, hold_load, make_async_engine,
     serve_three_ways, statement_timeout_demo, sync_or_async, thread_pools,
 )
@@ -306,7 +306,7 @@ await engine.dispose()
 db.close()
 
 # %% [markdown]
-# Now open **`exercises/10_async_db.ipynb`**: convert an endpoint of another shape to an `AsyncSession` that
+# Now open **`exercises/09_async_db.ipynb`**: convert an endpoint of another shape to an `AsyncSession` that
 # never blocks the loop and never lazy loads, and size a pool for a deployment drawn at random.
 #
 # ## Key points

@@ -1,4 +1,4 @@
-"""Lesson 11 (diagnose): measure where a request's time goes before fixing it: pyinstrument, asyncio debug mode,
+"""Lesson 10 (diagnose): measure where a request's time goes before fixing it: pyinstrument, asyncio debug mode,
 py-spy, and the per-request measurements (queries, connections, plans, sizes, loop blocking) that name a bottleneck;
 mystery apps with a hidden bottleneck drawn at random, their grader, and benchmark rows."""
 
@@ -587,7 +587,7 @@ async def _debug_mode_from_environment(app: Any) -> AsyncIterator[None]:
 
 def __getattr__(name: str) -> Any:
     """`served_app`: the report app behind ProfilerMiddleware on its own demo database, built on first use (so that
-    `uvicorn course_lib.lessons.l11_diagnose:served_app` can serve it while importing this module stays cheap)."""
+    `uvicorn course_lib.lessons.l10_diagnose:served_app` can serve it while importing this module stays cheap)."""
     if name != "served_app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if "app" not in _SERVED:
@@ -768,7 +768,7 @@ def _shown(value: Any) -> str:
 
 
 @exercise(
-    "11.diagnose",
+    "10.diagnose",
     title="Name the bottleneck of an app you have never seen",
     expects="a function diagnose(mystery) (async or not) returning (kind, evidence): kind one of " + ", ".join(KINDS)
             + "; evidence a sentence with the figure you measured",

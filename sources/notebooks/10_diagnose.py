@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 11 · Find the bottleneck before you fix it
+# # 10 · Find the bottleneck before you fix it
 #
 # **Teaching:** 35 min · **Exercise:** 30 min
 #
@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from course_lib import *
-from course_lib.lessons.l11_diagnose import (
+from course_lib.lessons.l10_diagnose import (
     _parse_slow, call_tree, head, loop_lag_during, make_fixed_report_app, make_report_app, ping_while,
     profile_request, ptrace_status, py_spy_dump, py_spy_record, slow_callbacks, speedscope_top, thread_stack,
     time_share, top_frames, without_header,
@@ -151,11 +151,11 @@ say(f"During one `GET /report` the loop ran a 1 ms timer only **{ticks}** time(s
 #         ... send profiler.output_html() as the response
 # ```
 #
-# `course_lib.lessons.l11_diagnose:served_app` is the same report app wrapped in it. Serve it under uvicorn with
+# `course_lib.lessons.l10_diagnose:served_app` is the same report app wrapped in it. Serve it under uvicorn with
 # `PYTHONASYNCIODEBUG=1` and `LAB_SLOW_CALLBACK_S=0.02`; its `GET /loop` tells how the server's event loop started.
 
 # %%
-server = serve("course_lib.lessons.l11_diagnose:served_app",
+server = serve("course_lib.lessons.l10_diagnose:served_app",
                env={"PYTHONASYNCIODEBUG": "1", "LAB_SLOW_CALLBACK_S": "0.02"}, announce=False)
 async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
     loop_info = (await http.get("/loop")).json()
@@ -293,7 +293,7 @@ say(f"Same JSON: **{same}**. Median **{timings['slow'].median_ms:.0f} ms → {ti
 #
 # Start with the exact, cheap ones; a wall-clock time alone names nothing.
 #
-# Now open **`exercises/11_diagnose.ipynb`**: write `diagnose(mystery)`, which measures an app it has never seen
+# Now open **`exercises/10_diagnose.ipynb`**: write `diagnose(mystery)`, which measures an app it has never seen
 # and names its bottleneck. The grader draws a new set of mystery apps on every run.
 #
 # ## Key points

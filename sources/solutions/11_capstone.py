@@ -1,7 +1,7 @@
 # %% [markdown]
-# # Exercise 09 · Capstone: fix the bookshop
+# # Exercise 11 · Capstone: fix the bookshop
 #
-# Work through `notebooks/09_capstone.ipynb` first. You get the original bookshop
+# Work through `notebooks/11_capstone.ipynb` first. You get the original bookshop
 # (`course_lib/lessons/bookshop/app.py`, `make_app(database_url)`), the auditor and the tools to measure it.
 # What is wrong with it is for you to find: audit it, time and profile its endpoints, and fix what the evidence
 # shows. Your answer is a **file** that defines `make_app(database_url) -> FastAPI` and is
@@ -29,20 +29,20 @@
 
 # %%
 from course_lib import *
-from course_lib.lessons.l09_capstone import audit_bookshop, make_bookshop_db, workspace
+from course_lib.lessons.l11_capstone import audit_bookshop, make_bookshop_db, workspace
 
 WORK = workspace()
 APP_FILE = WORK / "bookshop_fixed.py"
 print("your app file:", APP_FILE)
 
 # %% [markdown]
-# ## 09.capstone
+# ## 11.capstone
 #
 # The cell below writes your app to `APP_FILE` (`%%writefile`). It starts as a one-line re-export of the
 # original, which the check refuses (it is the course's app, not yours): copy the original's code from
 # `course_lib/lessons/bookshop/app.py` into the cell (or write your own) and fix it, one finding at a time.
-# Rerun this cell after each edit, then the audit cell, then the check. `hint("09.capstone")` gives a nudge;
-# `hint("09.capstone", level=2)` and `level=3` say more.
+# Rerun this cell after each edit, then the audit cell, then the check. `hint("11.capstone")` gives a nudge;
+# `hint("11.capstone", level=2)` and `level=3` say more.
 
 # %%
 # %%writefile {APP_FILE}
@@ -250,7 +250,7 @@ def make_app(database_url: str) -> FastAPI:
 # Audit your app in-process (fast, no server): every row should be ✓.
 
 # %%
-from course_lib.lessons.l09_capstone import load_factory
+from course_lib.lessons.l11_capstone import load_factory
 
 db = make_bookshop_db()
 yours = load_factory(str(APP_FILE))(db.url)
@@ -262,7 +262,7 @@ await audit_bookshop(yours)
 # uvicorn (about 20–40 s).
 
 # %%
-check("09.capstone", APP_FILE)
+check("11.capstone", APP_FILE)
 
 # %% [markdown]
 # Done? `python -m course_lib progress` shows the course complete. Take the auditor to your own app:

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 09 · Capstone: audit a slow app, find what is wrong, prove the fix under load
+# # 11 · Capstone: audit a slow app, find what is wrong, prove the fix under load
 #
 # **Teaching:** 30 min · **Exercise:** 60 min
 #
@@ -20,7 +20,7 @@
 import time
 
 from course_lib import *
-from course_lib.lessons.l09_capstone import (
+from course_lib.lessons.l11_capstone import (
     GOAL, LATENCY_MS, audit_bookshop, compare_behaviour, copy_db, corpus, load_mix, make_app,
     make_bookshop_db, race,
 )
@@ -109,11 +109,11 @@ say(f"The slowest request of the mix is **GET {slowest}**: **{ms:.0f} ms**, {n} 
     "does each one read more rows than it returns, and what else is the rest of the time doing?")
 
 # %% [markdown]
-# The rest of the time: profile that one request, as lesson 11 taught (pyinstrument in async mode, the same
+# The rest of the time: profile that one request, as the diagnose lesson (10) taught (pyinstrument in async mode, the same
 # simulated round trip), and read the functions that cost the most in themselves:
 
 # %%
-from course_lib.lessons.l11_diagnose import profile_request, top_frames
+from course_lib.lessons.l10_diagnose import profile_request, top_frames
 
 async with app_client(original) as client:
     with count_queries(original.state.engine, latency_ms=LATENCY_MS):
@@ -165,9 +165,9 @@ for line in differences:
 # %% [markdown]
 # ## Your turn
 #
-# Open **`exercises/09_capstone.ipynb`**: write your fixed bookshop as a file. The check refuses the course's
+# Open **`exercises/11_capstone.ipynb`**: write your fixed bookshop as a file. The check refuses the course's
 # own app, compares your answers with the original's on the corpus, audits, asks for a large page compressed,
-# checks that cached answers expire, and races yours against the original (≥ 10×). `hint("09.capstone")`
+# checks that cached answers expire, and races yours against the original (≥ 10×). `hint("11.capstone")`
 # gives a nudge when you are stuck; levels 2 and 3 say more. From a terminal you can audit any app:
 # `python -m course_lib audit yourpackage.main:app`.
 #

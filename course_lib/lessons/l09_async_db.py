@@ -1,4 +1,4 @@
-"""Lesson 10: async database access. AsyncSession on aiosqlite/asyncpg, a sync session blocking the event loop,
+"""Lesson 09: async database access. AsyncSession on aiosqlite/asyncpg, a sync session blocking the event loop,
 MissingGreenlet and its fixes, pools against the database's connection limit. Demo apps, helpers, graders, bench."""
 
 from __future__ import annotations
@@ -497,7 +497,7 @@ async def statement_timeout_demo(db: DemoDB, limit_ms: int = 200) -> tuple[str, 
     return outcome, elapsed
 
 
-# --------------------------------------------------------------------------- exercise 10.async-endpoint
+# --------------------------------------------------------------------------- exercise 09.async-endpoint
 
 ENDPOINT_LATENCY_MS = 100  # long enough that concurrent requests' statements must overlap if nothing blocks
 ENDPOINT_CONCURRENCY = 10
@@ -531,7 +531,7 @@ def _top_shape(body: Any) -> list[dict[str, Any]] | None:
 
 
 @exercise(
-    "10.async-endpoint",
+    "09.async-endpoint",
     title="Top posts on an AsyncSession: never block the loop, never lazy load",
     expects="a function make_app(engine: AsyncEngine) -> FastAPI with GET /posts/top?limit=N and "
             "POST /posts/{post_id}/comments",
@@ -642,7 +642,7 @@ async def _grade_one_database(checking: Checking, db: DemoDB, engine: AsyncEngin
                     "the AsyncEngine handed to make_app: use it for every statement.")
 
 
-# --------------------------------------------------------------------------- exercise 10.pool-budget
+# --------------------------------------------------------------------------- exercise 09.pool-budget
 
 BUDGET_HOLD_MS = 300  # each request holds its connection this long
 
@@ -714,7 +714,7 @@ async def _budget_phase(checking: Checking, engines: list[AsyncEngine], budget: 
 
 
 @exercise(
-    "10.pool-budget",
+    "09.pool-budget",
     title="A pool budget: workers × pool against max_connections",
     expects="a function make_engine(url: str, *, workers: int, max_connections: int, reserved: int) -> AsyncEngine",
     hints=(

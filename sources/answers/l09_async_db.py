@@ -1,4 +1,4 @@
-"""Reference answers of 10.async-endpoint and 10.pool-budget: spliced into solutions/10_async_db.ipynb by the build,
+"""Reference answers of 09.async-endpoint and 09.pool-budget: spliced into solutions/09_async_db.ipynb by the build,
 imported by the tests."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 # %% [markdown]
-# # Exercise 11 · Find the bottleneck
+# # Exercise 10 · Find the bottleneck
 #
-# Work through `notebooks/11_diagnose.ipynb` first. Then write your answer in the cell marked `# YOUR CODE HERE` and
+# Work through `notebooks/10_diagnose.ipynb` first. Then write your answer in the cell marked `# YOUR CODE HERE` and
 # run the `check(...)` cell below it. A failing check tells you what it measured and gives a hint; run it again
 # after a fix.
 #
@@ -13,7 +13,7 @@
 import re
 
 from course_lib import *
-from course_lib.lessons.l11_diagnose import (
+from course_lib.lessons.l10_diagnose import (
     KINDS, Mystery, count_connections, draw_mysteries, profile_request, request_cost, slow_callbacks,
     statement_plans, time_share, top_frames,
 )
@@ -22,7 +22,7 @@ from course_lib.queries import observe_statements
 print("kinds:", ", ".join(KINDS))
 
 # %% [markdown]
-# ## 11.diagnose
+# ## 10.diagnose
 #
 # A `Mystery` is an app you have never seen, with one bottleneck among the kinds above:
 #
@@ -43,12 +43,12 @@ async def diagnose(mystery: Mystery) -> tuple[str, str]:
     #>     async with app_client(mystery.make_app(db)) as client:
     #>         cost = await request_cost(client, mystery.url(db))
     #> return "n_plus_one", f"a guess: it took {cost.wall_ms:.0f} ms"  # measure, then name it
-    ...  # --8<-- "answers/l11_diagnose.py:answer"
+    ...  # --8<-- "answers/l10_diagnose.py:answer"
     ### END SOLUTION
 
 
 # %%
-check("11.diagnose", diagnose)
+check("10.diagnose", diagnose)
 
 # %% [markdown]
 # ## Try it yourself

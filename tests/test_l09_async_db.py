@@ -1,4 +1,4 @@
-"""Lesson 10's helpers and graders: the references pass, right answers written other ways pass, wrong answers of
+"""Lesson 09's helpers and graders: the references pass, right answers written other ways pass, wrong answers of
 every family fail and say why (sync session in async def, run_sync / awaitable_attrs N+1, MissingGreenlet after
 commit, per-request engines, a serialising lock; unbounded, NullPool, one-worker, tiny, impatient, unpinged pools)."""
 
@@ -9,7 +9,7 @@ import random
 from typing import Any
 
 import pytest
-from answers.l10_async_db import NewComment, make_app, make_engine
+from answers.l09_async_db import NewComment, make_app, make_engine
 from fastapi import FastAPI
 from sqlalchemy import create_engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from course_lib import grade, make_demo_db
 from course_lib.db import Comment, Post
-from course_lib.lessons import l10_async_db as l10
+from course_lib.lessons import l09_async_db as l10
 
 # --------------------------------------------------------------------------- helpers
 
@@ -116,11 +116,11 @@ def test_the_statement_limit_stops_a_long_statement():
     assert "finished" not in outcome and elapsed < 2_000
 
 
-# --------------------------------------------------------------------------- 10.async-endpoint: right answers
+# --------------------------------------------------------------------------- 09.async-endpoint: right answers
 
 
 def test_the_reference_endpoint_passes():
-    result = grade("10.async-endpoint", make_app, record=False)
+    result = grade("09.async-endpoint", make_app, record=False)
     assert result.passed, result
     assert result.figures["statements_on_the_loop"] == 0
 
@@ -160,11 +160,11 @@ def joined_and_refreshed(engine: AsyncEngine) -> FastAPI:
 
 
 def test_a_right_answer_written_another_way_passes():
-    result = grade("10.async-endpoint", joined_and_refreshed, record=False)
+    result = grade("09.async-endpoint", joined_and_refreshed, record=False)
     assert result.passed, result
 
 
-# --------------------------------------------------------------------------- 10.async-endpoint: wrong answers
+# --------------------------------------------------------------------------- 09.async-endpoint: wrong answers
 
 
 def _with_post(app: FastAPI, Session: Any) -> FastAPI:
@@ -331,7 +331,7 @@ def serialised_by_a_lock(engine: AsyncEngine) -> FastAPI:
     (sync_session_in_a_thread, "other engine(s) than the AsyncEngine"),
 ])
 def test_wrong_endpoints_fail_and_say_why(wrong, why):
-    result = grade("10.async-endpoint", wrong, record=False)
+    result = grade("09.async-endpoint", wrong, record=False)
     assert not result.passed, result
     assert why in result.message, result.message
 
@@ -343,15 +343,15 @@ def test_wrong_endpoints_fail_and_say_why(wrong, why):
     (lambda engine: 1 / 0, "ZeroDivisionError"),
 ])
 def test_bad_input_to_the_endpoint_grader_is_a_message(bad, why):
-    result = grade("10.async-endpoint", bad, record=False)
+    result = grade("09.async-endpoint", bad, record=False)
     assert not result.passed and why in result.message, result.message
 
 
-# --------------------------------------------------------------------------- 10.pool-budget
+# --------------------------------------------------------------------------- 09.pool-budget
 
 
 def test_the_reference_budget_passes():
-    result = grade("10.pool-budget", make_engine, record=False)
+    result = grade("09.pool-budget", make_engine, record=False)
     assert result.passed, result
 
 
@@ -363,7 +363,7 @@ def small_pool_with_overflow(url: str, *, workers: int, max_connections: int, re
 
 
 def test_a_budget_written_another_way_passes():
-    result = grade("10.pool-budget", small_pool_with_overflow, record=False)
+    result = grade("09.pool-budget", small_pool_with_overflow, record=False)
     assert result.passed, result
 
 
@@ -396,7 +396,7 @@ WRONG_BUDGETS = {
 @pytest.mark.parametrize("name", list(WRONG_BUDGETS))
 def test_wrong_budgets_fail_and_say_why(name):
     wrong, why = WRONG_BUDGETS[name]
-    result = grade("10.pool-budget", wrong, record=False)
+    result = grade("09.pool-budget", wrong, record=False)
     assert not result.passed, result
     assert why in result.message, result.message
     if name != "NullPool":  # a pool that keeps connections is not told it is a NullPool
@@ -404,8 +404,8 @@ def test_wrong_budgets_fail_and_say_why(name):
 
 
 def test_bad_input_to_the_budget_grader_is_a_message():
-    assert "None" in grade("10.pool-budget", None, record=False).message
-    assert "TypeError" in grade("10.pool-budget", lambda url: None, record=False).message
+    assert "None" in grade("09.pool-budget", None, record=False).message
+    assert "TypeError" in grade("09.pool-budget", lambda url: None, record=False).message
 
 
 def test_budgets_are_drawn_so_that_no_fixed_pool_size_fits():

@@ -1,4 +1,4 @@
-"""Lesson 09 (capstone): audit and profile the slow bookshop, fix it yourself, prove it under real load."""
+"""Lesson 11 (capstone): audit and profile the slow bookshop, fix it yourself, prove it under real load."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ __all__ = [
 
 GOAL = 10.0  # the issue's bar: fixed throughput ≥ 10× the original, same load, same machine, one run
 LATENCY_MS = 1.0  # simulated round trip to the database for the servers under load (a database across a network)
-SERVED = "course_lib.lessons.l09_capstone:served"  # built by `served_app` when the server first looks it up
+SERVED = "course_lib.lessons.l11_capstone:served"  # built by `served_app` when the server first looks it up
 LARGE_PAGE = "/books?limit=100"  # the largest page the API allows: well over the audit's 4 KB compression bar
 GRADER_TTL_S = 1.0  # BOOKSHOP_CACHE_TTL_S while the grader checks that cached answers expire
 
@@ -182,7 +182,7 @@ def load_factory(path: str) -> Callable[[str], Any]:
 
 
 def served_app() -> Any:
-    """The app `race` serves under uvicorn (as `l09_capstone:served`), as the environment asks:
+    """The app `race` serves under uvicorn (as `l11_capstone:served`), as the environment asks:
 
     BOOKSHOP_DB_URL    the database URL: a SQLite file or a PostgreSQL database (a copy per server, so one app's
                        indexes never help another)
@@ -376,7 +376,7 @@ def _course_origin(obj: Any) -> str | None:
         todo.extend(_attribute(item, name) for name in ("__wrapped__", "__func__", "func"))
         filename = str(_attribute(_attribute(item, "__code__"), "co_filename") or "")
         module = str(_attribute(item, "__module__") or "")
-        if module.startswith(("course_lib.lessons.bookshop", "course_lib.lessons.l09_capstone")):
+        if module.startswith(("course_lib.lessons.bookshop", "course_lib.lessons.l11_capstone")):
             return module
         if filename:
             if filename.startswith("<") and not filename.startswith("<frozen"):
@@ -538,7 +538,7 @@ async def _check_expiry(client: Any, url: str, checking: Checking) -> None:
 
 
 @exercise(
-    "09.capstone",
+    "11.capstone",
     title="Fix the bookshop: same answers, audit all ✓, ≥ 10× the throughput",
     expects="the path of a Python file that defines make_app(database_url) -> FastAPI (written with %%writefile)",
     hints=(
@@ -638,8 +638,8 @@ async def check_capstone(answer: Any, checking: Checking) -> str:
 
 
 def _reference_file() -> Path | None:
-    """The course's answer (solutions/09_capstone.ipynb) written to a temporary file, or None without solutions/."""
-    notebook = _SOLUTIONS / "09_capstone.ipynb"
+    """The course's answer (solutions/11_capstone.ipynb) written to a temporary file, or None without solutions/."""
+    notebook = _SOLUTIONS / "11_capstone.ipynb"
     if not notebook.is_file():
         return None
     cells = json.loads(notebook.read_text())["cells"]
@@ -667,7 +667,7 @@ def bench() -> list[BenchRow]:
     return [
         BenchRow(f"bookshop original, mixed load (uvicorn ×1, {LATENCY_MS:g} ms/statement; {database})",
                  slow.throughput, "req/s"),
-        BenchRow(f"bookshop fixed (solutions/09), same load ({database})", fast.throughput, "req/s"),
+        BenchRow(f"bookshop fixed (solutions/11), same load ({database})", fast.throughput, "req/s"),
         BenchRow(f"capstone throughput, fixed vs original ({database})", ratio, "×", f"≥ {GOAL:g}×",
                  ratio >= GOAL),
     ]

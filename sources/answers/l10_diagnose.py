@@ -1,11 +1,11 @@
-"""Reference answer of 11.diagnose: spliced into solutions/11_diagnose.ipynb by the build, imported by tests."""
+"""Reference answer of 10.diagnose: spliced into solutions/10_diagnose.ipynb by the build, imported by tests."""
 
 from __future__ import annotations
 
 import re
 
 from course_lib import app_client, count_queries
-from course_lib.lessons.l11_diagnose import (
+from course_lib.lessons.l10_diagnose import (
     Mystery,
     count_connections,
     profile_request,

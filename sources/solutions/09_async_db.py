@@ -1,9 +1,9 @@
 # %% [markdown]
-# # Exercise 10 · Async database access
+# # Exercise 09 · Async database access
 #
-# Work through `notebooks/10_async_db.ipynb` first. Then write your answer in each cell marked
+# Work through `notebooks/09_async_db.ipynb` first. Then write your answer in each cell marked
 # `# YOUR CODE HERE` and run the `check(...)` cell below it. A failing check tells you what it measured and gives
-# a hint; `hint("10.async-endpoint")` gives the next level.
+# a hint; `hint("09.async-endpoint")` gives the next level.
 
 # %%
 from fastapi import FastAPI
@@ -16,7 +16,7 @@ from course_lib import *
 
 
 # %% [markdown]
-# ## 10.async-endpoint
+# ## 09.async-endpoint
 #
 # A blog's front page shows its **most-liked posts**, each with its author and its comments, and readers add
 # comments. Write `make_app(engine)`: it receives an **`AsyncEngine`** on the demo database (users → posts →
@@ -42,15 +42,15 @@ class NewComment(BaseModel):
 
 def make_app(engine: AsyncEngine) -> FastAPI:
     ### BEGIN SOLUTION
-    ...  # --8<-- "answers/l10_async_db.py:endpoint"
+    ...  # --8<-- "answers/l09_async_db.py:endpoint"
     ### END SOLUTION
 
 
 # %%
-check("10.async-endpoint", make_app)
+check("09.async-endpoint", make_app)
 
 # %% [markdown]
-# ## 10.pool-budget
+# ## 09.pool-budget
 #
 # Your service runs `workers` worker processes against a database that accepts `max_connections`, of which
 # `reserved` are kept for administrators (migrations, a console, monitoring). Write `make_engine(url, *, workers,
@@ -70,9 +70,9 @@ check("10.async-endpoint", make_app)
 # %%
 def make_engine(url: str, *, workers: int, max_connections: int, reserved: int) -> AsyncEngine:
     ### BEGIN SOLUTION
-    ...  # --8<-- "answers/l10_async_db.py:budget"
+    ...  # --8<-- "answers/l09_async_db.py:budget"
     ### END SOLUTION
 
 
 # %%
-check("10.pool-budget", make_engine)
+check("09.pool-budget", make_engine)

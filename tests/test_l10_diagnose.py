@@ -1,4 +1,4 @@
-"""Lesson 11 (diagnose): the measuring tools, the mystery apps, and the 11.diagnose grader.
+"""Lesson 10 (diagnose): the measuring tools, the mystery apps, and the 10.diagnose grader.
 
 The grader draws one mystery app of each kind per run (shuffled, random routes and sizes): the reference diagnoses
 them all; right answers written other ways pass; wrong answers of our own fail, each saying why, among them ones that
@@ -12,10 +12,10 @@ import re
 import time
 
 import pytest
-from answers.l11_diagnose import diagnose as reference
+from answers.l10_diagnose import diagnose as reference
 
 from course_lib import app_client, count_queries, grade, make_demo_db
-from course_lib.lessons.l11_diagnose import (
+from course_lib.lessons.l10_diagnose import (
     KINDS,
     Mystery,
     _parse_slow,
@@ -38,7 +38,7 @@ from course_lib.queries import observe_statements
 
 
 def _grade(answer):
-    return grade("11.diagnose", answer, record=False)
+    return grade("10.diagnose", answer, record=False)
 
 
 # --- the tools ------------------------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_bad_answers_fail_with_a_message(answer, says):
 def test_profiler_middleware_profiles_only_when_asked():
     from fastapi import FastAPI
 
-    from course_lib.lessons.l11_diagnose import ProfilerMiddleware
+    from course_lib.lessons.l10_diagnose import ProfilerMiddleware
 
     async def main():
         app = FastAPI()
