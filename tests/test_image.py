@@ -107,6 +107,14 @@ def test_idle_servers_are_culled():
     assert cull["enabled"] is True and 0 < cull["timeout"] <= 4 * 3600 and cull["every"] <= cull["timeout"]
 
 
+def test_every_lesson_of_the_catalogue_is_measured():
+    from course_lib.catalogue import CATALOGUE
+
+    measured = json.loads(SIZES.read_text())
+    missing = [lesson.name for lesson in CATALOGUE if lesson.name not in measured]
+    assert not missing, f"measure them: python tools/hub/measure_lessons.py --out ... notebooks/<lesson>.ipynb: {missing}"
+
+
 def test_the_sizing_table_in_instructors_md_is_the_measured_one():
     sys.path.insert(0, str(ROOT / "tools" / "hub"))
     import measure_lessons
