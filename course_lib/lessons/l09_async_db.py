@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import os
 import random
+import sys
 import threading
 import time
 import warnings
@@ -47,6 +49,19 @@ LATENCY_MS = 20  # the simulated round trip of one statement (a database in the 
 # A MissingGreenlet leaves the driver's un-awaited cursor coroutine behind; Python warns when it is collected, at a
 # random later moment (in whichever cell runs then). The error itself is what the lesson shows: drop the echo.
 warnings.filterwarnings("ignore", message="coroutine 'Connection.cursor' was never awaited", category=RuntimeWarning)
+_UNRAISABLE_HOOK = sys.unraisablehook
+
+
+def _quiet_orphan_cursor(unraisable: Any) -> None:
+    """Also drop what the orphan coroutine's finalizer may raise ("Exception ignored in <coroutine
+    Connection.cursor>", seen once in an unrelated cell's stderr); everything else goes to the previous hook."""
+    if inspect.iscoroutine(unraisable.object) and unraisable.object.__qualname__ == "Connection.cursor":
+        return
+    _UNRAISABLE_HOOK(unraisable)
+
+
+if getattr(sys.unraisablehook, "__name__", "") != _quiet_orphan_cursor.__name__:  # once, even when reloaded
+    sys.unraisablehook = _quiet_orphan_cursor
 
 
 # --------------------------------------------------------------------------- engines
