@@ -452,6 +452,7 @@ def test_grade_interrupted_stops_its_check_and_the_server_the_check_started():
     """Ctrl-C in a check cell (the kernel's interrupt) stops the check running in its own thread, and its servers."""
     import threading
 
+    from course_lib import grading
     from course_lib.grading import exercise, grade
 
     started = []
@@ -470,8 +471,11 @@ def test_grade_interrupted_stops_its_check_and_the_server_the_check_started():
 
     threading.Thread(target=interrupt_once_started, daemon=True).start()
     began = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        grade("zz.interrupt-probe", object(), timeout=120, record=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            grade("zz.interrupt-probe", object(), timeout=120, record=False)
+    finally:
+        grading._REGISTRY.pop("zz.interrupt-probe", None)  # a probe must not outlive its test (the catalogue test sees the registry)
     assert time.monotonic() - began < 60
     assert _gone(started[0].pid, started[0].port)
     assert not [t for t in threading.enumerate() if t.name == "grade-zz.interrupt-probe" and t.is_alive()]
