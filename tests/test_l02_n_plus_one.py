@@ -9,6 +9,7 @@ from sqlite3 import connect as sqlite_connect
 from typing import Any
 
 import pytest
+from answers.l02_n_plus_one import strict_posts, users_with_posts, users_with_posts_and_comments
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import TypeAdapter
@@ -306,7 +307,8 @@ def _held_connect(db: DemoDB) -> Any:
 # --- 02.fix-n-plus-one -------------------------------------------------------------------------------------
 
 def _selectin(session: Session) -> Any:
-    return session.scalars(select(User).options(selectinload(User.posts)).order_by(User.id)).all()
+    """The reference statement of 02.fix-n-plus-one, run as the solution's endpoint runs it."""
+    return session.scalars(users_with_posts()).all()
 
 
 FIX_RIGHT: dict[str, Callable[[DemoDB], FastAPI]] = {
@@ -393,8 +395,7 @@ def test_fix_sees_sqlite3_connect_imported_before_grading() -> None:
 
 
 def test_fix_rejects_answer_tuned_to_one_size() -> None:
-    tuned = _model_app(lambda s: s.scalars(
-        select(User).options(selectinload(User.posts)).order_by(User.id).limit(40)).all())
+    tuned = _model_app(lambda s: s.scalars(users_with_posts().limit(40)).all())  # the reference, cut at 40 users
     _fails("02.fix-n-plus-one", tuned, "with 123 users", "it lists 40 users, expected 123")
 
     def eager_while_small(db: DemoDB) -> FastAPI:  # loads eagerly only at the grader's first size
@@ -456,7 +457,7 @@ def test_fix_rejects_joinedload_without_unique() -> None:
 
 def test_fix_rejects_different_payload() -> None:
     def unordered(session: Session) -> Any:
-        return session.scalars(select(User).options(selectinload(User.posts)).order_by(User.id.desc())).all()
+        return session.scalars(users_with_posts().order_by(None).order_by(User.id.desc())).all()  # users reversed
 
     _fails("02.fix-n-plus-one", _model_app(unordered), "different payload", "user #0")
 
@@ -494,9 +495,8 @@ def test_fix_odd_answers_get_clear_messages() -> None:
 # --- 02.nested ---------------------------------------------------------------------------------------------
 
 NESTED_RIGHT: dict[str, Callable[[DemoDB], FastAPI]] = {
-    "chained selectinload (reference)": _model_app(lambda s: s.scalars(
-        select(User).options(selectinload(User.posts).selectinload(Post.comments)).order_by(User.id)).all(),
-        nested=True),
+    "chained selectinload (reference)": _model_app(lambda s: s.scalars(users_with_posts_and_comments()).all(),
+                                                   nested=True),
     "chained joinedload + unique": _model_app(lambda s: s.scalars(
         select(User).options(joinedload(User.posts).joinedload(Post.comments)).order_by(User.id)).unique().all(),
         nested=True),
@@ -522,8 +522,7 @@ def test_nested_accepts_any_correct_strategy(name: str) -> None:
 
 
 def test_nested_rejects_fix_of_first_level_only() -> None:
-    half = _model_app(lambda s: s.scalars(
-        select(User).options(selectinload(User.posts)).order_by(User.id)).all(), nested=True)
+    half = _model_app(_selectin, nested=True)  # 02.fix-n-plus-one's reference at the nested path
     _fails("02.nested", half, "ran 8 queries", "expected at most 3", "3 users × 2 posts × 2 comments",
            "the statement run most often (6×)")
     _fails("02.nested", _own_engine_app(lambda: (joinedload(User.posts),), nested=True, unique=True),
@@ -566,13 +565,8 @@ def test_nested_rejects_a_cache_across_requests() -> None:
 
 # --- 02.raise-on-lazy --------------------------------------------------------------------------------------
 
-def _strict_ref(session: Session) -> list[Post]:
-    return list(session.scalars(select(Post).options(joinedload(Post.author), selectinload(Post.comments),
-                                                     raiseload("*")).order_by(Post.id)).all())
-
-
 @pytest.mark.parametrize("answer", [
-    _strict_ref,
+    strict_posts,
     lambda s: s.scalars(select(Post).options(selectinload(Post.author), selectinload(Post.comments),
                                              raiseload("*", sql_only=True)).order_by(Post.id)).all(),
     lambda s: s.scalars(select(Post).options(joinedload(Post.author), joinedload(Post.comments), raiseload("*"))

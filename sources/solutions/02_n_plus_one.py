@@ -36,7 +36,7 @@ def make_app(db: DemoDB) -> FastAPI:
     def list_users(session: Session = Depends(get_db)) -> list[User]:
         ### BEGIN SOLUTION
         #> statement = select(User).order_by(User.id)  # 1 + N: the response model reads user.posts
-        statement = select(User).options(selectinload(User.posts)).order_by(User.id)
+        ...  # --8<-- "answers/l02_n_plus_one.py:fix-n-plus-one"
         ### END SOLUTION
         return session.scalars(statement).all()
 
@@ -63,9 +63,7 @@ def make_nested_app(db: DemoDB) -> FastAPI:
     def list_users_with_comments(session: Session = Depends(get_db)) -> list[User]:
         ### BEGIN SOLUTION
         #> statement = select(User).order_by(User.id)  # 1 + users + posts queries
-        statement = (select(User)
-                     .options(selectinload(User.posts).selectinload(Post.comments))
-                     .order_by(User.id))
+        ...  # --8<-- "answers/l02_n_plus_one.py:nested"
         ### END SOLUTION
         return session.scalars(statement).all()
 
@@ -90,10 +88,7 @@ check("02.nested", make_nested_app)
 def strict_posts(session: Session) -> list[Post]:
     ### BEGIN SOLUTION
     #> return list(session.scalars(select(Post).order_by(Post.id)).all())
-    statement = (select(Post)
-                 .options(joinedload(Post.author), selectinload(Post.comments), raiseload("*"))
-                 .order_by(Post.id))
-    return list(session.scalars(statement).all())
+    ...  # --8<-- "answers/l02_n_plus_one.py:raise-on-lazy"
     ### END SOLUTION
 
 
