@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import pytest
 from answers.l04_pagination import add_gzip
+from answers.l04_pagination import make_app as make_keyset_reference
 from fastapi import Depends, FastAPI, HTTPException, Query
 from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
@@ -229,7 +230,7 @@ def test_gzip_shrinks_the_export_and_leaves_small_responses_alone():
 # ---------- 04.keyset: right answers ----------
 
 def test_keyset_reference_passes():
-    result = grade("04.keyset", make_keyset_app)
+    result = grade("04.keyset", make_keyset_reference)
     assert result.passed, result.message
     assert result.figures["last_page_vs_small_table"] <= 3 and result.figures["first_page_vs_small_table"] <= 3
 

@@ -51,18 +51,7 @@ def make_app(db: DemoDB) -> FastAPI:
     #> @app.get("/items")
     #> def list_items(session: Session = Depends(get_db)) -> ItemPage:
     #>     raise NotImplementedError()
-    @app.get("/items")
-    def list_items(
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-        cursor: Annotated[int | None, Query(ge=1)] = None,
-        session: Session = Depends(get_db),
-    ) -> ItemPage:
-        stmt = select(Item).order_by(Item.id.desc()).limit(limit)
-        if cursor is not None:
-            stmt = stmt.where(Item.id < cursor)
-        items = session.scalars(stmt).all()
-        next_cursor = str(items[-1].id) if len(items) == limit else None
-        return ItemPage(items=items, next_cursor=next_cursor)
+    ...  # --8<-- "answers/l04_pagination.py:keyset"
     ### END SOLUTION
 
     return app
