@@ -56,17 +56,7 @@ class Order(ShopBase):
     #> is_gift: Mapped[bool]
     #> total_cents: Mapped[int]
     #> created_at: Mapped[datetime]
-    __table_args__ = (
-        Index("ix_orders_store_created", "store_id", "created_at"),  # store feed: filter, then sort
-        Index("ix_orders_store_gift", "store_id", "is_gift"),  # gift count: answered from the index alone
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    customer_email: Mapped[str] = mapped_column(String(120), index=True)  # order history: equality lookup
-    store_id: Mapped[int]
-    is_gift: Mapped[bool]
-    total_cents: Mapped[int]
-    created_at: Mapped[datetime]
+    ...  # --8<-- "answers/l05_indexes.py:answer"
     ### END SOLUTION
 
 
