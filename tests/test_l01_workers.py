@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from answers.l01_workers import make_items_app, make_weather_app, server_config
 from fastapi import FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -151,10 +152,7 @@ def _items_app(endpoint: Any) -> Any:
 
 
 def test_unblock_reference_def() -> None:
-    def read_item(item_id: int) -> dict:
-        return slow_lookup(item_id)
-
-    result = grade("01.unblock", _items_app(read_item))
+    result = grade("01.unblock", make_items_app)
     _passes(result)
     assert result.figures["ratio"] >= 5
 
@@ -299,28 +297,8 @@ def test_unblock_odd_answers() -> None:
 # --- 01.timeout-client ----------------------------------------------------------------------------------------
 
 
-def _reference_gateway(upstream_url: str) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient(timeout=httpx.Timeout(1.0)) as client:
-            app.state.client = client
-            yield
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.get("/weather")
-    async def weather(request: Request) -> dict:
-        try:
-            response = await request.app.state.client.get(upstream_url)
-        except httpx.TimeoutException:
-            raise HTTPException(504, "timed out") from None
-        return response.json()
-
-    return app
-
-
 def test_timeout_client_reference() -> None:
-    result = grade("01.timeout-client", _reference_gateway)
+    result = grade("01.timeout-client", make_weather_app)
     _passes(result)
     assert result.figures["tcp_connections"] == 1
     assert result.figures["hang_status"] == 504
@@ -507,7 +485,7 @@ def _passes_unless_machine_busy(result: Result) -> None:
 
 @needs_quiet_cores
 def test_workers_reference_gunicorn() -> None:
-    result = grade("01.workers", {"server": "gunicorn", "workers": usable_cores()})
+    result = grade("01.workers", server_config)
     _passes_unless_machine_busy(result)
     # the pass is backed by a measured figure: the ratio, or (other programs busy) the workers really ran in parallel
     from course_lib.lessons.l01_workers import PARALLEL_CORES, PARALLEL_RATIO

@@ -37,9 +37,7 @@ def make_items_app() -> FastAPI:
     #> @app.get("/items/{item_id}")
     #> async def read_item(item_id: int) -> dict:
     #>     return slow_lookup(item_id)
-    @app.get("/items/{item_id}")
-    def read_item(item_id: int) -> dict:
-        return slow_lookup(item_id)  # plain `def`: FastAPI runs it in the thread pool
+    ...  # --8<-- "answers/l01_workers.py:unblock"
     ### END SOLUTION
 
     return app
@@ -74,23 +72,7 @@ def make_weather_app(upstream_url: str) -> FastAPI:
     #>     return response.json()
     #>
     #> return app
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        async with httpx.AsyncClient(timeout=httpx.Timeout(1.0)) as client:
-            app.state.client = client
-            yield
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.get("/weather")
-    async def weather(request: Request) -> dict:
-        try:
-            response = await request.app.state.client.get(upstream_url)
-        except httpx.TimeoutException:
-            raise HTTPException(504, "the weather service did not answer in time")
-        return response.json()
-
-    return app
+    ...  # --8<-- "answers/l01_workers.py:timeout-client"
     ### END SOLUTION
 
 
@@ -111,7 +93,7 @@ check("01.timeout-client", make_weather_app)
 # %%
 ### BEGIN SOLUTION
 #> server_config = {"server": "uvicorn", "workers": 1}
-server_config = {"server": "gunicorn", "workers": usable_cores()}
+...  # --8<-- "answers/l01_workers.py:workers"
 ### END SOLUTION
 
 # %%
