@@ -72,10 +72,12 @@ class Lesson:
                 self.tests(root), self.module_path(root)]
 
     def test_selection(self, parts: Literal["lesson", "all"] = "all", root: Path = ROOT) -> list[Path]:
-        """What pytest runs for the lesson: its lesson notebook, or its tests and lesson and solutions notebooks."""
+        """What pytest runs for the lesson: its lesson notebook, or its tests (`test_lNN_*.py`) and lesson and solutions
+        notebooks."""
         if parts == "lesson":
             return [self.notebook("notebooks", root)]
-        return [self.tests(root), self.notebook("notebooks", root), self.notebook("solutions", root)]
+        more = sorted(path for path in root.glob(f"tests/test_l{self.number}_*.py") if path != self.tests(root))
+        return [self.tests(root), *more, self.notebook("notebooks", root), self.notebook("solutions", root)]
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ CATALOGUE = Catalogue((
     Lesson("09", "async_db", "async database access: AsyncSession, MissingGreenlet, pools against max_connections",
            ("09.async-endpoint", "09.pool-budget"), services=("postgresql",)),
     Lesson("10", "diagnose", "find the bottleneck before you fix it: pyinstrument, asyncio debug mode, py-spy",
-           ("10.diagnose",), services=("postgresql",)),
+           ("10.diagnose", "10.fix"), services=("postgresql",)),
     Lesson("11", "capstone", "audit a slow app against the checklist, fix it, prove it under load",
            ("11.capstone",), serial="all", services=("postgresql",)),
 ))

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -24,26 +25,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool, Pool
+from sqlalchemy.pool import Pool
 
 from ..bench_rows import BenchRow
 from ..client import app_client
-from ..db import DemoDB, Post, User, make_demo_db, thread_safe_connect_args
+from ..db import DemoDB, Post, User, make_demo_db
 from ..grading import Checking, exercise
 from ..plans import QueryPlan, explain_driver_sql
-from ..queries import count_queries
+from ..queries import count_queries, observe_statements
 
 __all__ = [
     "KINDS", "KIND_SIGNS", "PostOut", "PostDetail", "UserOut", "UserWithPosts",
-    "ConnectionLog", "count_connections", "statement_plans", "SlowCallback", "slow_callbacks",
+    "ConnectionLog", "count_connections", "EncoderLog", "count_encoder_calls", "statement_plans", "SlowCallback", "slow_callbacks",
     "profile_request", "call_tree", "without_header", "head", "loop_lag_during", "ping_while", "FrameRow", "FrameTable", "top_frames", "time_share", "ProfilerMiddleware",
     "RequestCost", "request_cost", "concurrent_seconds",
     "ptrace_status", "py_spy", "py_spy_dump", "thread_stack", "py_spy_record", "speedscope_top",
-    "make_report_app", "make_fixed_report_app", "Mystery", "draw_mysteries", "observe_kind_signs", "bench",
+    "make_report_app", "make_fixed_report_app", "fetch_exchange_rate", "rate_calls", "RatedPosts",
+    "Mystery", "draw_mysteries", "mystery_source", "FIX_RULES", "observe_kind_signs", "bench",
 ]
 
 
@@ -81,6 +83,13 @@ class UserWithPosts(UserOut):
     posts: list[PostOut]
 
 
+class RatedPosts(BaseModel):
+    """A page of posts with the exchange rate of the day."""
+
+    rate: float
+    posts: list[PostOut]
+
+
 # --- measuring tools: each answers one question about one request ------------------------------------------
 
 @dataclass
@@ -103,6 +112,32 @@ def count_connections() -> Iterator[ConnectionLog]:
         yield log
     finally:
         event.remove(Pool, "connect", opened)
+
+
+@dataclass
+class EncoderLog:
+    """Calls of fastapi's `jsonable_encoder` inside a `count_encoder_calls` block (it calls itself per item)."""
+
+    count: int = 0
+
+
+@contextmanager
+def count_encoder_calls() -> Iterator[EncoderLog]:
+    """Count calls of `fastapi.encoders.jsonable_encoder` in the block, from any thread: a response serialized
+    through it costs one call per object and field; a declared return type (pydantic-core) makes none."""
+    import fastapi.encoders
+
+    log, original = EncoderLog(), fastapi.encoders.jsonable_encoder
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        log.count += 1
+        return original(*args, **kwargs)
+
+    fastapi.encoders.jsonable_encoder = counting  # its recursion looks the name up here, so nested calls count
+    try:
+        yield log
+    finally:
+        fastapi.encoders.jsonable_encoder = original
 
 
 async def statement_plans(client: Any, db: DemoDB, url: str) -> list[tuple[str, QueryPlan]]:
@@ -524,7 +559,9 @@ def speedscope_top(path: str | Path, n: int = 8, title: str = "", thread: str = 
 # --- the lesson's demo: a report endpoint with two hidden costs ---------------------------------------------
 
 def fetch_exchange_rate(delay_s: float = 0.04) -> float:
-    """A call to a rates service through a synchronous HTTP client (simulated: it waits `delay_s`)."""
+    """A call to a rates service through a synchronous HTTP client (simulated: it waits `delay_s`); counted."""
+    with _RATE_LOCK:
+        _RATE_CALLS[0] += 1
     time.sleep(delay_s)
     return 1.08
 
@@ -625,16 +662,22 @@ _ROUTE_WORDS = ("feed", "digest", "timeline", "inbox", "board", "stream", "wall"
 BASE_USERS = (150, 300)  # a mystery's users at scale 1 are drawn from this range; 10 posts each, more than any page
 
 
+_HIDDEN = "(hidden in 10.diagnose: the grader wants what you measure, not what you read)"
+
+
 @dataclass(frozen=True)
 class Mystery:
     """A slow app whose bottleneck is hidden. `make_app(db)` builds it on a database from `database(scale)`;
-    `url(db)` is the slow request to examine on that database. Nothing else is told."""
+    `url(db)` is the slow request to examine on that database; `path` its route and `limit` the rows it answers
+    (None when a query parameter or the table decides); `source` its code (hidden in 10.diagnose)."""
 
     make_app: Callable[[DemoDB], FastAPI]
     path: str
     seed: int
     base_users: int = 200
     _email_query: bool = field(default=False, repr=False)
+    limit: int | None = None
+    source: str = field(default=_HIDDEN, repr=False)
 
     def database(self, scale: float = 1) -> DemoDB:
         """A fresh demo database of `scale` × base_users users × 10 posts each (1 ≤ scale ≤ 20); close it after use
@@ -645,83 +688,132 @@ class Mystery:
 
     def url(self, db: DemoDB) -> str:
         """The slow request on `db` (path and query string)."""
-        if not self._email_query:
-            return self.path
+        return self.path if not self._email_query else self.url_for_user(db, None)
+
+    def url_for_user(self, db: DemoDB, user_id: int | None) -> str:
+        """For a mystery that looks a user up by `?email=`: the URL of user `user_id` (None: the one `url` uses)."""
         with db.session() as session:
-            users = session.scalar(select(User.id).order_by(User.id.desc()).limit(1)) or 1
-            email = session.scalar(select(User.email).where(User.id == (users * 2) // 3 + 1))
+            if user_id is None:
+                users = session.scalar(select(User.id).order_by(User.id.desc()).limit(1)) or 1
+                user_id = (users * 2) // 3 + 1
+            email = session.scalar(select(User.email).where(User.id == user_id))
         return f"{self.path}?email={email}"
 
     def __repr__(self) -> str:
         return f"Mystery(GET {self.path})"
 
 
-def _mystery_factory(kind: str, rng: random.Random) -> tuple[Callable[[DemoDB], FastAPI], str]:
-    """The app factory of one kind and its route; route name, sizes and delays drawn from `rng`."""
-    route = "/" + rng.choice(_ROUTE_WORDS) + "-" + "".join(rng.choice("abcdefghjkmnpqrstuvwxyz") for _ in range(4))
-    page = rng.randrange(15, 40)
-    big_page = rng.randrange(900, 1400)  # ≤ the posts of any database (≥ 1,500): the page is bounded
-    delay_s = rng.uniform(0.025, 0.045)
-    users_page = rng.randrange(12, 30)
+_RATE_CALLS = [0]
+_RATE_LOCK = threading.Lock()
+
+
+def rate_calls() -> int:
+    """How many times `fetch_exchange_rate` has run in this process (the grader counts the calls a request makes)."""
+    return _RATE_CALLS[0]
+
+
+# One module per kind, as a developer would have written it; `{route}` and `{limit}` are drawn per mystery.
+_HEADER = """\
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from course_lib.db import DemoDB, Post, User, thread_safe_connect_args
+from course_lib.lessons.l10_diagnose import PostDetail, PostOut, RatedPosts, UserOut, UserWithPosts, fetch_exchange_rate
+
+
+def make_app(db: DemoDB) -> FastAPI:
+    app = FastAPI(title="mystery")
+    get_db = db.dependency()
+"""
+
+_HANDLERS = {
+    "n_plus_one": """
+    @app.get("{route}", response_model=list[UserWithPosts])
+    def handler(session: Session = Depends(get_db)) -> Any:
+        return session.scalars(select(User).order_by(User.id).limit({limit})).all()
+""",
+    "missing_index": """
+    @app.get("{route}")
+    def handler(email: str, session: Session = Depends(get_db)) -> UserOut:
+        found = session.scalars(select(User).where(User.email == email)).first()
+        if found is None:
+            raise HTTPException(404, "no such user")
+        return UserOut.model_validate(found)
+""",
+    "blocking_call": """
+    @app.get("{route}")
+    async def handler(session: Session = Depends(get_db)) -> RatedPosts:
+        rate = fetch_exchange_rate()  # the rates service, through a synchronous client
+        posts = session.scalars(select(Post).order_by(Post.id).limit({limit})).all()
+        return RatedPosts(rate=rate, posts=[PostOut.model_validate(p) for p in posts])
+""",
+    "no_pooling": """
+    @app.get("{route}")
+    def handler() -> list[PostOut]:
+        engine = create_engine(db.url, poolclass=NullPool, connect_args=thread_safe_connect_args(db.url))
+        try:
+            with Session(engine) as session:
+                return [PostOut.model_validate(p) for p in
+                        session.scalars(select(Post).order_by(Post.id).limit({limit})).all()]
+        finally:
+            engine.dispose()
+""",
+    "slow_serialization": """
+    @app.get("{route}")
+    def handler(session: Session = Depends(get_db)):
+        posts = session.scalars(select(Post).order_by(Post.id).limit({limit})).all()
+        return [PostDetail.model_validate(p) for p in posts]
+""",
+    "unbounded_list": """
+    @app.get("{route}")
+    def handler(session: Session = Depends(get_db)) -> list[PostOut]:
+        return [PostOut.model_validate(p) for p in session.scalars(select(Post).order_by(Post.id)).all()]
+""",
+}
+
+
+def mystery_source(kind: str, route: str, limit: int | None) -> str:
+    """The code of a mystery app of `kind` serving `route` (`limit` rows where the kind pages)."""
+    if kind not in _HANDLERS:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    return _HEADER + _HANDLERS[kind].format(route=route, limit=limit) + "\n    return app\n"
+
+
+def _load_factory(source: str, route: str) -> Callable[[DemoDB], FastAPI]:
+    """`make_app` of a mystery's source, compiled under a file name that profiles and tracebacks can show."""
+    filename = f"<mystery {route}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {"__name__": f"mystery_{route.strip('/').replace('-', '_')}"}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - the course's own template, not input
+    return namespace["make_app"]  # type: ignore[no-any-return]
+
+
+def _mystery(kind: str, rng: random.Random, show_source: bool) -> Mystery:
+    """A mystery of one kind: route name, sizes and database seed drawn from `rng`."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-
-    def make_app(db: DemoDB) -> FastAPI:
-        app = FastAPI(title="mystery")
-        get_db = db.dependency()
-
-        if kind == "n_plus_one":
-            @app.get(route, response_model=list[UserWithPosts])
-            def handler(session: Session = Depends(get_db)) -> Any:
-                return session.scalars(select(User).order_by(User.id).limit(users_page)).all()
-        elif kind == "missing_index":
-            @app.get(route)
-            def handler(email: str, session: Session = Depends(get_db)) -> UserOut:  # type: ignore[misc]
-                found = session.scalars(select(User).where(User.email == email)).first()
-                if found is None:
-                    raise HTTPException(404, "no such user")
-                return UserOut.model_validate(found)
-        elif kind == "blocking_call":
-            @app.get(route)
-            async def handler(session: Session = Depends(get_db)) -> list[PostOut]:
-                time.sleep(delay_s)
-                return [PostOut.model_validate(p) for p in
-                        session.scalars(select(Post).order_by(Post.id).limit(page)).all()]
-        elif kind == "no_pooling":
-            @app.get(route)
-            def handler() -> list[PostOut]:  # type: ignore[misc]
-                engine = create_engine(db.url, poolclass=NullPool, connect_args=thread_safe_connect_args(db.url))
-                try:
-                    with Session(engine) as session:
-                        return [PostOut.model_validate(p) for p in
-                                session.scalars(select(Post).order_by(Post.id).limit(page)).all()]
-                finally:
-                    engine.dispose()
-        elif kind == "slow_serialization":
-            @app.get(route)
-            def handler(session: Session = Depends(get_db)):  # no return type: on purpose
-                posts = session.scalars(select(Post).order_by(Post.id).limit(big_page)).all()
-                return [PostDetail.model_validate(p) for p in posts]
-        else:  # unbounded_list
-            @app.get(route)
-            def handler(session: Session = Depends(get_db)) -> list[PostOut]:
-                return [PostOut.model_validate(p) for p in session.scalars(select(Post).order_by(Post.id)).all()]
-        return app
-
-    return make_app, route
+    route = "/" + rng.choice(_ROUTE_WORDS) + "-" + "".join(rng.choice("abcdefghjkmnpqrstuvwxyz") for _ in range(4))
+    limit = {"n_plus_one": rng.randrange(12, 30), "blocking_call": rng.randrange(15, 40),
+             "no_pooling": rng.randrange(15, 40),
+             # ≤ the posts of any database (≥ 1,500): the page is bounded
+             "slow_serialization": rng.randrange(900, 1400)}.get(kind)
+    source = mystery_source(kind, route, limit)
+    return Mystery(_load_factory(source, route), route, rng.randrange(1_000_000), rng.randrange(*BASE_USERS),
+                   kind == "missing_index", limit, source if show_source else _HIDDEN)
 
 
-def draw_mysteries(rng: random.Random | None = None, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, Mystery]]:
-    """One mystery app per kind in `kinds`, in random order, with random routes, page sizes and delays: (kind, app)."""
+def draw_mysteries(rng: random.Random | None = None, kinds: tuple[str, ...] = KINDS,
+                   show_source: bool = True) -> list[tuple[str, Mystery]]:
+    """One mystery app per kind in `kinds`, in random order, with random routes, page sizes and databases:
+    (kind, app). `show_source=False` hides their code (as 10.diagnose does)."""
     rng = rng or random.Random()
     drawn = list(kinds)
     rng.shuffle(drawn)
-    result = []
-    for kind in drawn:
-        factory, route = _mystery_factory(kind, rng)
-        result.append((kind, Mystery(factory, route, rng.randrange(1_000_000), rng.randrange(*BASE_USERS),
-                                     kind == "missing_index")))
-    return result
+    return [(kind, _mystery(kind, rng, show_source)) for kind in drawn]
 
 
 async def observe_kind_signs(rng: random.Random | None = None) -> dict[str, dict[str, Any]]:
@@ -795,7 +887,7 @@ def _shown(value: Any) -> str:
 async def check_diagnose(diagnose: Any, checking: Checking) -> str:
     """One mystery app per kind, shuffled, with random routes, sizes and delays: every verdict must name its kind."""
     checking.require_callable(diagnose, "a function diagnose(mystery)")
-    drawn = draw_mysteries(random.Random())
+    drawn = draw_mysteries(random.Random(), show_source=False)
     wrong: list[str] = []
     said_kinds: list[str] = []
     for kind, mystery in drawn:
@@ -819,6 +911,246 @@ async def check_diagnose(diagnose: Any, checking: Checking) -> str:
                       + (f"; every verdict was {said_kinds[0]!r}, whatever the app" if same else "")
                       + ". " + " ".join(wrong[:2]) + (" (and one more)" if len(wrong) > 2 else ""))
     return f"all {len(drawn)} mystery apps diagnosed: " + ", ".join(k for k, _ in drawn)
+
+
+# --- 10.fix: fix a mystery, graded by what the fixed app measures ------------------------------------------
+
+FIX_SCALE = 4  # the fixed app is measured on a database of 4 × the mystery's base size
+FIX_RULES = {
+    "n_plus_one": "one request sends at most 3 statements, whatever the page size",
+    "missing_index": "no statement of a lookup reads a whole table (its plan)",
+    "blocking_call": "6 concurrent requests take at most 1/2.5 of the mystery's time, and each still calls "
+                     "fetch_exchange_rate once",
+    "no_pooling": "a warm request opens no new database connection",
+    "slow_serialization": "the response no longer goes through fastapi's jsonable_encoder item by item (fewer than "
+                          "10 calls for one response)",
+    "unbounded_list": "a page is at most 100 posts, bounded as the table grows, walked by next_cursor to the last "
+                      "post, each page read with a bounded query",
+}
+
+
+async def _answers(client: Any, urls: list[str]) -> dict[str, tuple[int, Any]]:
+    """Status and JSON body of each URL (the mystery's contract)."""
+    found = {}
+    for url in urls:
+        response = await client.get(url)
+        found[url] = (response.status_code, response.json())
+    return found
+
+
+async def _fixed_app(fix: Callable[..., Any], mystery: Mystery, db: DemoDB, checking: Checking) -> FastAPI:
+    """Call the learner's fix(mystery, db) (awaiting it if needed) and check it returned an app."""
+    app = checking.call(fix, mystery, db)
+    if inspect.isawaitable(app):
+        try:
+            app = await app
+        except Exception as error:  # noqa: BLE001 - learner code
+            checking.call(_reraise, error)
+    if app is None or not callable(app) or not hasattr(app, "router"):
+        checking.fail(f"for {mystery!r}, fix returned {_shown(app)}, not a FastAPI app: end it with `return app`")
+    return app
+
+
+def _reraise(error: BaseException) -> None:
+    raise error
+
+
+async def _walk_pages(client: Any, mystery: Mystery, checking: Checking,
+                      between: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Every item of a paged answer, following next_cursor from `mystery.path` to the last page."""
+    items: list[dict[str, Any]] = []
+    url, pages = mystery.path, 0
+    while True:
+        body = await checking.get_json(client, url)
+        checking.expect(isinstance(body, dict) and isinstance(body.get("items"), list) and "next_cursor" in body,
+                        f"for {mystery!r}, GET {url} answered {_shown(body)}; a page is "
+                        '{"items": [...], "next_cursor": "..." or null}, as in lesson 04')
+        checking.expect(len(body["items"]) <= 100, f"for {mystery!r}, GET {url} answered {len(body['items'])} "
+                        "posts: a page holds at most 100")
+        items += body["items"]
+        pages += 1
+        if body["next_cursor"] is None:
+            return items
+        checking.expect(pages < 1000 and body["items"], f"for {mystery!r}, next_cursor never ends (or a page is "
+                        "empty but has a next_cursor)")
+        from urllib.parse import urlencode
+
+        url = f"{mystery.path}?{urlencode({'cursor': body['next_cursor']})}"
+
+
+def _edit_data(db: DemoDB) -> None:
+    """Change what the answers show (titles, names, likes), as other users' writes would."""
+    with db.session() as session:
+        for post in session.scalars(select(Post).order_by(Post.id).limit(60)):
+            post.title, post.likes = post.title + " (edited)", post.likes + 7
+        for user in session.scalars(select(User).order_by(User.id).limit(60)):
+            user.name = user.name + " Jr."
+        session.commit()
+
+
+async def _same_answers(fix: Any, kind: str, mystery: Mystery, db: DemoDB, checking: Checking) -> str:
+    """The fixed app answers as the mystery does, before and after the data changes (so nothing is kept stale)."""
+    urls = [mystery.url(db)] + ([mystery.url_for_user(db, i) for i in (1, 2)] if mystery._email_query else [])
+    app = await _fixed_app(fix, mystery, db, checking)
+    async with app_client(mystery.make_app(db)) as reference, app_client(app) as fixed:
+        for round_ in ("", " after the data changed"):
+            expected = await _answers(reference, [mystery.path] if kind == "unbounded_list" else urls)
+            if kind == "unbounded_list":
+                _, everything = expected[mystery.path]
+                items = await _walk_pages(fixed, mystery, checking)
+                checking.expect(items == everything,
+                                f"for {mystery!r}, walking your pages{round_} gave {len(items)} posts"
+                                f"{'' if len(items) != len(everything) else ' in another order or with other fields'}"
+                                f", the mystery answers {len(everything)}: every post once, in the same order "
+                                "and fields")
+            else:
+                for url, (status, body) in expected.items():
+                    response = await checking.request(fixed, "GET", url, status=status)
+                    checking.expect(checking.json_body(response) == body,
+                                    f"for {mystery!r}, GET {url}{round_} answered "
+                                    f"{_shown(checking.json_body(response))}; the mystery answers {_shown(body)}: "
+                                    "a fix keeps the answer the same, fresh from the database")
+            _edit_data(db)
+    return "same answers"
+
+
+async def _measure_fix(fix: Any, kind: str, mystery: Mystery, db: DemoDB, checking: Checking) -> str:
+    """The bottleneck's own signal on the mystery and on the fixed app (on `db`, at FIX_SCALE); fail when the fixed
+    app still shows it. Returns the figures that prove the fix."""
+    url = mystery.url(db)
+    async with app_client(mystery.make_app(db)) as client:  # the mystery first: fix() may change the database
+        await client.get(url)
+        if kind == "blocking_call":
+            before = await concurrent_seconds(client, url, 6)
+        elif kind == "slow_serialization":
+            with count_encoder_calls() as encoded:
+                await client.get(url)
+            before = encoded.count
+        elif kind == "no_pooling":
+            with count_connections() as opened:
+                for _ in range(3):
+                    await client.get(url)
+            before = opened.count
+        elif kind == "missing_index":
+            before = sum(len(plan.full_scans) for _, plan in await statement_plans(client, db, url))
+        else:
+            with observe_statements(db) as log:
+                await client.get(url)
+            before = log.count
+    with observe_statements(db) as log:  # from the start: every connection the fixed app opens is seen
+        return await _measure_fixed(fix, kind, mystery, db, checking, before, log)
+
+
+async def _measure_fixed(fix: Any, kind: str, mystery: Mystery, db: DemoDB, checking: Checking, before: float,
+                         log: Any) -> str:
+    """`_measure_fix`'s second half: the fixed app, every statement it sends recorded in `log`."""
+    url = mystery.url(db)
+    app = await _fixed_app(fix, mystery, db, checking)
+    rule = FIX_RULES[kind]
+    async with app_client(app) as client:
+        await checking.request(client, "GET", url, status=None)  # warm up
+        _, statements = await checking.counted(client, log, "GET", url)
+        checking.expect(len(statements) >= 1, f"for {mystery!r}, a request of your fixed app sent no statement to "
+                        "the database it was given: build the app on `db` (`db.dependency()` / `db.engine`), and "
+                        "read fresh data on every request (no copy kept in the process)")
+        if kind == "n_plus_one":
+            checking.expect(len(statements) <= 3, f"for {mystery!r}, one request still sends {len(statements)} "
+                            f"statements (the mystery: {before}); the rule: {rule}")
+            return f"{before} → {len(statements)} statements"
+        if kind == "missing_index":
+            scans = []
+            for user_id in (1, 2, 3):
+                plans = await statement_plans(client, db, mystery.url_for_user(db, user_id))
+                checking.expect(bool(plans), f"for {mystery!r}, a lookup sent no SELECT through `db.engine`: build "
+                                "the app on the database it was given (`db.dependency()`)")
+                for sql, plan in plans:
+                    scans += [f"{step.detail} for {' '.join(sql.split())[:90]}" for step in plan.full_scans]
+            checking.expect(not scans, f"for {mystery!r}, a lookup still reads a whole table: {scans[0] if scans else ''}"
+                            f"; the rule: {rule} (an index on the column it filters; create it in fix, before "
+                            "building the app, as a migration runs before a deploy)")
+            return f"full table scans per lookup: {before} → 0"
+        if kind == "blocking_call":
+            calls = rate_calls()
+            after = await concurrent_seconds(client, url, 6)
+            calls = rate_calls() - calls
+            checking.expect(calls == 6, f"for {mystery!r}, 6 requests called fetch_exchange_rate {calls} times: the "
+                            "rate is part of each answer and fresh per request; keep the call, move it off the event "
+                            "loop")
+            checking.expect(before >= 2.5 * after, f"for {mystery!r}, 6 concurrent requests took {after * 1000:.0f} "
+                            f"ms (the mystery: {before * 1000:.0f} ms); the rule: {rule}")
+            return f"6 concurrent: {before * 1000:.0f} → {after * 1000:.0f} ms"
+        if kind == "no_pooling":
+            with count_connections() as opened:
+                for _ in range(3):
+                    await checking.request(client, "GET", url)
+            checking.expect(opened.count == 0, f"for {mystery!r}, 3 warm requests opened {opened.count} new "
+                            f"connection(s) (the mystery: {before}); the rule: {rule}")
+            return f"3 warm requests: {before} → 0 new connections"
+        if kind == "slow_serialization":
+            with count_encoder_calls() as encoded:
+                await checking.request(client, "GET", url)
+            checking.expect(encoded.count < 10, f"for {mystery!r}, one response still took {encoded.count:,} calls "
+                            f"of fastapi's jsonable_encoder (the mystery: {before:,}); the rule: {rule}")
+            return f"jsonable_encoder calls per request: {before:,} → {encoded.count}"
+        return await _measure_pages(client, mystery, db, checking)
+
+
+async def _measure_pages(client: Any, mystery: Mystery, large: DemoDB, checking: Checking) -> str:
+    """A bounded list: the first page no bigger at FIX_SCALE than at scale 1, and read with a bounded query."""
+    loaded = [0]
+
+    def counted(target: Any, context: Any) -> None:
+        loaded[0] += 1
+
+    event.listen(Post, "load", counted)
+    try:
+        first = await checking.request(client, "GET", mystery.path)
+    finally:
+        event.remove(Post, "load", counted)
+    items = len(checking.json_body(first).get("items", []))
+    checking.expect(loaded[0] <= items + 1, f"for {mystery!r}, one page of {items} posts loaded {loaded[0]} posts "
+                    "from the database: read one page (LIMIT), not the table sliced in Python")
+    with mystery.database(1) as small:
+        async with app_client(mystery.make_app(small)) as reference:
+            everything = len((await reference.get(mystery.path)).content)
+    return (f"{everything:,} bytes at scale 1 → {len(first.content):,} bytes a page at scale {FIX_SCALE}, "
+            f"{loaded[0]} posts loaded")
+
+
+@exercise(
+    "10.fix",
+    title="Fix an app you have never seen, and prove it by measuring",
+    expects="a function fix(mystery, db) (async or not) that returns a FastAPI app serving the mystery's route on "
+            "db, answering the same, without its bottleneck",
+    hints=(
+        "Diagnose first (your `diagnose` from 10.diagnose), then fix that bottleneck and nothing else: the answers "
+        "must stay the same (same JSON, fresh after the data changes: no copy kept in the process), and the grader "
+        "measures the signal that named the kind (statements, plans, connections, a held loop, encoder calls, page "
+        "sizes). `print(mystery.source)` shows the app's code; `mystery.path` and `mystery.limit` are its route "
+        "and page size.",
+        "One fix per kind, each from a lesson: N+1 → eager loading (02); missing index → `CREATE INDEX` on "
+        "the filtered column, run in fix before you build the app (05, 06); blocking call → a `def` route, or "
+        "`await run_in_threadpool(...)` (01); no pooling → the pooled `db.dependency()` (01); slow serialization → "
+        "a declared return type (04); unbounded list → keyset pages `{\"items\": [...], \"next_cursor\": ...}` "
+        "read with `?cursor=` (04). `draw_mysteries(kinds=(\"n_plus_one\",))` gives you one kind to try.",
+        "Shape: `async def fix(mystery, db):` / `kind, _ = await diagnose(mystery)` / `if kind == "
+        "\"missing_index\": with db.engine.begin() as conn: conn.execute(text(\"CREATE INDEX IF NOT EXISTS ____ ON "
+        "users (____)\"))` / `app = FastAPI(); get_db = db.dependency()` / one `@app.get(mystery.path)` per kind "
+        "(copy the mystery's handler from `mystery.source` and change the one thing) / `return app`.",
+    ),
+    timeout=300,
+)
+async def check_fix(fix: Any, checking: Checking) -> str:
+    """One mystery per kind, shuffled, random routes and sizes: each fixed app answers the same and measures fixed."""
+    checking.require_callable(fix, "a function fix(mystery, db)")
+    proofs = []
+    for kind, mystery in draw_mysteries(random.Random()):
+        with mystery.database(1) as small:
+            await _same_answers(fix, kind, mystery, small, checking)
+        with mystery.database(FIX_SCALE) as large:
+            proofs.append(f"{kind}: {await _measure_fix(fix, kind, mystery, large, checking)}")
+        checking.record(kind, proofs[-1].split(": ", 1)[1])
+    return f"all {len(proofs)} mystery apps fixed, each answering the same and measured at scale {FIX_SCALE}"
 
 
 # --- benchmark ----------------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@
 # run the `check(...)` cell below it. A failing check tells you what it measured and gives a hint; run it again
 # after a fix.
 #
-# The grader draws **new mystery apps on every run**: one of each kind of bottleneck, in random order, with random
-# route names, page sizes, delays and table sizes. It calls your `diagnose` on each and compares your verdict with
-# the kind it drew. Nothing can be memorised; everything can be measured.
+# The graders draw **new mystery apps on every run**: one of each kind of bottleneck, in random order, with random
+# route names, page sizes and table sizes. 10.diagnose calls your `diagnose` on each and compares your verdict with
+# the kind it drew; 10.fix calls your `fix` and measures the app it returns. Nothing can be memorised; everything
+# can be measured.
 
 # %%
 import re
@@ -49,6 +50,59 @@ async def diagnose(mystery: Mystery) -> tuple[str, str]:
 
 # %%
 check("10.diagnose", diagnose)
+
+# %% [markdown]
+# ## 10.fix
+#
+# Now fix what you found. Write **`async def fix(mystery, db)`** returning a FastAPI app that serves
+# `mystery.path` on the database `db` **without the mystery's bottleneck**, answering exactly as the mystery does.
+# `print(mystery.source)` shows the mystery's code; `mystery.path` is its route and `mystery.limit` its page size.
+#
+# The grader draws six new mysteries (one of each kind, shuffled), calls your `fix` on fresh databases and checks:
+#
+# - **the same answers**: the same status and JSON as the mystery, also after the data changes (nothing kept in
+#   the process); for an unbounded list, pages `{"items": [...], "next_cursor": ...}` (at most 100 posts, the
+#   next page at `?cursor=`) that hold every post once, in order, to the last;
+# - **the measured fix**, on a database 4 × larger, by the signal that named the kind: the statements of one
+#   request, the plans of a lookup, 6 concurrent requests against the mystery's time (and the rates service still
+#   asked once per request), the connections a warm request opens, the calls of `jsonable_encoder`, the posts one
+#   page loads.
+#
+# A change of schema (an index) is a migration: run it inside `fix`, before you build the app, as a deploy runs
+# its migrations before the servers start.
+
+# %%
+from fastapi import Depends, FastAPI, HTTPException, Query
+from pydantic import BaseModel
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, selectinload
+
+from course_lib.db import Post, User
+from course_lib.lessons.l10_diagnose import (
+    PostDetail, PostOut, RatedPosts, UserOut, UserWithPosts, fetch_exchange_rate,
+)
+
+kind, example = draw_mysteries(kinds=("blocking_call",))[0]
+print(example.source)
+
+# %%
+class PostPage(BaseModel):
+    """One page of posts and the cursor of the next (None on the last)."""
+
+    items: list[PostOut]
+    next_cursor: str | None
+
+
+async def fix(mystery: Mystery, db) -> FastAPI:
+    ### BEGIN SOLUTION
+    #> kind, evidence = await diagnose(mystery)
+    #> return mystery.make_app(db)  # the mystery as it is: replace it with the app fixed for `kind`
+    ...  # --8<-- "answers/l10_diagnose.py:fix"
+    ### END SOLUTION
+
+
+# %%
+check("10.fix", fix)
 
 # %% [markdown]
 # ## Try it yourself
