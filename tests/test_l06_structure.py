@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import anyio
 import pytest
+from answers import l06_structure as reference
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -23,15 +24,13 @@ from course_lib.grading import grade
 from course_lib.lessons import l06_structure as lesson
 from course_lib.lessons.blog_app.config import Settings
 from course_lib.lessons.blog_app.main import create_app as create_blog_app
-from course_lib.notebooks import solution_namespace
 
 # ------------------------------------------------------------------ answers
 
 
 def reference_answer() -> dict[str, Any]:
-    """The answer shipped in solutions/06_structure.ipynb: its cells up to the check, run here."""
-    namespace = solution_namespace("06_structure")
-    return {"create_app": namespace["create_app"], "get_db": namespace["get_db"]}
+    """The reference answer (sources/answers/l06_structure.py, spliced into solutions/06_structure.ipynb)."""
+    return {"create_app": reference.create_app, "get_db": reference.get_db}
 
 
 class UserOut(BaseModel):

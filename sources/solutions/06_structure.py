@@ -59,29 +59,21 @@ class UserNotFound(LookupError):
 def list_users(session: Session, limit: int, offset: int) -> list[dict[str, Any]]:
     """One page of users in id order, as {"id", "name"} dicts."""
     ### BEGIN SOLUTION
-    rows = session.scalars(select(User).order_by(User.id).limit(limit).offset(offset))
-    return [{"id": u.id, "name": u.name} for u in rows]
+    ...  # --8<-- "answers/l06_structure.py:list-users"
     ### END SOLUTION
 
 
 def user_detail(session: Session, user_id: int) -> dict[str, Any]:
     """One user with their post count; raises UserNotFound."""
     ### BEGIN SOLUTION
-    user = session.get(User, user_id)
-    if user is None:
-        raise UserNotFound(user_id)
-    count = session.scalar(select(func.count()).where(Post.user_id == user_id))
-    return {"id": user.id, "name": user.name, "country": user.country, "post_count": count}
+    ...  # --8<-- "answers/l06_structure.py:user-detail"
     ### END SOLUTION
 
 
 def user_posts(session: Session, user_id: int) -> list[dict[str, Any]]:
     """A user's posts in id order; raises UserNotFound."""
     ### BEGIN SOLUTION
-    if session.get(User, user_id) is None:
-        raise UserNotFound(user_id)
-    rows = session.scalars(select(Post).where(Post.user_id == user_id).order_by(Post.id))
-    return [{"id": p.id, "title": p.title, "likes": p.likes} for p in rows]
+    ...  # --8<-- "answers/l06_structure.py:user-posts"
     ### END SOLUTION
 
 
@@ -89,8 +81,7 @@ def user_posts(session: Session, user_id: int) -> list[dict[str, Any]]:
 def get_db(request: Request) -> Iterator[Session]:
     """One session per request, from the factory the lifespan put on app.state; closed after the response."""
     ### BEGIN SOLUTION
-    with request.app.state.session_factory() as session:
-        yield session
+    ...  # --8<-- "answers/l06_structure.py:get-db"
     ### END SOLUTION
 
 
@@ -104,27 +95,21 @@ router = APIRouter(prefix="/users")
 def read_users(session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
                offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
     ### BEGIN SOLUTION
-    return list_users(session, limit, offset)
+    ...  # --8<-- "answers/l06_structure.py:read-users"
     ### END SOLUTION
 
 
 @router.get("/{user_id}")
 def read_user(user_id: int, session: SessionDep) -> dict[str, Any]:
     ### BEGIN SOLUTION
-    try:
-        return user_detail(session, user_id)
-    except UserNotFound:
-        raise HTTPException(status_code=404, detail="user not found") from None
+    ...  # --8<-- "answers/l06_structure.py:read-user"
     ### END SOLUTION
 
 
 @router.get("/{user_id}/posts")
 def read_user_posts(user_id: int, session: SessionDep) -> list[dict[str, Any]]:
     ### BEGIN SOLUTION
-    try:
-        return user_posts(session, user_id)
-    except UserNotFound:
-        raise HTTPException(status_code=404, detail="user not found") from None
+    ...  # --8<-- "answers/l06_structure.py:read-user-posts"
     ### END SOLUTION
 
 
@@ -141,18 +126,14 @@ def ping(engine: Engine) -> None:
 @health.get("/live")
 async def live() -> dict[str, str]:
     ### BEGIN SOLUTION
-    return {"status": "ok"}
+    ...  # --8<-- "answers/l06_structure.py:live"
     ### END SOLUTION
 
 
 @health.get("")
 async def ready(request: Request) -> JSONResponse:
     ### BEGIN SOLUTION
-    try:
-        await asyncio.wait_for(asyncio.to_thread(ping, request.app.state.engine), timeout=0.5)
-    except Exception:
-        return JSONResponse({"status": "unavailable"}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    ...  # --8<-- "answers/l06_structure.py:ready"
     ### END SOLUTION
 
 
@@ -166,18 +147,11 @@ def create_app(database_url: str) -> FastAPI:
         #> # make the engine and the session factory, keep them on app.state
         #> yield  # the app serves requests while the lifespan waits here
         #> # dispose of the engine
-        engine = create_engine(database_url, connect_args={"check_same_thread": False})
-        app.state.engine = engine
-        app.state.session_factory = sessionmaker(engine, expire_on_commit=False)
-        yield
-        engine.dispose()
+        ...  # --8<-- "answers/l06_structure.py:lifespan"
         ### END SOLUTION
 
     ### BEGIN SOLUTION
-    app = FastAPI(lifespan=lifespan)
-    app.include_router(router)
-    app.include_router(health)
-    return app
+    ...  # --8<-- "answers/l06_structure.py:create-app"
     ### END SOLUTION
 
 
