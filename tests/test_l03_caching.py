@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request, Response
+from answers import l03_caching as reference
+from fastapi import BackgroundTasks, Depends, FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sqlalchemy.orm import Session
@@ -39,7 +41,6 @@ from course_lib.lessons.l03_caching import (
     stats_json,
     url_key,
     url_key_builder,
-    user_json,
 )
 from course_lib.queries import count_queries, simulated_latency
 from course_lib.redis import RecordingProxy, get_redis, serve_redis
@@ -51,12 +52,19 @@ AppFactory = Callable[[DemoDB, Redis, str, int], FastAPI]
 # --- answer builders: a learner's app with pluggable caching --------------------------------------------
 
 
+def _route(app: FastAPI, path: str) -> APIRoute:
+    """The route of `app` at `path` (a reference app's, to build answers on)."""
+    return next(route for route in app.routes if isinstance(route, APIRoute) and route.path == path)
+
+
 def _stats_app(get_body: Callable[..., Any]) -> AppFactory:
     """An app whose GET /stats delegates to `get_body(redis, prefix, ttl, request, session, min_likes)`."""
 
     def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
         app = FastAPI()
         get_db = db.dependency()
+        # what the reference (answers/l03_caching.py) answers, for `_reference_body`
+        app.state.reference_stats = _route(reference.make_app(db, redis, prefix, ttl), "/stats").endpoint
 
         @app.get("/stats")
         async def stats(request: Request, min_likes: int = 0, session: Session = Depends(get_db)) -> Response:
@@ -73,12 +81,9 @@ async def _compute(session: Session, min_likes: int) -> bytes:
 
 async def _reference_body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
                           min_likes: int) -> bytes:
-    key = url_key(prefix, request)
-    body = await redis.get(key)
-    if body is None:
-        body = await _compute(session, min_likes)
-        await redis.set(key, body, px=int(ttl * 1000))
-    return body
+    """The reference's GET /stats (answers/l03_caching.py) on this request, as a body to build wrong answers on."""
+    response = await request.app.state.reference_stats(request=request, min_likes=min_likes, session=session)
+    return bytes(response.body)
 
 
 async def _ex_seconds_param_key(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
@@ -251,7 +256,7 @@ def _assert_nothing_left_running() -> None:
 
 
 def test_cache_endpoint_reference_passes():
-    result = _grade("03.cache-endpoint", _stats_app(_reference_body))
+    result = _grade("03.cache-endpoint", reference.make_app)
     assert result.passed, result.message
     assert result.figures["queries_for_50_calls"] == 1
     assert result.figures["second_worker_queries"] == 0
@@ -297,7 +302,7 @@ def _raises_in_the_second_worker() -> AppFactory:
     def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
         if os.getpid() != parent:
             raise RuntimeError("only one worker")
-        return _stats_app(_reference_body)(db, redis, prefix, ttl)
+        return reference.make_app(db, redis, prefix, ttl)
 
     return make_app
 
@@ -321,8 +326,8 @@ def test_cache_endpoint_second_worker_failure_is_named():
 
 def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool = False, *, expire: bool = True,
                       tag: str = "{prefix}:tag:posts", post: Callable[..., Any] | None = None) -> AppFactory:
-    """A learner's app: cached /stats (tagged) and /users/{id}; POST /posts then `invalidate(redis, tag_key)`, or
-    `post(redis, tag_key, session, new, background_tasks)` instead when given (it writes and returns the id)."""
+    """A learner's app: cached /stats (tagged), the reference's /users/{id}; POST /posts then `invalidate(redis,
+    tag_key)`, or `post(redis, tag_key, session, new, background_tasks)` instead when given (it writes, returns the id)."""
 
     def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
         app = FastAPI()
@@ -346,16 +351,7 @@ def _invalidating_app(invalidate: Callable[[Redis, str], Any], versioned: bool =
                 await redis.sadd(tag_key, key)
             return json_response(body)
 
-        @app.get("/users/{user_id}")
-        async def read_user(request: Request, user_id: int, session: Session = Depends(get_db)) -> Response:
-            key = url_key(prefix, request)
-            body = await redis.get(key)
-            if body is None:
-                body = await run_in_threadpool(user_json, session, user_id)
-                if body is None:
-                    raise HTTPException(404)
-                await redis.set(key, body, ex=ex)
-            return json_response(body)
+        app.router.routes.append(_route(reference.make_app_invalidating(db, redis, prefix, ttl), "/users/{user_id}"))
 
         @app.post("/posts", status_code=201)
         async def add_post(new: NewPost, background_tasks: BackgroundTasks,
@@ -612,19 +608,9 @@ async def _noop() -> None:
 
 def _add_users_and_posts(app: FastAPI, db: DemoDB, redis: Redis, prefix: str, ttl: int,
                          on_write: Callable[[], Any]) -> None:
-    """Add a cached GET /users/{id} and a POST /posts that awaits `on_write()` after the commit."""
+    """Add the reference's cached GET /users/{id} and a POST /posts that awaits `on_write()` after the commit."""
     get_db = db.dependency()
-
-    @app.get("/users/{user_id}")
-    async def read_user(request: Request, user_id: int, session: Session = Depends(get_db)) -> Response:
-        key = url_key(prefix, request)
-        body = await redis.get(key)
-        if body is None:
-            body = await run_in_threadpool(user_json, session, user_id)
-            if body is None:
-                raise HTTPException(404)
-            await redis.set(key, body, ex=ttl)
-        return json_response(body)
+    app.router.routes.append(_route(reference.make_app_invalidating(db, redis, prefix, ttl), "/users/{user_id}"))
 
     @app.post("/posts", status_code=201)
     async def add_post(new: NewPost, session: Session = Depends(get_db)) -> dict[str, int]:
@@ -634,7 +620,7 @@ def _add_users_and_posts(app: FastAPI, db: DemoDB, redis: Redis, prefix: str, tt
 
 
 def test_invalidate_reference_passes():
-    result = _grade("03.invalidate", _invalidating_app(_clear_tag))
+    result = _grade("03.invalidate", reference.make_app_invalidating)
     assert result.passed, result.message
     assert result.figures["unrelated_keys_kept"] == 4
     assert result.figures["stale_after_write"] == result.figures["stale_at_response"] == 0
@@ -746,28 +732,6 @@ def test_invalidate_uncached_answer_fails_on_the_warm_up():
 
 
 # --- 03.stampede --------------------------------------------------------------------------------------------
-
-
-async def _lock_body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
-    """The reference: SET NX PX lock in Redis, losers poll, winner double-checks."""
-    key = url_key(prefix, request)
-    body = await redis.get(key)
-    if body is not None:
-        return body
-    lock_key = key + ":lock"
-    while not await redis.set(lock_key, "1", nx=True, px=10_000):
-        await asyncio.sleep(0.005)
-        body = await redis.get(key)
-        if body is not None:
-            return body
-    try:
-        body = await redis.get(key)
-        if body is None:
-            body = await _compute(session, min_likes)
-            await redis.set(key, body, ex=ttl)
-        return body
-    finally:
-        await redis.delete(lock_key)
 
 
 def _locked(acquire: Callable[[Redis, str], Any], release: Callable[[Redis, str], Any] | None = None,
@@ -962,7 +926,7 @@ def _pending_futures_app() -> AppFactory:
 
 
 def test_stampede_reference_passes():
-    result = _grade("03.stampede", _stats_app(_lock_body))
+    result = _grade("03.stampede", reference.make_app_single_flight)
     assert result.passed, result.message
     assert result.figures["queries_total"] == 1
     assert result.figures["keys_polls"] >= 2
@@ -979,7 +943,7 @@ def test_stampede_other_right_answers_pass(answer):
 
 
 @pytest.mark.parametrize(("answer", "says"), [
-    (_stats_app(_reference_body), "they missed before the first one stored the answer"),
+    (reference.make_app, "they missed before the first one stored the answer"),
     (_stats_app(_uncached), "ran 50 database queries"),
     (_process_lock_app(), "(1 in the first, 1 in the second), expected exactly 1: one per process"),
     (_stats_app(_module_thread_lock), "one per process"),
@@ -1011,11 +975,11 @@ def fakeredis_server(monkeypatch):
 
 @pytest.mark.skipif(bool(os.environ.get("REDIS_URL")), reason="REDIS_URL names the server the graders use")
 @pytest.mark.parametrize(("exercise_id", "answer", "passes", "says"), [
-    ("03.cache-endpoint", _stats_app(_reference_body), True, ""),
+    ("03.cache-endpoint", reference.make_app, True, ""),
     ("03.cache-endpoint", _stats_app(_dict_in_process), False, "the cache lives inside each process"),
-    ("03.invalidate", _invalidating_app(_clear_tag), True, ""),
+    ("03.invalidate", reference.make_app_invalidating, True, ""),
     ("03.invalidate", _version_in_process(), False, "what your write changes lives in that process's memory"),
-    ("03.stampede", _stats_app(_lock_body), True, ""),
+    ("03.stampede", reference.make_app_single_flight, True, ""),
     ("03.stampede", _process_lock_app(), False, "one per process"),
     ("03.stampede", _locked(_set_nx_forever), False, "which never expires"),
 ], ids=["cache-endpoint", "cache-endpoint-dict", "invalidate", "invalidate-version-in-process", "stampede",

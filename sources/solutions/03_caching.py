@@ -53,12 +53,7 @@ def make_app(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> FastAPI:
         ### BEGIN SOLUTION
         #> body = await run_in_threadpool(stats_json, session, min_likes)
         #> return json_response(body)
-        key = url_key(prefix, request)
-        body = await redis.get(key)
-        if body is None:
-            body = await run_in_threadpool(stats_json, session, min_likes)
-            await redis.set(key, body, px=ttl * 1000)
-        return json_response(body)
+        ...  # --8<-- "answers/l03_caching.py:cache-endpoint"
         ### END SOLUTION
 
     return app
@@ -93,15 +88,7 @@ def make_app_invalidating(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> Fa
     async def stats(request: Request, min_likes: int = 0, session: Session = Depends(get_db)) -> Response:
         ### BEGIN SOLUTION
         #> return json_response(await run_in_threadpool(stats_json, session, min_likes))
-        key = url_key(prefix, request)
-        body = await redis.get(key)
-        if body is None:
-            body = await run_in_threadpool(stats_json, session, min_likes)
-            async with redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, body, ex=ttl)
-                pipe.sadd(posts_tag, key)  # remember which keys depend on posts
-                await pipe.execute()
-        return json_response(body)
+        ...  # --8<-- "answers/l03_caching.py:invalidate-stats"
         ### END SOLUTION
 
     @app.get("/users/{user_id}")
@@ -111,14 +98,7 @@ def make_app_invalidating(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> Fa
         #> if body is None:
         #>     raise HTTPException(status_code=404, detail="user not found")
         #> return json_response(body)
-        key = url_key(prefix, request)
-        body = await redis.get(key)
-        if body is None:
-            body = await run_in_threadpool(user_json, session, user_id)
-            if body is None:
-                raise HTTPException(status_code=404, detail="user not found")
-            await redis.set(key, body, ex=ttl)
-        return json_response(body)
+        ...  # --8<-- "answers/l03_caching.py:invalidate-user"
         ### END SOLUTION
 
     @app.post("/posts", status_code=201)
@@ -126,9 +106,7 @@ def make_app_invalidating(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> Fa
         post_id = await run_in_threadpool(create_post, session, new)
         ### BEGIN SOLUTION
         #> # the new post is committed: delete the cached answers that depend on posts (not with KEYS)
-        keys = await redis.smembers(posts_tag)
-        if keys:
-            await redis.delete(*keys, posts_tag)
+        ...  # --8<-- "answers/l03_caching.py:invalidate-post"
         ### END SOLUTION
         return {"id": post_id}
 
@@ -164,21 +142,7 @@ def make_app_single_flight(db: DemoDB, redis: Redis, prefix: str, ttl: int) -> F
         #> body = await run_in_threadpool(stats_json, session, min_likes)
         #> await redis.set(key, body, ex=ttl)
         #> return json_response(body)
-        lock_key, pause = f"{key}:lock", 0.005
-        while not await redis.set(lock_key, "1", nx=True, px=10_000):  # one winner, in any worker
-            await asyncio.sleep(pause)  # back off: 49 waiters polling every 5 ms starve the winner
-            pause = min(pause * 2, 0.1)
-            body = await redis.get(key)
-            if body is not None:
-                return json_response(body)
-        try:
-            body = await redis.get(key)  # stored just before we got the lock?
-            if body is None:
-                body = await run_in_threadpool(stats_json, session, min_likes)
-                await redis.set(key, body, ex=ttl)
-        finally:
-            await redis.delete(lock_key)
-        return json_response(body)
+        ...  # --8<-- "answers/l03_caching.py:stampede"
         ### END SOLUTION
 
     return app
