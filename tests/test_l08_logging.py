@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
+from answers.l08_logging import AccessLog
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from course_lib.grading import grade, hint
@@ -26,21 +27,14 @@ from course_lib.lessons.l08_logging import (
     per_route,
     quiet_client,
 )
-from course_lib.notebooks import solution_namespace
 
 EXERCISE = "08.access-log"
 
 
 # ---------------------------------------------------------------- answers
 
-SENSITIVE = ("token", "key", "secret", "password", "auth", "sig")
+SENSITIVE = AccessLog.SENSITIVE  # the words the exercise names, as the reference spells them
 _SHARED: dict[str, Any] = {}  # module-global per-request state: what a wrong answer keeps
-
-
-def solution_answer() -> Any:
-    """The answer shipped in solutions/08_logging.ipynb: its cells up to the check, run here."""
-    namespace = solution_namespace("08_logging")
-    return namespace["AccessLog"]
 
 
 def redacted(query_string: bytes, secret_names: tuple[str, ...] | None = None) -> str:
@@ -473,7 +467,7 @@ class CrashesOnLifespan(Reference):
 
 # ---------------------------------------------------------------- grader
 
-@pytest.mark.parametrize("answer", [solution_answer, lambda: Reference, lambda: closure_style, lambda: ExchangeObject],
+@pytest.mark.parametrize("answer", [lambda: AccessLog, lambda: Reference, lambda: closure_style, lambda: ExchangeObject],
                          ids=["solution", "class-with-hooks", "closure-style", "per-request-object"])
 def test_right_answers_pass(answer: Any) -> None:
     result = grade(EXERCISE, answer())

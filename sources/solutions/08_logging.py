@@ -56,38 +56,7 @@ class AccessLog:
     async def __call__(self, scope, receive, send) -> None:
         ### BEGIN SOLUTION
         #> await self.app(scope, receive, send)  # passes every request through and logs nothing: make it log
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
-        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        query = urlencode([(name, "***" if any(word in name.lower() for word in self.SENSITIVE) else value)
-                           for name, value in pairs], safe="*")
-        status, sent = 500, 0  # local to this call: every request in flight has its own
-        start = time.perf_counter()
-
-        async def send_with_id(message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
-        def log(level: int) -> None:
-            self.logger.log(level, "request", exc_info=level >= logging.ERROR, extra={
-                "method": scope["method"], "path": scope["path"], "query": query, "status": status,
-                "duration_ms": (time.perf_counter() - start) * 1000, "request_id": request_id, "bytes": sent})
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            status = 500
-            log(logging.ERROR)
-            raise
-        log(logging.INFO)
+        ...  # --8<-- "answers/l08_logging.py:answer"
         ### END SOLUTION
 
 
