@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 10 · Find the bottleneck before you fix it
 #
-# **Teaching:** 35 min · **Exercise:** 30 min
+# **Teaching:** 35 min · **Exercise:** 60 min
 #
 # **Questions**
 # - An endpoint is slow. Where does its time go, and how do I find out without guessing?
@@ -294,7 +294,8 @@ say(f"Same JSON: **{same}**. Median **{timings['slow'].median_ms:.0f} ms → {ti
 # Start with the exact, cheap ones; a wall-clock time alone names nothing.
 #
 # Now open **`exercises/10_diagnose.ipynb`**: write `diagnose(mystery)`, which measures an app it has never seen
-# and names its bottleneck. The grader draws a new set of mystery apps on every run.
+# and names its bottleneck, then `fix(mystery, db)`, which returns that app fixed: the same answers, and the
+# measurement that named the bottleneck no longer shows it. The graders draw a new set of mystery apps on every run.
 #
 # ## Key points
 # - Measure before fixing: a sampling profiler (pyinstrument, async mode) on one request shows where its wall time
