@@ -79,17 +79,15 @@ def hard_coded_count(db):
 
 
 def one_query_per_post(db):
+    reference = _reference_endpoint(db)
     app = FastAPI()
     get_db = db.dependency()
 
     @app.get("/users/{user_id}")
     def read_user(user_id: int, session: Session = Depends(get_db)) -> dict:
-        user = session.get(User, user_id)
-        if user is None:
-            raise HTTPException(status_code=404)
         ids = session.scalars(select(Post.id).where(Post.user_id == user_id)).all()
-        count = sum(1 for post_id in ids if session.get(Post, post_id) is not None)
-        return {"id": user.id, "name": user.name, "post_count": count}
+        count = sum(1 for post_id in ids if session.get(Post, post_id) is not None)  # one query per post
+        return {**reference(user_id, session), "post_count": count}
 
     return app
 
