@@ -351,14 +351,14 @@ def test_timeout_client_right_def_route_and_sync_client() -> None:
 
 
 def test_timeout_client_right_asyncio_timeout() -> None:
-    """The deadline set with `asyncio.timeout` around the call instead of httpx's own timeout."""
+    """The deadline set with `asyncio.timeout` around the call instead of httpx's own timeout; the client in the
+    lifespan's state (`request.state`) instead of `app.state`."""
 
     def make_app(upstream_url: str) -> FastAPI:
         @asynccontextmanager
         async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
             async with httpx.AsyncClient(timeout=None) as client:
-                app.state.client = client
-                yield
+                yield {"client": client}
 
         app = FastAPI(lifespan=lifespan)
 
@@ -366,7 +366,7 @@ def test_timeout_client_right_asyncio_timeout() -> None:
         async def weather(request: Request) -> dict:
             try:
                 async with asyncio.timeout(1.0):
-                    return (await request.app.state.client.get(upstream_url)).json()
+                    return (await request.state.client.get(upstream_url)).json()
             except TimeoutError:
                 raise HTTPException(504) from None
 
