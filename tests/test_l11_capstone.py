@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from answers import l11_capstone as reference_module
 from sqlalchemy import text
 
 from course_lib.grading import grade
@@ -22,18 +22,16 @@ from course_lib.lessons.l11_capstone import (
     load_factory,
     make_bookshop_db,
 )
-from course_lib.notebooks import BEGIN, END, ROOT, STARTER
+from course_lib.notebooks import ROOT
 from course_lib.servers import running_servers
 
 EX = "11.capstone"
 
 
 def reference_source() -> str:
-    """The reference fix, exactly as the solutions notebook writes it."""
-    nb = json.loads((ROOT / "solutions" / "11_capstone.ipynb").read_text())
-    cell = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and BEGIN in "".join(c["source"]))
-    inside = cell.split(BEGIN, 1)[1].split(END, 1)[0]
-    return "\n".join(line for line in inside.splitlines() if not line.startswith(STARTER.strip()))
+    """The reference fix, exactly as the solutions notebook writes it: the answer section of its module."""
+    module_text = Path(reference_module.__file__).read_text()
+    return module_text.split("# --8<-- [start:answer]\n", 1)[1].split("# --8<-- [end:answer]\n", 1)[0]
 
 
 def write(tmp_path: Path, name: str, source: str) -> Path:
