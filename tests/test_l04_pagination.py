@@ -361,8 +361,8 @@ def make_raw_sqlite_keyset_app(db: Any) -> FastAPI:
 
 
 RIGHT_KEYSETS = [make_text_sql_keyset_app, make_composite_keyset_app,
-                 lambda db: make_composite_keyset_app(db, expanded=True)]
-RIGHT_IDS = ["core-text-plain-cursor", "tuple-comparison-base64", "or-expanded-base64"]
+                 lambda db: make_composite_keyset_app(db, expanded=True), make_keyset_app]
+RIGHT_IDS = ["core-text-plain-cursor", "tuple-comparison-base64", "or-expanded-base64", "the-lesson-s-demo-app"]
 if dialect() == "sqlite":
     RIGHT_KEYSETS.append(make_raw_sqlite_keyset_app)
     RIGHT_IDS.append("raw-sqlite3")
