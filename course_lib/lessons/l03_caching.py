@@ -115,8 +115,8 @@ def create_post(session: Session, new: NewPost) -> int:
     return int(post_id)
 
 
-def json_response(body: bytes, status: str = "") -> Response:
-    """A JSON response from bytes already serialised, with an `X-Cache: HIT/MISS` header when given."""
+def json_response(body: bytes | str, status: str = "") -> Response:
+    """A JSON response from bytes (or text) already serialised, with an `X-Cache: HIT/MISS` header when given."""
     headers = {"X-Cache": status} if status else None
     return Response(content=body, media_type="application/json", headers=headers)
 
