@@ -71,7 +71,7 @@ def test_each_mystery_shows_its_code_except_to_diagnose():
 
 
 def test_the_mystery_unfixed_fails_on_its_own_signal(monkeypatch):
-    says = {"n_plus_one": "still sends", "missing_index": "reads a whole table", "blocking_call": "6 concurrent",
+    says = {"n_plus_one": "still sends", "missing_index": "reads a whole table", "blocking_call": "one at a time",
             "no_pooling": "new connection", "slow_serialization": "jsonable_encoder",
             "unbounded_list": "a page is"}
     for kind in KINDS:

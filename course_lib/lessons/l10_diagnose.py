@@ -44,7 +44,7 @@ __all__ = [
     "profile_request", "call_tree", "without_header", "head", "loop_lag_during", "ping_while", "FrameRow", "FrameTable", "top_frames", "time_share", "ProfilerMiddleware",
     "RequestCost", "request_cost", "concurrent_seconds",
     "ptrace_status", "py_spy", "py_spy_dump", "thread_stack", "py_spy_record", "speedscope_top",
-    "make_report_app", "make_fixed_report_app", "fetch_exchange_rate", "rate_calls", "RatedPosts",
+    "make_report_app", "make_fixed_report_app", "fetch_exchange_rate", "RateCalls", "count_rate_calls", "RatedPosts",
     "Mystery", "draw_mysteries", "mystery_source", "FIX_RULES", "observe_kind_signs", "bench",
 ]
 
@@ -561,8 +561,14 @@ def speedscope_top(path: str | Path, n: int = 8, title: str = "", thread: str = 
 def fetch_exchange_rate(delay_s: float = 0.04) -> float:
     """A call to a rates service through a synchronous HTTP client (simulated: it waits `delay_s`); counted."""
     with _RATE_LOCK:
-        _RATE_CALLS[0] += 1
-    time.sleep(delay_s)
+        _RATES.calls += 1
+        _RATES.in_flight += 1
+        _RATES.peak = max(_RATES.peak, _RATES.in_flight)
+    try:
+        time.sleep(delay_s)
+    finally:
+        with _RATE_LOCK:
+            _RATES.in_flight -= 1
     return 1.08
 
 
@@ -703,13 +709,31 @@ class Mystery:
         return f"Mystery(GET {self.path})"
 
 
-_RATE_CALLS = [0]
+@dataclass
+class RateCalls:
+    """Calls of `fetch_exchange_rate`: how many, how many run right now, and the most that ever ran at once."""
+
+    calls: int = 0
+    in_flight: int = 0
+    peak: int = 0
+
+
+_RATES = RateCalls()
 _RATE_LOCK = threading.Lock()
 
 
-def rate_calls() -> int:
-    """How many times `fetch_exchange_rate` has run in this process (the grader counts the calls a request makes)."""
-    return _RATE_CALLS[0]
+@contextmanager
+def count_rate_calls() -> Iterator[RateCalls]:
+    """The calls of `fetch_exchange_rate` made in the block, and the most that ran at the same time (`peak`): 1 when
+    the event loop runs them one after the other, more when they wait in threads side by side."""
+    with _RATE_LOCK:
+        start, _RATES.peak = _RATES.calls, _RATES.in_flight
+    seen = RateCalls()
+    try:
+        yield seen
+    finally:
+        with _RATE_LOCK:
+            seen.calls, seen.peak = _RATES.calls - start, _RATES.peak
 
 
 # One module per kind, as a developer would have written it; `{route}` and `{limit}` are drawn per mystery.
@@ -789,7 +813,7 @@ def _load_factory(source: str, route: str) -> Callable[[DemoDB], FastAPI]:
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     namespace: dict[str, Any] = {"__name__": f"mystery_{route.strip('/').replace('-', '_')}"}
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - the course's own template, not input
-    return namespace["make_app"]  # type: ignore[no-any-return]
+    return namespace["make_app"]
 
 
 def _mystery(kind: str, rng: random.Random, show_source: bool) -> Mystery:
@@ -872,8 +896,8 @@ def _shown(value: Any) -> str:
         "Wall time alone names nothing: every mystery is slow.",
         "Tools from the lesson, one per question: `count_queries(db.engine)`, `count_connections()`, "
         "`request_cost(client, url)` (wall ms, CPU ms, bytes), `statement_plans(client, db, url)` (each plan's "
-        "`.full_scans`), `slow_callbacks()` (asyncio debug mode), `profile_request` with `time_share(session, "
-        "\"fastapi/encoders.py\")`. A full scan is only a missing index when the statement filters (WHERE); a held "
+        "`.full_scans`), `slow_callbacks()` (asyncio debug mode), `count_encoder_calls()` (a response encoded item by "
+        "item), `profile_request` with `time_share(session, \"fastapi/encoders.py\")`. A full scan is only a missing index when the statement filters (WHERE); a held "
         "loop is a blocking call only when the CPU was idle (CPU ms ≪ wall ms).",
         "Shape: `async def diagnose(mystery):` / `with mystery.database(1) as small, mystery.database(4) as large:` / "
         "`async with app_client(mystery.make_app(large)) as client:` / `url = mystery.url(large)`; "
@@ -916,11 +940,12 @@ async def check_diagnose(diagnose: Any, checking: Checking) -> str:
 # --- 10.fix: fix a mystery, graded by what the fixed app measures ------------------------------------------
 
 FIX_SCALE = 4  # the fixed app is measured on a database of 4 × the mystery's base size
+FIX_CONCURRENCY = 10  # simultaneous requests for the blocking call: the mystery serializes them, a fix overlaps them
 FIX_RULES = {
     "n_plus_one": "one request sends at most 3 statements, whatever the page size",
     "missing_index": "no statement of a lookup reads a whole table (its plan)",
-    "blocking_call": "6 concurrent requests take at most half the mystery's time, and each still calls "
-                     "fetch_exchange_rate once",
+    "blocking_call": "concurrent requests wait for fetch_exchange_rate side by side (at least 2 calls at once), "
+                     "and each request still calls it once",
     "no_pooling": "a warm request opens no new database connection",
     "slow_serialization": "the response no longer goes through fastapi's jsonable_encoder item by item (fewer than "
                           "10 calls for one response)",
@@ -1017,11 +1042,13 @@ async def _same_answers(fix: Any, kind: str, mystery: Mystery, db: DemoDB, check
 async def _measure_fix(fix: Any, kind: str, mystery: Mystery, db: DemoDB, checking: Checking) -> str:
     """The bottleneck's own signal on the mystery and on the fixed app (on `db`, at FIX_SCALE); fail when the fixed
     app still shows it. Returns the figures that prove the fix."""
-    url = mystery.url(db)
+    url, before_s = mystery.url(db), 0.0
     async with app_client(mystery.make_app(db)) as client:  # the mystery first: fix() may change the database
         await client.get(url)
         if kind == "blocking_call":
-            before = await concurrent_seconds(client, url, 6)
+            with count_rate_calls() as rates:
+                before_s = await concurrent_seconds(client, url, FIX_CONCURRENCY)
+            before = rates.peak
         elif kind == "slow_serialization":
             with count_encoder_calls() as encoded:
                 await client.get(url)
@@ -1038,11 +1065,11 @@ async def _measure_fix(fix: Any, kind: str, mystery: Mystery, db: DemoDB, checki
                 await client.get(url)
             before = log.count
     with observe_statements(db) as log:  # from the start: every connection the fixed app opens is seen
-        return await _measure_fixed(fix, kind, mystery, db, checking, before, log)
+        return await _measure_fixed(fix, kind, mystery, db, checking, before, log, before_s)
 
 
 async def _measure_fixed(fix: Any, kind: str, mystery: Mystery, db: DemoDB, checking: Checking, before: float,
-                         log: Any) -> str:
+                         log: Any, before_s: float = 0.0) -> str:
     """`_measure_fix`'s second half: the fixed app, every statement it sends recorded in `log`."""
     url = mystery.url(db)
     app = await _fixed_app(fix, mystery, db, checking)
@@ -1070,15 +1097,16 @@ async def _measure_fixed(fix: Any, kind: str, mystery: Mystery, db: DemoDB, chec
                             "building the app, as a migration runs before a deploy)")
             return f"full table scans per lookup: {before} → 0"
         if kind == "blocking_call":
-            calls = rate_calls()
-            after = await concurrent_seconds(client, url, 6)
-            calls = rate_calls() - calls
-            checking.expect(calls == 6, f"for {mystery!r}, 6 requests called fetch_exchange_rate {calls} times: the "
-                            "rate is part of each answer and fresh per request; keep the call, move it off the event "
-                            "loop")
-            checking.expect(before >= 2 * after, f"for {mystery!r}, 6 concurrent requests took {after * 1000:.0f} "
-                            f"ms (the mystery: {before * 1000:.0f} ms); the rule: {rule}")
-            return f"6 concurrent: {before * 1000:.0f} → {after * 1000:.0f} ms"
+            with count_rate_calls() as rates:
+                after = await concurrent_seconds(client, url, FIX_CONCURRENCY)
+            checking.expect(rates.calls == FIX_CONCURRENCY, f"for {mystery!r}, {FIX_CONCURRENCY} requests called "
+                            f"fetch_exchange_rate {rates.calls} times: the rate is part of each answer and fresh per "
+                            "request; keep the call, move it off the event loop")
+            checking.expect(rates.peak >= 2, f"for {mystery!r}, {FIX_CONCURRENCY} concurrent requests ran their "
+                            f"fetch_exchange_rate calls one at a time (at most {rates.peak} at once; the mystery: "
+                            f"{before:.0f}), in {after * 1000:.0f} ms; the rule: {rule}")
+            return (f"{FIX_CONCURRENCY} concurrent requests: rates calls at once {before:.0f} → {rates.peak}, "
+                    f"{before_s * 1000:.0f} → {after * 1000:.0f} ms")
         if kind == "no_pooling":
             with count_connections() as opened:
                 for _ in range(3):

@@ -15,8 +15,8 @@ import re
 
 from course_lib import *
 from course_lib.lessons.l10_diagnose import (
-    KINDS, Mystery, count_connections, draw_mysteries, profile_request, request_cost, slow_callbacks,
-    statement_plans, time_share, top_frames,
+    KINDS, Mystery, count_connections, count_encoder_calls, draw_mysteries, profile_request, request_cost,
+    slow_callbacks, statement_plans, time_share, top_frames,
 )
 from course_lib.queries import observe_statements
 
@@ -34,7 +34,7 @@ print("kinds:", ", ".join(KINDS))
 #
 # Write **`async def diagnose(mystery)`** returning **`(kind, evidence)`**: `kind` one of `KINDS`, `evidence` a
 # sentence with the figure you measured that shows it. The lesson's tools are imported above (`count_queries`,
-# `count_connections`, `statement_plans`, `request_cost`, `slow_callbacks`, `profile_request`, `time_share`,
+# `count_connections`, `count_encoder_calls`, `statement_plans`, `request_cost`, `slow_callbacks`, `profile_request`, `time_share`,
 # `top_frames`); use any you like, in the order you choose.
 
 # %%
