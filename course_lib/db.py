@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.util
 import itertools
 import os
 import random
@@ -47,6 +48,7 @@ __all__ = [
     "bulk_load",
     "reset_id_sequences",
     "dialect",
+    "require_driver",
     "thread_safe_connect_args",
 ]
 
@@ -196,11 +198,25 @@ def thread_safe_connect_args(database_url: str | URL) -> dict[str, Any]:
     return {"check_same_thread": False} if make_url(database_url).get_backend_name() == "sqlite" else {}
 
 
+_DRIVER_MODULES = {"psycopg": "psycopg", "asyncpg": "asyncpg", "psycopg2": "psycopg2"}
+
+
+def require_driver(database_url: str | URL) -> None:
+    """Fail with a sentence (not an import traceback) when the URL's database driver is not installed."""
+    url = make_url(database_url)
+    module = _DRIVER_MODULES.get(url.get_driver_name())
+    if module and importlib.util.find_spec(module) is None:
+        raise RuntimeError(f"DATABASE_URL points at {url.get_backend_name()} through {module}, which is not installed "
+                           "here: install the course's PostgreSQL drivers with `pip install -e '.[postgresql]'`, or "
+                           "start the course with `DATABASE_URL=… ./course lab`, which installs them.")
+
+
 def fresh_engine(echo: bool = False) -> tuple[Engine, Path | None]:
     """An engine on a brand-new, empty database: a SQLite file in its own temporary folder, or, when
     `DATABASE_URL` names a server (PostgreSQL), a new database created on it. Both are removed at exit."""
     url = course_settings().database_url
     if url and make_url(url).get_backend_name() != "sqlite":
+        require_driver(url)
         return _fresh_server_database(url, echo), None
     engine, path = _new_sqlite_file()
     engine.echo = echo

@@ -220,3 +220,17 @@ def test_lesson_05s_big_tables_leave_the_id_sequences_ready():
         session.flush()
         assert user.id == 31 and session.scalar(select(func.max(Post.id))) == 61
         session.rollback()
+
+
+def test_a_postgresql_url_without_its_driver_says_how_to_install_it(monkeypatch):
+    """The PostgreSQL drivers are an extra: a DATABASE_URL that needs a missing one gets a sentence, not a traceback."""
+    import importlib.util
+
+    from course_lib import db
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "asyncpg" else real(name, *a))
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[postgresql\]'"):
+        db.require_driver("postgresql+asyncpg://user@127.0.0.1/x")
+    db.require_driver("sqlite:///x.db")  # SQLite's driver is Python's own
+    db.require_driver("postgresql+psycopg://user@127.0.0.1/x")  # installed with the test extra

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..bench_rows import BenchRow
 from ..client import app_client
-from ..db import Comment, DemoDB, Post, User, make_demo_db, thread_safe_connect_args
+from ..db import Comment, DemoDB, Post, User, make_demo_db, require_driver, thread_safe_connect_args
 from ..grading import Checking, LearnerCodeError, _caused_by, exercise
 from ..queries import count_queries, observe_statements
 
@@ -73,7 +73,9 @@ def async_url(url: str | URL) -> str:
     drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
     if backend not in drivers:
         raise ValueError(f"no async driver configured for {backend!r} (the course runs on SQLite or PostgreSQL)")
-    return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
+    async_driver = parsed.set(drivername=drivers[backend])
+    require_driver(async_driver)
+    return async_driver.render_as_string(hide_password=False)
 
 
 def make_async_engine(db: DemoDB | str, **kwargs: Any) -> AsyncEngine:
