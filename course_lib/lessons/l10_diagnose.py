@@ -746,7 +746,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from course_lib.db import DemoDB, Post, User, thread_safe_connect_args
-from course_lib.lessons.l10_diagnose import PostDetail, PostOut, RatedPosts, UserOut, UserWithPosts, fetch_exchange_rate
+from course_lib.lessons.l10_diagnose import (
+    PostDetail, PostOut, RatedPosts, UserOut, UserWithPosts, fetch_exchange_rate,
+)
 
 
 def make_app(db: DemoDB) -> FastAPI:
@@ -897,8 +899,9 @@ def _shown(value: Any) -> str:
         "Tools from the lesson, one per question: `count_queries(db.engine)`, `count_connections()`, "
         "`request_cost(client, url)` (wall ms, CPU ms, bytes), `statement_plans(client, db, url)` (each plan's "
         "`.full_scans`), `slow_callbacks()` (asyncio debug mode), `count_encoder_calls()` (a response encoded item by "
-        "item), `profile_request` with `time_share(session, \"fastapi/encoders.py\")`. A full scan is only a missing index when the statement filters (WHERE); a held "
-        "loop is a blocking call only when the CPU was idle (CPU ms ≪ wall ms).",
+        "item), `profile_request` with `time_share(session, \"fastapi/encoders.py\")`. A full scan is only a "
+        "missing index when the statement filters (WHERE); a held loop is a blocking call only when the CPU was idle "
+        "(CPU ms ≪ wall ms).",
         "Shape: `async def diagnose(mystery):` / `with mystery.database(1) as small, mystery.database(4) as large:` / "
         "`async with app_client(mystery.make_app(large)) as client:` / `url = mystery.url(large)`; "
         "`await client.get(url)` (warm up) / `with count_connections() as conns, count_queries(large.engine) as q: "
@@ -980,8 +983,7 @@ def _reraise(error: BaseException) -> None:
     raise error
 
 
-async def _walk_pages(client: Any, mystery: Mystery, checking: Checking,
-                      between: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+async def _walk_pages(client: Any, mystery: Mystery, checking: Checking) -> list[dict[str, Any]]:
     """Every item of a paged answer, following next_cursor from `mystery.path` to the last page."""
     items: list[dict[str, Any]] = []
     url, pages = mystery.path, 0
@@ -1124,7 +1126,8 @@ async def _measure_fixed(fix: Any, kind: str, mystery: Mystery, db: DemoDB, chec
 
 
 async def _measure_pages(client: Any, mystery: Mystery, large: DemoDB, checking: Checking) -> str:
-    """A bounded list: the first page no bigger at FIX_SCALE than at scale 1, and read with a bounded query."""
+    """A bounded list: its first page at FIX_SCALE read with a bounded query (no more posts loaded than it holds, + 1
+    to know there is more); the bytes of the whole list at scale 1 and of that page, as figures."""
     loaded = [0]
 
     def counted(target: Any, context: Any) -> None:
@@ -1135,7 +1138,8 @@ async def _measure_pages(client: Any, mystery: Mystery, large: DemoDB, checking:
         first = await checking.request(client, "GET", mystery.path)
     finally:
         event.remove(Post, "load", counted)
-    items = len(checking.json_body(first).get("items", []))
+    body = checking.json_body(first)
+    items = len(body["items"]) if isinstance(body, dict) and isinstance(body.get("items"), list) else 0
     checking.expect(loaded[0] <= items + 1, f"for {mystery!r}, one page of {items} posts loaded {loaded[0]} posts "
                     "from the database: read one page (LIMIT), not the table sliced in Python")
     with mystery.database(1) as small:
