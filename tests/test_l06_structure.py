@@ -269,7 +269,7 @@ def test_answer_written_another_way_passes(style: str) -> None:
         (lambda: written_another_way("leaky"), "/health's 503 body shows"),
         (lambda: written_another_way("live-pings-db"), "/health/live answered 503 with the database down"),
         (lambda: written_another_way("connects-at-startup"), "with its database unreachable your app did not even start"),
-        (lambda: written_another_way("no-timeout"), "with the database stalling 3 s per query, /health answered 200 after 3."),
+        (lambda: written_another_way("no-timeout"), "expected 503 in under half that (1.5 s)"),  # 200 or 503, after 3 s
     ],
     ids=["tangled", "half-refactor", "engine-direct", "calls-get-db", "cached-session", "unclosed", "module-level-engine", "own-route-own-engine", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout"],
 )
