@@ -64,8 +64,8 @@ check("10.diagnose", diagnose)
 #   the process); for an unbounded list, pages `{"items": [...], "next_cursor": ...}` (at most 100 posts, the
 #   next page at `?cursor=`) that hold every post once, in order, to the last;
 # - **the measured fix**, on a database 4 × larger, by the signal that named the kind: the statements of one
-#   request, the plans of a lookup, 6 concurrent requests against the mystery's time (and the rates service still
-#   asked once per request), the connections a warm request opens, the calls of `jsonable_encoder`, the posts one
+#   request, the plans of a lookup, whether 10 concurrent requests wait for the rates service side by side (each
+#   still asking it once), the connections a warm request opens, the calls of `jsonable_encoder`, the posts one
 #   page loads.
 #
 # A change of schema (an index) is a migration: run it inside `fix`, before you build the app, as a deploy runs
