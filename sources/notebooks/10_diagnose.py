@@ -282,7 +282,8 @@ async with app_client(report_app) as slow, app_client(fixed_app) as fixed:
         await slow.get("/report")
     with count_encoder_calls() as fixed_encoded:
         await fixed.get("/report")
-print(f"jsonable_encoder calls for one GET /report: slow {slow_encoded.count:,}, fixed {fixed_encoded.count:,}")
+print(f"jsonable_encoder calls for one GET /report: slow {slow_encoded.count:,}, "
+      f"fixed {fixed_encoded.count:,}")
 
 # %%
 say(f"Same JSON: **{same}**. Median **{timings['slow'].median_ms:.0f} ms → {timings['fixed'].median_ms:.0f} ms** "
