@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 
 import pytest
 from answers.l10_diagnose import PostPage
@@ -136,6 +137,20 @@ def _offset_pages(mystery, db):
     return _app(mystery, db, handler)
 
 
+def _core_keyset(mystery, db):
+    """Keyset pages read with Core (no ORM objects: the grader sees the statements' LIMIT instead)."""
+    posts = Post.__table__
+
+    def handler(cursor: int = 0) -> PostPage:
+        with db.engine.connect() as conn:
+            rows = conn.execute(select(posts.c.id, posts.c.user_id, posts.c.title, posts.c.likes,
+                                       posts.c.created_at).where(posts.c.id > cursor).order_by(posts.c.id)
+                                .limit(41)).mappings().all()
+        page = [PostOut.model_validate(dict(r)) for r in rows[:40]]
+        return PostPage(items=page, next_cursor=str(page[-1].id) if len(rows) > 40 else None)
+    return _app(mystery, db, handler)
+
+
 async def _index_async_fix(mystery, db):
     with db.engine.begin() as conn:
         conn.execute(text("CREATE UNIQUE INDEX IF NOT EXISTS users_by_email ON users (email)"))
@@ -152,6 +167,7 @@ async def _index_async_fix(mystery, db):
 @pytest.mark.parametrize(("kind", "answer"), [
     ("n_plus_one", _joined_users), ("blocking_call", _threadpool_rate), ("no_pooling", _engine_once),
     ("slow_serialization", _dump_json), ("unbounded_list", _offset_pages), ("missing_index", _index_async_fix),
+    ("unbounded_list", _core_keyset),
 ], ids=lambda v: v if isinstance(v, str) else v.__name__)
 def test_right_fixes_written_other_ways_pass(monkeypatch, kind, answer):
     result = _grade_kind(monkeypatch, kind, answer)
@@ -267,7 +283,61 @@ def _fields_dropped(mystery, db):
     return _app(mystery, db, handler)
 
 
+def _rates_one_at_a_time(mystery, db):
+    """A `def` route (off the loop), but the rates call under a process-wide lock: safe, and one request at a time."""
+    get_db, lock = db.dependency(), threading.Lock()
+
+    def handler(session: Session = Depends(get_db)) -> RatedPosts:
+        with lock:
+            rate = fetch_exchange_rate()
+        posts = session.scalars(select(Post).order_by(Post.id).limit(mystery.limit)).all()
+        return RatedPosts(rate=rate, posts=[PostOut.model_validate(p) for p in posts])
+    return _app(mystery, db, handler)
+
+
+def _pages_kept(mystery, db):
+    """Keyset pages with LIMIT, each kept in the process the first time it is asked for: stale after a write."""
+    get_db, kept = db.dependency(), {}
+
+    def handler(cursor: int = 0, session: Session = Depends(get_db)) -> PostPage:
+        rows = session.scalars(select(Post).where(Post.id > cursor).order_by(Post.id).limit(51)).all()
+        if cursor not in kept:
+            page = [PostOut.model_validate(p) for p in rows[:50]]
+            kept[cursor] = PostPage(items=page, next_cursor=str(page[-1].id) if len(rows) > 50 else None)
+        return kept[cursor]
+    return _app(mystery, db, handler)
+
+
+def _encoded_once(mystery, db):
+    """A declared return type, and the serialized answer kept from the first request: fast, and stale."""
+    get_db, kept = db.dependency(), []
+
+    def handler(session: Session = Depends(get_db)) -> Response:
+        posts = session.scalars(select(Post).order_by(Post.id).limit(mystery.limit)).all()
+        if not kept:
+            kept.append(_DETAILS.dump_json([PostDetail.model_validate(p) for p in posts]))
+        return Response(kept[0], media_type="application/json")
+    return _app(mystery, db, handler)
+
+
+def _core_sliced(mystery, db):
+    """Pages of 50 cut in Python from every row read with Core: no ORM objects for the grader to count."""
+    posts = Post.__table__
+
+    def handler(cursor: int = 0) -> PostPage:
+        with db.engine.connect() as conn:
+            rows = conn.execute(select(posts.c.id, posts.c.user_id, posts.c.title, posts.c.likes,
+                                       posts.c.created_at).order_by(posts.c.id)).mappings().all()
+        page = [PostOut.model_validate(dict(r)) for r in rows[cursor:cursor + 50]]
+        return PostPage(items=page, next_cursor=str(cursor + 50) if cursor + 50 < len(rows) else None)
+    return _app(mystery, db, handler)
+
+
 @pytest.mark.parametrize(("kind", "answer", "says"), [
+    ("blocking_call", _rates_one_at_a_time, "one at a time"),
+    ("unbounded_list", _pages_kept, "after the data changed"),
+    ("slow_serialization", _encoded_once, "after the data changed"),
+    ("unbounded_list", _core_sliced, "which has no LIMIT"),
     ("n_plus_one", _cached_users, "after the data changed"),
     ("n_plus_one", _fields_dropped, "the mystery answers"),
     ("blocking_call", _rate_replaced_by_a_sleep, "called fetch_exchange_rate 0 times"),
@@ -284,11 +354,16 @@ def test_wrong_fixes_fail_and_say_why(monkeypatch, kind, answer, says):
     assert not result.passed and says in result.message, result.message
 
 
+async def _async_fix_that_raises(mystery, db):
+    return {}["no such kind"]
+
+
 @pytest.mark.parametrize(("answer", "says"), [
     (None, "a function fix(mystery, db)"),
     (lambda mystery, db: None, "not a FastAPI app"),
     (lambda mystery, db: 1 / 0, "ZeroDivisionError"),
     (lambda mystery: None, "TypeError"),
+    (_async_fix_that_raises, "KeyError"),
 ])
 def test_bad_answers_fail_with_a_message(monkeypatch, answer, says):
     result = _grade_kind(monkeypatch, "no_pooling", answer)

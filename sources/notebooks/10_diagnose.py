@@ -272,7 +272,7 @@ async with app_client(report_app) as slow, app_client(fixed_app) as fixed:
 plot_timings(timings, title="GET /report, slow vs fixed (in-process)")
 
 # %% [markdown]
-# The profile's share of `fastapi/encoders.py` is a sample, and it moves with the machine's load. The same fact has an
+# The profile's share of `fastapi/encoders.py` is an estimate from samples taken every millisecond. The same fact has an
 # exact measurement: `count_encoder_calls()` counts the calls of FastAPI's `jsonable_encoder` (it calls itself once per
 # object and field), as `count_queries` counts statements.
 
