@@ -36,7 +36,7 @@ from ..queries import StatementLog, observe_statements
 from ..timing import Comparison, compare, compare_sync, median_ms
 
 __all__ = [
-    "Item", "ItemOut", "Page", "make_items_db", "add_items", "newest_ids",
+    "Item", "ItemOut", "Page", "make_items_db", "add_items", "newest_ids", "cheapest_ids", "PRICE_INDEX",
     "make_unbounded_app", "make_serialization_app", "sample_items", "make_article_app", "make_offset_app", "make_keyset_app", "make_feed_app",
     "make_catalog_app", "make_archive_app", "feed_index", "encode_cursor", "decode_cursor", "walk_offset", "walk_cursor", "wire_bytes",
     "depth_profile", "page_query_times", "page_sql_times", "keyset_levels", "depth_prose", "limit_prose", "ties_prose", "with_gzip", "watch_database", "DatabaseWatch", "gzip_cost", "sort_method", "explain_page", "bench",
@@ -69,15 +69,32 @@ _ADJECTIVES = ("red", "small", "quiet", "fast", "wooden", "vintage", "solar", "f
 _NOUNS = ("lamp", "kettle", "chair", "puzzle", "guitar", "drill", "novel", "board game", "teapot", "shovel")
 _EPOCH = datetime(2024, 1, 1)
 TIES = 5  # items created in the same second
+PRICE_BATCH = 6  # consecutive items listed together at one price: `price_cents` has ties too (exercise 04.keyset)
 
 
-def _item_row(i: int) -> dict[str, Any]:
+def _price_cents(i: int) -> int:
+    """The price of item `i`: a batch of PRICE_BATCH consecutive ids shares one price (ties at every table size,
+    and a tie group never larger than the batch, however big the table, up to 54,000 rows). The price keeps the
+    number of digits of the item's own list price (99 to 10,098 cents, spread evenly), so every JSON body has the
+    size it had before prices had ties: the gzip exercise's rule is set on those sizes."""
+    own = i * 7919 % 10_000 + 99
+    batch = (i - 1) // PRICE_BATCH * 7919 % 9_000  # one number per batch, different for 9,000 batches in a row
+    if own >= 10_000:
+        return 10_000 + batch % 99
+    if own >= 1_000:
+        return 1_000 + batch
+    if own >= 100:
+        return 100 + batch % 900
+    return own
+
+
+def _item_row(i: int, price_cents: int | None = None) -> dict[str, Any]:
     """The deterministic row of item `i` (cheap to compute, so a million rows build quickly)."""
     return {
         "id": i,
         "title": f"{_ADJECTIVES[i * 7 % 10].capitalize()} {_NOUNS[i * 3 % 10]} no. {i}",
         "category": _CATEGORIES[i * 7919 % len(_CATEGORIES)],
-        "price_cents": i * 7919 % 10_000 + 99,
+        "price_cents": _price_cents(i) if price_cents is None else price_cents,
         "created_at": _EPOCH + timedelta(seconds=i // TIES),
     }
 
@@ -85,32 +102,47 @@ def _item_row(i: int) -> dict[str, Any]:
 ANALYZE_AFTER = 5_000  # rows: a bulk load this large refreshes PostgreSQL's planner statistics (ANALYZE)
 
 
-def _insert_items(engine: Any, first: int, last: int, batch: int = 50_000) -> None:
+def _insert_items(engine: Any, first: int, last: int, batch: int = 50_000, price_cents: int | None = None) -> None:
     """Insert items `first..last` with the course's bulk loader (`course_lib.db.bulk_load`): COPY on PostgreSQL
     (psycopg 3), executemany batches elsewhere; the id sequence moved on, ANALYZE after a large load."""
     if last < first:
         return
-    bulk_load(engine, Item.__table__, (_item_row(i) for i in range(first, last + 1)), batch=batch,
+    bulk_load(engine, Item.__table__, (_item_row(i, price_cents) for i in range(first, last + 1)), batch=batch,
               analyze=last - first + 1 >= ANALYZE_AFTER)
 
 
-def make_items_db(rows: int = 10_000) -> DemoDB:
+PRICE_INDEX = "ix_items_price_id"
+
+
+def _create_price_index(engine: Any) -> None:
+    """CREATE INDEX ix_items_price_id ON items (price_cents, id), built on a private copy of the table (as
+    `feed_index` does), so `Item.__table__` never carries it and tables built later do not get it."""
+    table = cast(Table, Item.__table__).to_metadata(MetaData())
+    Index(PRICE_INDEX, table.c.price_cents, table.c.id).create(engine)
+
+
+def make_items_db(rows: int = 10_000, *, price_index: bool = False) -> DemoDB:
     """A fresh database (SQLite, or PostgreSQL when `DATABASE_URL` is set) with `rows` items (ids 1..rows,
-    `TIES` items per second), bulk-loaded: executemany batches, or COPY on PostgreSQL."""
+    `TIES` items per second, `PRICE_BATCH` consecutive items per price), bulk-loaded: executemany batches, or COPY
+    on PostgreSQL. `price_index=True` also creates the index `ix_items_price_id` on (price_cents, id), after the
+    load (exercise 04.keyset's tables have it; the lesson's demos do not need it)."""
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
         raise ValueError("make_items_db: rows must be a non-negative int")
     engine, path = fresh_engine()
     PageBase.metadata.create_all(engine)
     _insert_items(engine, 1, rows)
+    if price_index:
+        _create_price_index(engine)
     return DemoDB(engine=engine, Session=sessionmaker(engine, expire_on_commit=False), path=path,
                   counts={"items": rows})
 
 
-def add_items(db: DemoDB, count: int) -> list[int]:
-    """Insert `count` new items, newer than every existing one (as users keep posting); return their ids."""
+def add_items(db: DemoDB, count: int, *, price_cents: int | None = None) -> list[int]:
+    """Insert `count` new items, newer than every existing one (as users keep posting); return their ids. With
+    `price_cents`, every new item has that price (`price_cents=0`: cheaper than every item already there)."""
     with db.engine.connect() as conn:
         top = conn.scalar(select(func.max(Item.id))) or 0
-    _insert_items(db.engine, top + 1, top + count)
+    _insert_items(db.engine, top + 1, top + count, price_cents=price_cents)
     db.counts["items"] = db.counts.get("items", 0) + count
     return list(range(top + 1, top + count + 1))
 
@@ -119,6 +151,12 @@ def newest_ids(db: DemoDB) -> list[int]:
     """Every item id, newest first: what a complete walk over the feed must return."""
     with db.engine.connect() as conn:
         return list(conn.scalars(select(Item.id).order_by(Item.id.desc())))
+
+
+def cheapest_ids(db: DemoDB) -> list[int]:
+    """Every item id, cheapest first, ties by id: what a complete walk of exercise 04.keyset must return."""
+    with db.engine.connect() as conn:
+        return list(conn.scalars(select(Item.id).order_by(Item.price_cents, Item.id)))
 
 
 # ---------- response models ----------
@@ -653,22 +691,27 @@ async def _get_page(checking: Checking, client: httpx.AsyncClient, limit: int | 
 
 
 async def _walk(checking: Checking, client: httpx.AsyncClient, limit: int, expected_pages: int,
-                between: Callable[[], Any] | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Walk the learner's pages by next_cursor; fail if a page is too long or the cursor never ends."""
+                between: Callable[[], Any] | None = None,
+                keys: dict[int, tuple[int, int]] | None = None) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """Walk the learner's pages by next_cursor: (every item seen, each page's items). Fail if a page is too long or
+    the cursor never ends (saying, when `keys` gives each id's sort key, where the pages first went wrong)."""
     seen: list[dict[str, Any]] = []
+    pages: list[list[dict[str, Any]]] = []
     cursor: Any = None
-    for pages in range(1, expected_pages + 3):
+    for page in range(1, expected_pages + 3):
         items, cursor = await _get_page(checking, client, limit, cursor)
         checking.expect(len(items) <= limit, f"asked for limit={limit}, a page had {len(items)} items")
         seen += items
+        pages.append(items)
         if cursor is None:
             return seen, pages
-        checking.expect(items != [] or pages == 1,
+        checking.expect(items != [] or page == 1,
                         f"a page with limit={limit} came back empty but next_cursor was {cursor!r}, not null")
         if between is not None:
             between()
     checking.fail(f"after {expected_pages + 2} pages of limit={limit} (for {len(seen)} items seen) next_cursor "
-                  f"was still {cursor!r}: the last page must answer \"next_cursor\": null.")
+                  f"was still {cursor!r}: the last page must answer \"next_cursor\": null."
+                  + (_boundary_note(pages, keys) if keys else ""))
     raise AssertionError("unreachable")
 
 
@@ -690,6 +733,9 @@ async def _interleaved_walks(checking: Checking, client: httpx.AsyncClient, limi
     return seen
 
 
+ORDER = "cheapest first (by price_cents, ties by id)"
+
+
 def _describe_ids(seen: list[int], expected: list[int]) -> str:
     dupes = sorted(i for i, n in Counter(seen).items() if n > 1)
     missing = sorted(set(expected) - set(seen))
@@ -702,8 +748,58 @@ def _describe_ids(seen: list[int], expected: list[int]) -> str:
     if extra:
         parts.append(f"{len(extra)} ids do not exist (e.g. {extra[:5]})")
     if not parts:
-        parts.append(f"every id came once but not newest first: got {seen[:8]}…, expected {expected[:8]}…")
+        parts.append(f"every id came once but not {ORDER}: got {seen[:8]}…, expected {expected[:8]}…")
     return "; ".join(parts)
+
+
+def _sort_keys(db: DemoDB) -> dict[int, tuple[int, int]]:
+    """Each item's place in the exercise's order: id → (price_cents, id)."""
+    with db.engine.connect() as conn:
+        return {i: (price, i) for i, price in conn.execute(select(Item.id, Item.price_cents))}
+
+
+def _boundary_note(pages: list[list[dict[str, Any]]], keys: dict[int, tuple[int, int]]) -> str:
+    """Where a walk first went wrong between two pages, in words (" Page 3 ended with …"), or "" if every page
+    began right after the one before it. Names the tie when the price alone decided where the next page began."""
+    order = sorted(keys.values())
+    position = {key[1]: n for n, key in enumerate(order)}
+    if not pages or [position.get(i["id"]) for i in pages[0]] != list(range(len(pages[0]))):
+        return ""  # the first page is not the cheapest items in order: the order itself is wrong, not a cursor
+    for n in range(1, len(pages)):
+        if not pages[n - 1] or not pages[n]:
+            continue
+        last, first = pages[n - 1][-1]["id"], pages[n][0]["id"]
+        if last not in position or first not in position:
+            continue
+        at, got = position[last], position[first]
+        if got == at + 1:
+            continue
+        (price, _), (first_price, _) = keys[last], keys[first]
+        note = (f" Page {n} ended with item {last} (price_cents {price}); page {n + 1} began with item {first} "
+                f"(price_cents {first_price})")
+        if at + 1 < len(order):
+            next_price, next_id = order[at + 1]
+            note += f", but the next item {ORDER} is item {next_id} (price_cents {next_price})."
+        else:
+            note += ", but that last item is the most expensive: there is no next item."
+        tied = [i for p, i in order if p == price]
+        if len(tied) > 1 and first_price > price and at + 1 < len(order) and order[at + 1][0] == price:
+            rest = [i for i in tied if i > last]
+            note += (f" {len(rest)} other item(s) priced {price} after item {last} were skipped (e.g. {rest[:3]}). "
+                     f"{len(tied)} items cost {price} cents: many items share a price, and a cursor that keeps only "
+                     "the price cannot say where inside those ties a page stopped. The cursor must carry the id "
+                     "too, and the next page start after the pair (price, id) (lesson section 3: ties).")
+        elif first_price == price and got <= at:
+            note += (f" Items priced {price} that page {n} had already returned came again. Many items share a "
+                     "price, and a cursor that keeps only the price can only restart at the first item of that "
+                     "price (`>=`) or skip every other item of that price (`>`). The cursor must carry the id too, "
+                     "and the next page start after the pair (price, id) (lesson section 3: ties).")
+        elif got < at:
+            note += (" The next page went back to an item before the last one returned: the condition on the "
+                     "cursor must follow the same order as ORDER BY, on the whole key (price, then id), not on "
+                     "one column of it.")
+        return note
+    return ""
 
 
 async def _check_cap(checking: Checking, client: httpx.AsyncClient) -> None:
@@ -723,25 +819,27 @@ async def _check_cap(checking: Checking, client: httpx.AsyncClient) -> None:
                     "client's mistake, answer 400 or 422 (not 200, not a server error).")
 
 
-async def _position_check(checking: Checking, make_app: Any, watch: DatabaseWatch, newer_rows: int) -> None:
-    """A cursor taken on 45 items must still point at item 25 after `newer_rows` newer items are inserted."""
-    with make_items_db(45) as db:
+async def _position_check(checking: Checking, make_app: Any, watch: DatabaseWatch, cheaper_rows: int) -> None:
+    """A cursor taken after the first 20 of 45 items must still give the 21st and 22nd after `cheaper_rows` items
+    cheaper than all of them are inserted; then a new first page must begin with the cheapest new item."""
+    with make_items_db(45, price_index=True) as db:
+        order = cheapest_ids(db)
         app = checking.build_app(make_app, watch.observe(db))
         async with app_client(app) as client:
             _, cursor = await _get_page(checking, client, 20)
             checking.expect(cursor is not None, "on 45 items with limit=20 the first page's next_cursor was null")
-            add_items(db, newer_rows)  # the cursor now points below `newer_rows` newer items
+            new = add_items(db, cheaper_rows, price_cents=0)  # before every cursor: they shift every row number
             deep, _ = await _get_page(checking, client, 2, cursor)
-            checking.expect([i["id"] for i in deep] == [25, 24],
-                            f"took a cursor after items 45 … 26; then {newer_rows:,} newer items were inserted; the "
-                            f"page at that cursor gave ids {[i['id'] for i in deep]}, expected [25, 24]. A cursor "
-                            "must point at a position in the data, not at a row number.")
+            checking.expect([i["id"] for i in deep] == order[20:22],
+                            f"took a cursor after the first 20 of 45 items ({ORDER}); then {cheaper_rows:,} items "
+                            f"priced 0, cheaper than all of them, were inserted; the page at that cursor gave ids "
+                            f"{[i['id'] for i in deep]}, expected {order[20:22]} (the 21st and 22nd). A cursor must "
+                            "point at a position in the data (a sort key), not at a row number.")
             first, _ = await _get_page(checking, client, 1)
-            newest = 45 + newer_rows
-            checking.expect([i["id"] for i in first] == [newest],
-                            f"after {newer_rows:,} new items were inserted, a new first page (no cursor) began with "
-                            f"ids {[i['id'] for i in first]}, expected [{newest}]: every page must read the table "
-                            "as it is now, not a copy taken when the app started.")
+            checking.expect([i["id"] for i in first] == new[:1],
+                            f"after {cheaper_rows:,} items priced 0 were inserted, a new first page (no cursor) began "
+                            f"with ids {[i['id'] for i in first]}, expected [{new[0]}], the cheapest new item: every "
+                            "page must read the table as it is now, not a copy taken when the app started.")
 
 
 def _skips_rows(sql: str, parameters: Any) -> bool:
@@ -824,8 +922,8 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
     unit = "VM steps" if name == "sqlite" else "rows read"
     margin, give_up = WORK_MARGIN, GIVE_UP
     small_rows = SMALL_ROWS
-    with make_items_db(WALK_ROWS) as big, make_items_db(small_rows) as small:
-        expected = newest_ids(big)
+    with make_items_db(WALK_ROWS, price_index=True) as big, make_items_db(small_rows, price_index=True) as small:
+        expected = cheapest_ids(big)
         watch.observe(big), watch.observe(small)
         big_app, small_app = checking.build_app(make_app, big), checking.build_app(make_app, small)
         async with app_client(big_app) as big_client, app_client(small_app) as small_client:
@@ -841,6 +939,7 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
                             f"same at any table size (within {margin:g}×). Does each page read every row (or count "
                             f"them) and keep {WALK_LIMIT} in Python?")
             seen: list[dict[str, Any]] = []
+            pages: list[list[dict[str, Any]]] = []
             cursors: list[Any] = [None]
             full: list[Any] = []  # the cursors of full pages, in order
             for page in range(1, WALK_ROWS // WALK_LIMIT + 3):
@@ -859,6 +958,7 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
                                 "the index cannot seek to, such as a bare OR) instead of seeking to the cursor's key?")
                 checking.expect(len(items) <= WALK_LIMIT, f"asked for limit={WALK_LIMIT}, a page had {len(items)}")
                 seen += items
+                pages.append(items)
                 if len(items) == WALK_LIMIT:
                     full.append(cursors[-1])
                 if cursor is None:
@@ -868,11 +968,12 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
                 cursors.append(cursor)
             else:
                 checking.fail(f"after {len(cursors)} pages of limit={WALK_LIMIT} through {WALK_ROWS:,} items "
-                              f"next_cursor was still {cursors[-1]!r}: the last page must answer \"next_cursor\": null.")
+                              f"next_cursor was still {cursors[-1]!r}: the last page must answer \"next_cursor\": null."
+                              + _boundary_note(pages, _sort_keys(big)))
             ids = [i["id"] for i in seen]
             if ids != expected:  # described only on failure: the description compares every id
                 checking.fail(f"walking all {WALK_ROWS:,} items with limit={WALK_LIMIT} ({len(cursors)} pages): "
-                              f"{_describe_ids(ids, expected)}")
+                              f"{_describe_ids(ids, expected)}.{_boundary_note(pages, _sort_keys(big))}")
             # the last full page (a short or empty last page would flatter it), against the small table's page
             last = full[-1]
             work = await _median_work(watch, {"small": (small_client, None), "last": (big_client, last)})
@@ -892,57 +993,63 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
 
 KEYSET_DEEP_ROWS = 1_000_000  # the benchmark's table: the size the lesson's claim names
 KEYSET_MAX_RATIO = 2.5  # the benchmark's bar for keyset's deepest page / first page (GET)
-POSITION_NEWER_ROWS = 2_000
+POSITION_NEWER_ROWS = 2_000  # items inserted, cheaper than every other, before the position check's second page
 
 
 @exercise(
     "04.keyset",
-    title="Keyset pagination with a cap",
+    title="Cheapest first: a keyset cursor over ties",
     expects="a function make_app(db) returning a FastAPI app with GET /items?limit=&cursor= that answers "
-            '{"items": [...], "next_cursor": ...}',
+            '{"items": [...], "next_cursor": ...}, cheapest first (price_cents, then id)',
     hints=(
-        "Measure what one page makes the database read: with OFFSET, a row number or a count, the last page of a "
-        "big table reads every row before it, so it gets slower the deeper you go. A keyset cursor carries the "
-        "sort key of the last item returned, and the next page starts right after that key, wherever it is now. "
-        "Watch the SQL of a deep page with `count_queries(db.engine)`.",
-        "Let the database seek through the primary key's index: a `select(Item)` ordered by `Item.id.desc()`, "
-        "filtered on `Item.id` against the cursor's key, cut with `.limit(...)`, and never `.offset(...)`. Declare "
-        "the cap in the signature: `limit: Annotated[int, Query(ge=..., le=...)] = 20`. A cursor typed `int | None` "
-        "gets 422 on garbage for free; a string cursor you decode yourself must answer 400 when it cannot.",
-        "Shape (fill the gaps): `stmt = select(Item).order_by(...).limit(...)`; `if cursor is not None: stmt = "
-        "stmt.where(Item.id ... cursor)`; `items = session.scalars(stmt).all()`; `next_cursor = ... if len(items) "
-        "== ... else None`; return both in the page model.",
+        "A keyset cursor carries the sort key of the last item returned, and the next page starts right after "
+        "that key, wherever it is now. Here the order is `price_cents`, and many items share a price: which part "
+        "of the key says where inside a tie a page stopped? Lesson section 3 (the feed by `(created_at, id)`) "
+        "met the same problem in the other direction. Watch the SQL of a deep page with "
+        "`count_queries(db.engine)`: no OFFSET, no count.",
+        "Order by `Item.price_cents, Item.id` (the index `ix_items_price_id` on `(price_cents, id)` gives that "
+        "order) and compare the pair with `sqlalchemy.tuple_(...)`, so the index can seek to it; cut with "
+        "`.limit(...)`. The cursor is yours to design: two numbers in one opaque string (urlsafe base64 of JSON, "
+        "as the lesson's `encode_cursor` does for `(created_at, id)`, or `\"price:id\"`). Decode it inside "
+        "`try`/`except` and raise `HTTPException(400)` when it is not one of yours. Cap the page size in the "
+        "signature: `limit: Annotated[int, Query(ge=..., le=...)] = 20`.",
+        "Shape (fill the gaps): `stmt = select(Item).order_by(..., ...).limit(limit)`; `if cursor is not None:` "
+        "decode it into `price, last_id` (400 if it fails) and `stmt = stmt.where(tuple_(..., ...) > "
+        "tuple_(..., ...))`; `items = session.scalars(stmt).all()`; `next_cursor =` the last item's price and id, "
+        "encoded, `if len(items) == limit else None`; return both in the page model.",
     ),
     timeout=150,
 )
 async def check_keyset(make_app: Any, checking: Checking) -> str:
-    """Every page walked on several sizes (also with inserts between pages), 422 over the cap, no OFFSET in any
-    statement, and the database's work per page flat at the end of a 20k-row table."""
+    """Every page walked cheapest first on several sizes (also with cheaper items inserted between pages), ties
+    crossed by the cursor, 422 over the cap, no OFFSET in any statement, and the database's work per page flat at
+    the end of a 20k-row table with the index on (price_cents, id)."""
     checking.require_callable(make_app, "a function make_app(db) that builds and returns a FastAPI app")
     walks = 0
     with watch_database() as watch:
-        with make_items_db(250) as db:
+        with make_items_db(250, price_index=True) as db:
             app = checking.build_app(make_app, watch.observe(db))
             async with app_client(app, raise_app_exceptions=False) as client:  # a crash is a 500 to report
                 await _check_cap(checking, client)
         for rows, limits in ((0, (20,)), (1, (1, 20)), (45, (7, 45)), (250, (20, 100))):
-            with make_items_db(rows) as db:
-                expected = newest_ids(db)
+            with make_items_db(rows, price_index=True) as db:
+                expected, keys = cheapest_ids(db), _sort_keys(db)
                 titles = {i: _item_row(i)["title"] for i in expected}
                 app = checking.build_app(make_app, watch.observe(db))
                 async with app_client(app) as client:
                     for limit in limits:
-                        items, pages = await _walk(checking, client, limit, -(-rows // limit))
+                        items, pages = await _walk(checking, client, limit, -(-rows // limit), keys=keys)
                         ids = [i["id"] for i in items]
-                        checking.expect(ids == expected, f"walking {rows} items with limit={limit} ({pages} pages): "
-                                                         f"{_describe_ids(ids, expected)}")
+                        if ids != expected:
+                            checking.fail(f"walking {rows} items with limit={limit} ({len(pages)} pages): "
+                                          f"{_describe_ids(ids, expected)}.{_boundary_note(pages, keys)}")
                         wrong = [i for i in items if i.get("title") != titles[i["id"]]]
                         checking.expect(not wrong, f"item {wrong[0]['id'] if wrong else ''} has title "
                                         f"{wrong[0].get('title') if wrong else ''!r}, expected "
                                         f"{titles[wrong[0]['id']] if wrong else ''!r}: return the item's own fields")
                         walks += 1
-        with make_items_db(250) as db:  # two readers paging at once: the position must travel in the cursor
-            expected = newest_ids(db)
+        with make_items_db(250, price_index=True) as db:  # two readers at once: the position travels in the cursor
+            expected = cheapest_ids(db)
             app = checking.build_app(make_app, watch.observe(db))
             async with app_client(app) as client:
                 walked = await _interleaved_walks(checking, client, (20, 7), 250)
@@ -951,22 +1058,23 @@ async def check_keyset(make_app: Any, checking: Checking) -> str:
                                 f"20 and 7); the one with limit={limit}: {_describe_ids(ids, expected)}. A position "
                                 "kept in the server (a variable, a session) is shared by every client: put it in "
                                 "the cursor.")
-        with make_items_db(120) as db:
-            expected = newest_ids(db)
+        with make_items_db(120, price_index=True) as db:
+            expected = cheapest_ids(db)
             app = checking.build_app(make_app, watch.observe(db))
             async with app_client(app) as client:
-                items, _ = await _walk(checking, client, 10, 12 + 10, between=lambda: add_items(db, 3))
+                items, _ = await _walk(checking, client, 10, 12 + 10,
+                                       between=lambda: add_items(db, 3, price_cents=0))
             ids = [i["id"] for i in items]
             checking.expect(ids == expected,
-                            "walking 120 items with limit=10 while 3 new items were inserted after every page: "
-                            f"{_describe_ids(ids, expected)}. New items arrive at the top of a newest-first list and "
-                            "shift every row number below them.")
+                            "walking 120 items with limit=10 while 3 new items priced 0 (cheaper than all of them) "
+                            f"were inserted after every page: {_describe_ids(ids, expected)}. Cheaper items arrive "
+                            "at the top of a cheapest-first list and shift every row number below them.")
         await _position_check(checking, make_app, watch, POSITION_NEWER_ROWS)
         _no_offset(checking, watch, "while walking the small tables")
         first, deep = await _flat_at_the_end(checking, make_app, watch)
-    return (f"{walks + 1} complete walks (no duplicates, nothing missing, the last one {WALK_ROWS:,} items), stable "
-            f"under inserts, 422 over 100, no OFFSET; a page at the end of {WALK_ROWS:,} rows costs {deep:.2f}× a page "
-            f"of a {SMALL_ROWS:,}-row table (first page {first:.2f}×)")
+    return (f"{walks + 1} complete walks cheapest first (no duplicates, nothing missing across ties, the last one "
+            f"{WALK_ROWS:,} items), stable under inserts, 422 over 100, no OFFSET; a page at the end of {WALK_ROWS:,} "
+            f"rows costs {deep:.2f}× a page of a {SMALL_ROWS:,}-row table (first page {first:.2f}×)")
 
 
 # ---------- exercise 04.gzip ----------

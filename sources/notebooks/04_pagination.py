@@ -371,9 +371,10 @@ say(
 #
 # Open **`exercises/04_pagination.ipynb`**:
 #
-# - **04.keyset**: write a keyset-paginated `GET /items?limit=&cursor=` with a cap. The grader walks every
-#   page on several table sizes (no duplicates, nothing missing), inserts rows *between* page requests,
-#   checks 422 over the cap, and times a page 300,000 rows deep against the first page.
+# - **04.keyset**: write a keyset-paginated `GET /items?limit=&cursor=` with a cap, **cheapest first**: a
+#   key with ties (many items share a price) and a cursor you design. The grader walks every page on several
+#   table sizes (no duplicates, nothing missing), inserts cheaper items *between* page requests, checks 422
+#   over the cap, and measures the database's work for the last page of 20,000 items against a page of 1,000.
 # - **04.gzip**: add gzip so a large export shrinks at least 5× and a small response is left alone.
 #
 # ## Key points
