@@ -125,6 +125,11 @@ def same_answers(before: list[Probe], after: list[Probe]) -> list[str]:
     return diffs
 
 
+def _leaks(body: str) -> list[str]:
+    """The database details a /health body shows: the URL's path, the driver, the exception."""
+    return [s for s in ("nonexistent", "sqlite", "OperationalError", "unable to open") if s in body]
+
+
 def unreachable_url(tag: str = "down") -> str:
     """A SQLite URL in a folder that does not exist: every connection attempt fails at once."""
     return f"sqlite:////nonexistent-{tag}-folder/blog.sqlite3"
@@ -382,16 +387,21 @@ async def check_refactor(answer: Any, checking: Checking) -> str:
         checking.expect(status == 200, f"/health answered {status} with the database up; expected 200")
         try:
             async with app_client(checking.build_app(factory, down)) as client:
-                live, ready = await client.get("/health/live"), await client.get("/health")
+                live = await client.get("/health/live")
+                # three probes: the first may meet a cold engine (and, on a loaded machine, the answer's own
+                # deadline) before the connection error that a leaky body would show
+                probes = [await client.get("/health") for _ in range(3)]
         except Exception as error:
             checking.fail(f"with the database unreachable the app failed: {type(error).__name__}: "
                           f"{str(error)[:160]}. Startup must not need the database; /health must catch the error.")
         checking.expect(live.status_code == 200,
                         f"/health/live answered {live.status_code} with the database down; liveness must not "
                         "touch the database (200 while the process runs)")
-        checking.expect(ready.status_code == 503,
-                        f"/health answered {ready.status_code} with the database unreachable; expected 503")
-        leaked = [s for s in ("nonexistent", "sqlite", "OperationalError", "unable to open") if s in ready.text]
+        for ready in probes:
+            checking.expect(ready.status_code == 503,
+                            f"/health answered {ready.status_code} with the database unreachable; expected 503")
+        ready = next((p for p in probes if _leaks(p.text)), probes[0])
+        leaked = _leaks(ready.text)
         checking.expect(not leaked, f"/health's 503 body shows {leaked}: {ready.text[:160]}. Say only which "
                                     "check failed; log the details server-side.")
         with hanging_database(db, HANG_S):
