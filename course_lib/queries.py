@@ -12,13 +12,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.util.concurrency import await_, in_greenlet
+
+from .events import listening
 
 __all__ = ["QueryLog", "StatementLog", "count_queries", "is_setup", "observe_statements", "simulated_latency"]
 
@@ -340,8 +342,9 @@ def _engine_statement(conn: Any, cursor: Any, statement: str, parameters: Any, c
 def _install() -> None:
     _PATCHES.append(_patch_sqlite_connect())
     _PATCHES.append(_patch_psycopg())
-    event.listen(Engine, "before_cursor_execute", _engine_statement)
-    _PATCHES.append(lambda: event.remove(Engine, "before_cursor_execute", _engine_statement))
+    hooks = ExitStack()
+    hooks.enter_context(listening(Engine, "before_cursor_execute", _engine_statement))
+    _PATCHES.append(hooks.close)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,12 +14,13 @@ from weakref import WeakKeyDictionary, WeakSet
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from ..client import app_client
 from ..db import DemoDB, Post, User, make_demo_db
+from ..events import listening
 from ..grading import Checking, exercise
 from ..queries import count_queries
 
@@ -88,15 +90,14 @@ class SessionSharing:
         self._seen("Connection", conn)
 
     def __enter__(self) -> SessionSharing:
-        event.listen(Session, "do_orm_execute", self._on_orm_execute)
-        event.listen(Session, "after_begin", self._on_begin)
-        event.listen(Engine, "before_cursor_execute", self._on_cursor)
+        self._hooks = contextlib.ExitStack()
+        self._hooks.enter_context(listening(Session, "do_orm_execute", self._on_orm_execute))
+        self._hooks.enter_context(listening(Session, "after_begin", self._on_begin))
+        self._hooks.enter_context(listening(Engine, "before_cursor_execute", self._on_cursor))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        event.remove(Session, "do_orm_execute", self._on_orm_execute)
-        event.remove(Session, "after_begin", self._on_begin)
-        event.remove(Engine, "before_cursor_execute", self._on_cursor)
+        self._hooks.close()
 
     @staticmethod
     @contextmanager

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import DemoDB, Post, User, make_demo_db, thread_safe_connect_args
+from ..events import listening
 from ..grading import Checking, exercise
 from ..queries import count_queries, simulated_latency
 from ..redis import KeyWatch, RecordingProxy, RedisCommand, get_redis, redis_backend, serve_redis
@@ -559,14 +560,9 @@ class _CommitHold:
                 self.held.set()
                 self.released.wait(self.timeout)
 
-        listeners = (("before_cursor_execute", wrote), ("rollback", forget), ("commit", commit))
-        for name, fn in listeners:
-            event.listen(Engine, name, fn)
-        try:
+        with listening(Engine, "before_cursor_execute", wrote), listening(Engine, "rollback", forget), \
+                listening(Engine, "commit", commit):
             yield
-        finally:
-            for name, fn in listeners:
-                event.remove(Engine, name, fn)
 
 
 def _acknowledging(app: Any, conn: Any, acking: list[bool]) -> Any:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, cast
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import DateTime, Index, MetaData, String, Table, event, func, select, tuple_
+from sqlalchemy import DateTime, Index, MetaData, String, Table, func, select, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from starlette.middleware.gzip import GZipMiddleware
@@ -30,6 +30,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import DemoDB, bulk_load, dialect, fresh_engine
+from ..events import listening
 from ..grading import Checking, Fail, LearnerCodeError, _learner_frames, exercise, request_label
 from ..plans import explain_driver_sql, postgresql_nodes
 from ..queries import StatementLog, observe_statements
@@ -654,15 +655,14 @@ def watch_database() -> Iterator[DatabaseWatch]:
 
         sqlite3.connect = connect
         sqlite3.dbapi2.connect = connect  # SQLAlchemy's pysqlite calls this one
-        event.listen(Engine, "before_cursor_execute", before)
         try:
-            yield watch
-            stack.close()  # the observers patch the drivers over this watch's hook: they leave first
+            with listening(Engine, "before_cursor_execute", before):
+                yield watch
+                stack.close()  # the observers patch the drivers over this watch's hook: they leave first
         finally:
             stack.close()
             sqlite3.connect = original
             sqlite3.dbapi2.connect = original
-            event.remove(Engine, "before_cursor_execute", before)
             for connection in watch.hooked.values():  # a connection that outlives the block stops reporting to it
                 with contextlib.suppress(sqlite3.Error):
                     connection.set_progress_handler(None, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import DemoDB, Post, User, make_demo_db, thread_safe_connect_args
+from ..events import listening
 from ..grading import Checking, exercise
 from .blog_app.config import Settings
 from .blog_app.main import create_app
@@ -144,11 +146,8 @@ def hanging_database(db: DemoDB, seconds: float) -> Iterator[None]:
         if conn.engine.url.database == target:
             time.sleep(seconds)
 
-    event.listen(Engine, "before_cursor_execute", stall)
-    try:
+    with listening(Engine, "before_cursor_execute", stall):
         yield
-    finally:
-        event.remove(Engine, "before_cursor_execute", stall)
 
 
 async def time_health(app: Any, path: str = "/health") -> tuple[int, float]:
@@ -431,13 +430,13 @@ class _SessionTracker:
         self._began(state.session)
 
     def __enter__(self) -> _SessionTracker:
-        event.listen(Session, "after_begin", self._began)
-        event.listen(Session, "do_orm_execute", self._executed)
+        self._hooks = contextlib.ExitStack()
+        self._hooks.enter_context(listening(Session, "after_begin", self._began))
+        self._hooks.enter_context(listening(Session, "do_orm_execute", self._executed))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        event.remove(Session, "after_begin", self._began)
-        event.remove(Session, "do_orm_execute", self._executed)
+        self._hooks.close()
 
     def start(self) -> None:
         """A request is about to be sent."""

@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import Comment, DemoDB, Post, User, make_demo_db, require_driver, thread_safe_connect_args
+from ..events import listening
 from ..grading import Checking, LearnerCodeError, _caused_by, exercise
 from ..queries import count_queries, observe_statements
 
@@ -160,11 +161,8 @@ def round_trips(db: DemoDB | Engine | AsyncEngine, latency_ms: float = LATENCY_M
         finally:
             seen._end()
 
-    event.listen(Engine, "before_cursor_execute", before)
-    try:
+    with listening(Engine, "before_cursor_execute", before):
         yield seen
-    finally:
-        event.remove(Engine, "before_cursor_execute", before)
 
 
 # --------------------------------------------------------------------------- the lesson's app: a user's profile
@@ -404,11 +402,8 @@ def engines_used(db: DemoDB) -> Iterator[dict[int, Engine]]:
         if _target(conn.engine) == target:
             seen.setdefault(id(conn.engine), conn.engine)
 
-    event.listen(Engine, "engine_connect", on_engine_connect)
-    try:
+    with listening(Engine, "engine_connect", on_engine_connect):
         yield seen
-    finally:
-        event.remove(Engine, "engine_connect", on_engine_connect)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from sqlalchemy.pool import Pool
 from ..bench_rows import BenchRow
 from ..client import app_client
 from ..db import DemoDB, Post, User, make_demo_db
+from ..events import listening
 from ..grading import Checking, exercise
 from ..plans import QueryPlan, explain_driver_sql
 from ..queries import count_queries, observe_statements
@@ -107,11 +108,8 @@ def count_connections() -> Iterator[ConnectionLog]:
     def opened(*_: Any) -> None:
         log.count += 1
 
-    event.listen(Pool, "connect", opened)
-    try:
+    with listening(Pool, "connect", opened):
         yield log
-    finally:
-        event.remove(Pool, "connect", opened)
 
 
 @dataclass
