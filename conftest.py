@@ -20,6 +20,23 @@ if "COURSE_LAB_HOME" not in os.environ:  # xdist workers inherit the controller'
 SERIAL_TOOLKIT = ("tests/test_audit.py", "tests/test_classroom.py")
 
 
+# The parallel phase hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`): the
+# costliest go first, so no worker starts a long file while the others run out of work. Seconds of one file's
+# tests on 2 cores, measured 2026-12-01; a file not listed keeps its place after these.
+HEAVY_FIRST = (
+    "tests/test_hub.py",  # 210 s: a hub, six single-user servers, eight kernels
+    "tests/test_l01_workers.py",  # 126 s
+    "tests/test_l03_caching.py",  # 119 s
+    "tests/test_notebooks.py",  # 98 s: every shipped exercise notebook graded
+    "tests/test_browser.py",  # 98 s: JupyterLab in Chromium
+    "tests/test_class_grading.py",  # 60-100 s, in one module fixture
+    "tests/test_l04_pagination.py",  # 73 s
+    "tests/test_l10_fix.py",  # 56 s
+    "tests/test_catalogue.py",  # 52 s
+    "tests/test_servers.py",  # 43 s
+)
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: D103 - pytest hook
     import pytest
 
@@ -29,6 +46,12 @@ def pytest_collection_modifyitems(config, items):  # noqa: D103 - pytest hook
     for item in items:
         if any(str(item.path).endswith(key) for key in keys):
             item.add_marker(pytest.mark.serial)
+
+    def rank(item: pytest.Item) -> int:
+        path = str(item.path)
+        return next((n for n, key in enumerate(HEAVY_FIRST) if path.endswith(key)), len(HEAVY_FIRST))
+
+    items.sort(key=rank)  # stable: a file's tests (and a notebook's cells) keep their order
 
 
 def _retry_kernel_start() -> None:

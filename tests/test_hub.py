@@ -33,7 +33,6 @@ import hub_lab  # noqa: E402
 import unix_users  # noqa: E402
 
 pytestmark = [
-    pytest.mark.serial,  # six single-user servers and eight kernels: needs the cores to itself
     pytest.mark.skipif(sys.platform != "linux", reason="the collision watch reads /proc"),
     pytest.mark.skipif(hub_lab.find_chp() is None, reason="configurable-http-proxy is not installed (see .ci/run)"),
 ]
