@@ -24,7 +24,6 @@ SERIAL_TOOLKIT = ("tests/test_audit.py", "tests/test_classroom.py")
 # costliest go first, so no worker starts a long file while the others run out of work. Seconds of one file's
 # tests on 2 cores, measured 2026-12-01; a file not listed keeps its place after these.
 HEAVY_FIRST = (
-    "tests/test_hub.py",  # 210 s: a hub, six single-user servers, eight kernels
     "tests/test_l01_workers.py",  # 126 s
     "tests/test_l03_caching.py",  # 119 s
     "tests/test_notebooks.py",  # 98 s: every shipped exercise notebook graded

@@ -33,6 +33,9 @@ import hub_lab  # noqa: E402
 import unix_users  # noqa: E402
 
 pytestmark = [
+    # six single-user servers and eight kernels: needs the cores to itself (in the parallel phase, beside 3 other
+    # test processes on 2 cores, a learner's kernel websocket was dropped mid-lesson)
+    pytest.mark.serial,
     pytest.mark.skipif(sys.platform != "linux", reason="the collision watch reads /proc"),
     pytest.mark.skipif(hub_lab.find_chp() is None, reason="configurable-http-proxy is not installed (see .ci/run)"),
 ]
