@@ -173,7 +173,8 @@ def _section(lesson: str, measure: Callable[[], list[BenchRow]], quieted: list[s
     return rows
 
 
-def _counter_overhead() -> list[BenchRow]:
+def counter_overhead_percent() -> float:
+    """count_queries' cost in % of 100 bare ORM queries (interleaved medians), measured in this process."""
     from .db import User, make_demo_db
     from .queries import count_queries
     from .timing import compare_sync
@@ -188,9 +189,19 @@ def _counter_overhead() -> list[BenchRow]:
                 bare()
 
         result = compare_sync({"counted": counted, "bare": bare}, n=60, warmup=3)
-    overhead = (result.ratio - 1) * 100
-    return [BenchRow("count_queries overhead vs bare SQLAlchemy (100 queries)", overhead, "%", "≤ 5 %",
-                     overhead <= 5, level="SQL", lesson="toolkit")]
+    return (result.ratio - 1) * 100
+
+
+def _counter_overhead() -> list[BenchRow]:
+    # in a fresh interpreter: a grader's class-wide dispatcher (course_lib.events), once a lesson's bench has
+    # installed it, stays for the life of the process and would slow the "bare" baseline too
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", "from course_lib.bench import counter_overhead_percent as f; "
+                           "print(f())"], capture_output=True, text=True, timeout=300, check=True)
+    overhead = float(done.stdout.split()[-1])
+    return [BenchRow("count_queries overhead vs bare SQLAlchemy (100 queries, a fresh interpreter)", overhead, "%",
+                     "≤ 5 %", overhead <= 5, level="SQL", lesson="toolkit")]
 
 
 def _in_process_latency() -> list[BenchRow]:
