@@ -890,6 +890,27 @@ async def _module_thread_lock(redis: Redis, prefix: str, ttl: int, request: Requ
     return await run_in_threadpool(fill)
 
 
+_GRADER_PID = os.getpid()  # the grader's process; the second worker is forked from it
+
+
+async def _thread_lock_late_second_worker(redis: Redis, prefix: str, ttl: int, request: Request, session: Session,
+                                          min_likes: int) -> bytes:
+    """Wrong: the per-process threading.Lock, on a machine that schedules the second worker 0.3 s late after its
+    lookup (a busy machine): the first process has stored the answer long before the second one looks again."""
+    key = url_key(prefix, request)
+    body = await redis.get(key)
+    if body is not None:
+        return body
+
+    def fill() -> bytes:
+        if os.getpid() != _GRADER_PID:
+            time.sleep(0.3)
+        with _THREAD_LOCK:
+            return asyncio.run(_fill_once(key, session, min_likes, ttl, redis.connection_pool.connection_kwargs))
+
+    return await run_in_threadpool(fill)
+
+
 async def _fill_once(key: str, session: Session, min_likes: int, ttl: int, kwargs: dict[str, Any]) -> bytes:
     client = SyncRedis(host=kwargs["host"], port=kwargs["port"], db=kwargs.get("db", 0))
     try:
@@ -947,6 +968,7 @@ def test_stampede_other_right_answers_pass(answer):
     (_stats_app(_uncached), "ran 50 database queries"),
     (_process_lock_app(), "(1 in the first, 1 in the second), expected exactly 1: one per process"),
     (_stats_app(_module_thread_lock), "one per process"),
+    (_stats_app(_thread_lock_late_second_worker), "one per process"),
     (_pending_futures_app(), "one per process"),
     (_locked(_set_nx_forever), "NX`, which never expires"),
     (_locked(_set_nx_px_too_short), "your lock (SET NX) expires after 5 ms"),
@@ -955,7 +977,8 @@ def test_stampede_other_right_answers_pass(answer):
     (_locked(_incr_lock), "existed with no expiry"),
     (_locked(_set_nx_ex, lock_name="lock:{key}"), "outside the prefix"),
     (_locked(_set_nx_ex, store=_store_for_ever), "with no expiry (PTTL -1)"),
-], ids=["no-lock", "uncached", "asyncio-lock", "thread-lock", "pending-futures", "set-nx-no-expiry",
+], ids=["no-lock", "uncached", "asyncio-lock", "thread-lock", "thread-lock-late-second-worker",
+        "pending-futures", "set-nx-no-expiry",
         "lock-expires-too-soon", "setnx-then-expire", "redis-py-lock-no-timeout", "incr-lock", "lock-outside-prefix", "cache-never-expires"])
 def test_stampede_wrong_answers_fail_saying_why(answer, says):
     result = _grade("03.stampede", answer)
