@@ -49,7 +49,7 @@ __all__ = [
     "PlanStep", "QueryPlan", "explain", "parse_sqlite_plan", "parse_postgresql_plan", "EXPLAINERS",
     "make_users_db", "make_posts_db", "clone_db", "add_index", "drop_indexes", "index_ddl",
     "email_of", "emails_to_look_up", "insert_users", "make_lookup_app", "table_indexes", "analyze",
-    "email_lookup", "held_lookup", "lookup_levels", "insert_batches", "lookup_ratio", "write_cost_ratio", "composite_ratio",
+    "email_lookup", "held_lookup", "lookup_levels", "insert_batches", "lookup_ratio", "WRITE_COST_INDEXES", "write_cost_ratio", "composite_ratio",
     "SHOP_QUERIES", "shop_queries", "grading_rows", "fill_orders", "make_orders_db", "ShopReport", "inspect_shop_model",
     "bench", "verdict", "driver_name", "TOP_N_QUERIES", "discard",
 ]
@@ -628,11 +628,14 @@ def lookup_ratio(n: int, samples: int = 15, raw: bool = False, held: bool = Fals
         indexed.close()
 
 
+WRITE_COST_INDEXES: tuple[str | tuple[str, ...], ...] = ("email", "name", ("country", "created_at"), "created_at")
+
+
 def write_cost_ratio(base_rows: int = 50_000, batch: int = 5_000, samples: int = 6) -> float:
     """Insert time with 4 indexes on users / with none (batches of `batch` rows into `base_rows`), interleaved."""
     bare = make_users_db(base_rows)
     heavy = clone_db(bare)
-    for columns in ("email", "name", ("country", "created_at"), "created_at"):
+    for columns in WRITE_COST_INDEXES:
         add_index(heavy, "users", columns)
     try:
         return 1 / compare_sync({"0 indexes": insert_batches(bare, batch), "4 indexes": insert_batches(heavy, batch)},
