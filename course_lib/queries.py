@@ -95,16 +95,21 @@ def count_queries(engine: Any, latency_ms: float = 0.0) -> Iterator[QueryLog]:
     sync_engine = _sync_engine(engine)
     log = QueryLog(latency_ms=latency_ms)
     records, clock = log.records, time.perf_counter
-    started = ("lab_query_started", id(log))  # a key per block: nested blocks keep their own clocks
+    # each statement's start, by its DB-API cursor (one per execution): a dict per block, so nested blocks keep their
+    # own clocks, and threads (a sync endpoint's pool) each touch their own cursor's entry
+    started: dict[Any, float] = {}
 
-    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        conn.info[started] = clock()
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+               executemany: bool) -> tuple[str, Any]:
+        started[cursor] = clock()
+        return statement, parameters  # retval=True: called as is, without SQLAlchemy's wrapper (cheaper)
 
     def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        # list.append is atomic: statements from several threads (a sync endpoint's pool) are all kept
-        records.append((statement, (clock() - conn.info.pop(started, clock())) * 1000))
+        # list.append is atomic: statements from several threads are all kept
+        start = started.pop(cursor, None)
+        records.append((statement, 0.0 if start is None else (clock() - start) * 1000))
 
-    event.listen(sync_engine, "before_cursor_execute", before)
+    event.listen(sync_engine, "before_cursor_execute", before, retval=True)
     event.listen(sync_engine, "after_cursor_execute", after)
     try:
         # registered after `before`, so the simulated round trip counts as time in the database

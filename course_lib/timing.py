@@ -97,6 +97,14 @@ class Comparison:
         first, *_, last = self.timings.values()
         return first.median_ms / last.median_ms if last.median_ms > 0 else float("inf")
 
+    @property
+    def paired_ratio(self) -> float:
+        """The median, over rounds, of first / last in the same round: for effects of a few %, which drift between
+        rounds (another program, the CPU's clock) would hide in `ratio`."""
+        first, *_, last = self.timings.values()
+        pairs = [a / b for a, b in zip(first.samples, last.samples, strict=True) if b > 0]
+        return statistics.median(pairs) if pairs else float("inf")
+
     def __getitem__(self, label: str) -> Timing:
         return self.timings[label]
 
