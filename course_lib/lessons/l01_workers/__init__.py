@@ -690,9 +690,9 @@ def measuring_priority(servers: list[Server]) -> Iterator[bool]:
 
 
 async def measure_config(server: str, workers: int, rounds: int = 3, seconds: float = 1.2,
-                         concurrency: int = 20, keep_alive: bool = False, path: str = "/cpu") -> ConfigMeasure:
+                         concurrency: int = 20, path: str = "/cpu") -> ConfigMeasure:
     """Serve cpu_app with one worker and with the given configuration, load `path` on them in turn (`rounds` of
-    `seconds` each, `concurrency` clients, new connections or `keep_alive`), measure all costs."""
+    `seconds` each, `concurrency` clients), measure all costs."""
     base_rps: list[float] = []
     mine_rps: list[float] = []
     with serve_app("cpu_app", workers=1) as one, \
@@ -707,7 +707,7 @@ async def measure_config(server: str, workers: int, rounds: int = 3, seconds: fl
                 for running, bucket in ((one, base_rps), (mine, mine_rps)):
                     cpu0, t0 = _group_cpu(running), time.perf_counter()
                     result = await load_test(f"{running.url}{path}", concurrency=concurrency, requests=100_000,
-                                             seconds=seconds, progress=False, keep_alive=keep_alive)
+                                             seconds=seconds, progress=False)
                     used[id(running)][0] += _group_cpu(running) - cpu0
                     used[id(running)][1] += time.perf_counter() - t0
                     if result.errors or set(result.statuses) != {200}:
