@@ -105,12 +105,9 @@ def _with_diagrams() -> dict[str, int]:
     return found
 
 
-def _open(page: Page, lab, path: str, kernel: bool = True) -> None:
-    """Open a notebook in JupyterLab; with `kernel`, wait until its kernel is ready to run cells."""
+def _open(page: Page, lab, path: str) -> None:
     page.goto(f"{lab.url}/lab/tree/{path}?token={TOKEN}")
     expect(page.locator(".jp-Notebook:visible").first).to_be_visible(timeout=60_000)  # other tabs stay hidden
-    if not kernel:
-        return
     select = page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True)
     try:  # JupyterLab may ask which kernel to start; the notebook's own (python3) is preselected
         select.click(timeout=10_000)
@@ -174,7 +171,7 @@ def test_exercise_pass_then_hint(page, lab):
 @pytest.mark.parametrize(("notebook", "count"), list(_with_diagrams().items()))
 def test_every_diagram_renders_in_jupyterlab(page, lab, notebook, count):
     """A mermaid block that JupyterLab cannot draw shows as an error or as code: each must become a picture."""
-    _open(page, lab, f"notebooks/{notebook}", kernel=False)  # markdown renders without a kernel (-7 s a notebook)
+    _open(page, lab, f"notebooks/{notebook}")
     drawn = page.locator(".jp-NotebookPanel:visible .jp-RenderedMermaid").locator("img, svg")
     expect(drawn).to_have_count(count, timeout=60_000)  # JupyterLab draws each block as a picture
     expect(page.locator(".jp-NotebookPanel:visible").get_by_text("Syntax error in text")).to_have_count(0)
