@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 
 # Progress goes to a throwaway folder, never the learner's home. Set at import time so that the
@@ -12,6 +13,12 @@ import tempfile
 if "COURSE_LAB_HOME" not in os.environ:  # xdist workers inherit the controller's folder
     os.environ["COURSE_LAB_HOME"] = tempfile.mkdtemp(prefix="lab-progress-")
     atexit.register(shutil.rmtree, os.environ["COURSE_LAB_HOME"], ignore_errors=True)
+
+# A shell without job control starts a background job (`./course test &`, nohup, some CI runners) with SIGINT
+# ignored, and Python then keeps it ignored: Ctrl-C would never reach the tests of interrupts, here or in the
+# processes they start. Give this process (each xdist worker runs this too) and its children Python's handler back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # Files whose tests need the machine's cores to themselves (real servers under load) or run several kernels at
