@@ -207,8 +207,21 @@ def test_indexes_cost_writes_in_storage_written() -> None:
         heavy.close()
 
 
-def test_write_cost_ratio_is_insert_time_heavy_over_bare() -> None:
-    assert write_cost_ratio(base_rows=2_000, batch=500, samples=2) > 0
+def test_write_cost_ratio_is_insert_time_heavy_over_bare(monkeypatch) -> None:
+    from course_lib.lessons import l05_indexes
+    from course_lib.timing import Comparison, Timing
+
+    timed = {}
+
+    def fake_compare(variants: dict[str, Any], n: int, warmup: int) -> Comparison:
+        for label, insert in variants.items():
+            insert()  # each variant really inserts its batch
+            timed[label] = n
+        return Comparison({"0 indexes": Timing("0 indexes", [0.001] * n), "4 indexes": Timing("4 indexes", [0.003] * n)})
+
+    monkeypatch.setattr(l05_indexes, "compare_sync", fake_compare)
+    assert write_cost_ratio(base_rows=2_000, batch=500, samples=2) == pytest.approx(3.0)
+    assert timed == {"0 indexes": 2, "4 indexes": 2}
 
 
 # ---------------------------------------------------------------------------------------------- grader
