@@ -784,6 +784,31 @@ async def _set_nx_px_too_short(redis: Redis, lock_key: str) -> bool:
     return bool(await redis.set(lock_key, "1", nx=True, px=5))
 
 
+def _release_before_store() -> AppFactory:
+    """Wrong: a Redis lock and a second look, but the winner releases the lock before it stores the answer (with
+    something awaited in between: a log call, a metric), so a waiter wins the lock and misses."""
+
+    async def body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
+        key = url_key(prefix, request)
+        pause = 0.005
+        while (cached := await redis.get(key)) is None:
+            if await redis.set(key + ":lock", "1", nx=True, px=10_000):
+                cached = await redis.get(key)
+                if cached is None:
+                    cached = await _compute(session, min_likes)
+                    await redis.delete(key + ":lock")
+                    await asyncio.sleep(0.02)
+                    await redis.set(key, cached, ex=ttl)
+                else:
+                    await redis.delete(key + ":lock")
+                return cached
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        return cached
+
+    return _stats_app(body)
+
+
 def _no_second_look() -> AppFactory:
     """Wrong: a Redis lock, but the winner queries without reading the cached key again."""
 
@@ -970,6 +995,7 @@ def test_stampede_other_right_answers_pass(answer):
     (_stats_app(_module_thread_lock), "one per process"),
     (_stats_app(_thread_lock_late_second_worker), "one per process"),
     (_pending_futures_app(), "one per process"),
+    (_release_before_store(), "store the answer before you release the lock"),
     (_locked(_set_nx_forever), "NX`, which never expires"),
     (_locked(_set_nx_px_too_short), "your lock (SET NX) expires after 5 ms"),
     (_locked(_setnx_then_expire), "SETNX cannot set an expiry"),
@@ -978,7 +1004,7 @@ def test_stampede_other_right_answers_pass(answer):
     (_locked(_set_nx_ex, lock_name="lock:{key}"), "outside the prefix"),
     (_locked(_set_nx_ex, store=_store_for_ever), "with no expiry (PTTL -1)"),
 ], ids=["no-lock", "uncached", "asyncio-lock", "thread-lock", "thread-lock-late-second-worker",
-        "pending-futures", "set-nx-no-expiry",
+        "pending-futures", "release-before-store", "set-nx-no-expiry",
         "lock-expires-too-soon", "setnx-then-expire", "redis-py-lock-no-timeout", "incr-lock", "lock-outside-prefix", "cache-never-expires"])
 def test_stampede_wrong_answers_fail_saying_why(answer, says):
     result = _grade("03.stampede", answer)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from course_lib import compare, compare_sync, measure, measure_sync
-from course_lib.timing import Timing, percentile
+from course_lib.timing import Comparison, Timing, percentile
 
 
 def test_percentile_interpolates():
@@ -48,9 +48,7 @@ def test_compare_orders_ratio_first_over_last():
 
 
 def test_paired_ratio_is_the_median_of_each_rounds_ratio():
-    from course_lib.timing import Comparison
-
-    # rounds say 2, 0.4 and 2 (round 3 ran on a busy machine: both slow); the ratio of the medians says 0.4
+    # rounds say 2, 0.4 and 2 (round 2 slowed b alone; round 3 slowed both, still 2×); the ratio of medians says 0.4
     result = Comparison({"a": Timing("a", [0.002, 0.004, 0.100]), "b": Timing("b", [0.001, 0.010, 0.050])})
     assert result.paired_ratio == pytest.approx(2) and result.ratio == pytest.approx(0.4)
     assert Comparison({"a": Timing("a", [0.002, 0.003, 0.004]), "b": Timing("b", [0.004, 0.001, 0.002])}).paired_ratio \

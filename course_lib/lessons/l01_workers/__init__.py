@@ -803,7 +803,7 @@ async def _bench_rows() -> list[BenchRow]:
     # few enough that one worker's thread pool does not spend its core trading the GIL between 20 requests
     # (measured here: 20 clients gave 1.43-1.65×, 8 clients 1.70-1.98×, one worker's throughput alike). Twice: with
     # the lesson's request (20,000 sha256 rounds) and one twice as heavy, where the fixed cost of a request (a new
-    # connection, HTTP parsing, the load generator's share of the cores) is half the share (1.63-1.70× vs 1.87-1.94×)
+    # connection, HTTP parsing, the load generator's share of the cores) is half the share (bench, twice: 1.81× and 1.68× vs 1.88× and 1.72×)
     measured = await measure_config("uvicorn", workers, rounds=5, seconds=2.0, concurrency=4 * workers)
     heavy = await measure_config("uvicorn", workers, rounds=5, seconds=2.0, concurrency=4 * workers,
                                  path=f"/cpu?rounds={2 * CPU_ROUNDS}")
