@@ -22,7 +22,8 @@ import redis.asyncio as aioredis
 
 from .settings import course_settings
 
-__all__ = ["get_redis", "redis_backend", "serve_redis", "RecordingProxy", "RedisCommand", "KeyWatch", "command_keys"]
+__all__ = ["get_redis", "redis_backend", "serve_redis", "RecordingProxy", "RedisCommand", "KeyWatch", "command_keys",
+           "lock_attempt_key"]
 
 
 def redis_backend() -> str:
@@ -214,12 +215,34 @@ REFUSED = frozenset({"FLUSHDB", "FLUSHALL", "SWAPDB", "SHUTDOWN"})
 _HARMLESS = b"*2\r\n$4\r\nECHO\r\n$2\r\nOK\r\n"
 
 
+_READS = frozenset({"GET", "MGET", "EXISTS", "TTL", "PTTL", "TYPE", "STRLEN", "GETRANGE", "OBJECT"})
+_STORES = frozenset({"SET", "SETEX", "PSETEX", "MSET", "GETSET", "SETRANGE", "APPEND", "HSET", "HMSET"})
+
+
+def lock_attempt_key(command: RedisCommand) -> bytes | None:
+    """The key a command tries to take as a lock (`SET key v NX …`, `SETNX key v`), or None."""
+    if command.name == "SETNX" or (command.name == "SET" and "NX" in command.options()):
+        return command.args[1] if len(command.args) > 1 else None
+    return None
+
+
 class RecordingProxy:
     """A TCP proxy on 127.0.0.1 in front of a Redis server that records every command sent through it, from any
     process: connect clients to `proxy.url` instead of the server's. Commands in `REFUSED` (FLUSHDB …) are recorded,
-    not passed on. Runs in its own thread; use it in a `with`."""
+    not passed on. Runs in its own thread; use it in a `with`.
 
-    def __init__(self, upstream_url: str) -> None:
+    `contend_locks` plays the schedule under which a lock's hand-over goes wrong, every time instead of by luck: a
+    lock attempt (SET … NX, SETNX) on a key that is taken waits at the proxy until the key is gone (at most
+    `PARKED_AT_MOST` attempts wait at once, each at most `PARK_SECONDS`), so a waiter that missed the cache before the
+    answer was stored tries the lock just after its release; and a store (SET, MSET …) sent within
+    `QUIET_AFTER_RELEASE` seconds after a command that releases a lock (DEL, UNLINK, a script naming it) waits until
+    then, as if the releasing worker were descheduled right after its release."""
+
+    PARKED_AT_MOST = 2
+    PARK_SECONDS = 5.0
+    QUIET_AFTER_RELEASE = 0.25
+
+    def __init__(self, upstream_url: str, *, contend_locks: bool = False) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "redis":
             raise ValueError(f"the recording proxy needs a redis:// URL (no TLS, no unix socket), not {parts.scheme}://")
@@ -233,6 +256,12 @@ class RecordingProxy:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="redis-recording-proxy", daemon=True)
+        self.contend_locks = contend_locks
+        self.parked = 0  # lock attempts held back over the proxy's life (a figure for tests and graders)
+        self._lock_keys: set[bytes] = set()
+        self._parked_now = 0
+        self._quiet_until = 0.0
+        self._own: aioredis.Redis | None = None
 
     @property
     def url(self) -> str:
@@ -299,6 +328,8 @@ class RecordingProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._own is not None:
+            await self._own.aclose()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -336,10 +367,39 @@ class RecordingProxy:
                 for args, raw in parser.feed(data):
                     command = RedisCommand(now, connection, args)
                     self.commands.append(command)
+                    if self.contend_locks:
+                        await self._contend(command, upstream)
                     upstream.write(_HARMLESS if command.name in REFUSED else raw)
                 if parser.broken:
                     upstream.write(parser.rest())
             await upstream.drain()
+
+    async def _contend(self, command: RedisCommand, upstream: asyncio.StreamWriter) -> None:
+        """Before `command` goes upstream: hold a lock attempt on a taken key, or a store just after a release."""
+        if (lock_key := lock_attempt_key(command)) is not None:
+            self._lock_keys.add(lock_key)
+            if self._parked_now < self.PARKED_AT_MOST:
+                self._parked_now += 1
+                try:
+                    await upstream.drain()  # the commands before it go on
+                    await self._park(lock_key)
+                finally:
+                    self._parked_now -= 1
+        elif command.name in _STORES and (wait := self._quiet_until - time.monotonic()) > 0:
+            await upstream.drain()
+            await asyncio.sleep(wait)  # once: waiters' attempts in the meantime do not push it further
+        elif command.name not in _READS and self._lock_keys.intersection(command.keys()):
+            self._quiet_until = time.monotonic() + self.QUIET_AFTER_RELEASE
+
+    async def _park(self, lock_key: bytes) -> None:
+        """Wait while `lock_key` exists upstream (at most PARK_SECONDS), polling every millisecond."""
+        if self._own is None:
+            self._own = aioredis.Redis.from_url(self.upstream_url)
+        deadline = time.monotonic() + self.PARK_SECONDS
+        if await self._own.exists(lock_key):
+            self.parked += 1
+            while await self._own.exists(lock_key) and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
 
     @staticmethod
     async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -784,9 +784,9 @@ async def _set_nx_px_too_short(redis: Redis, lock_key: str) -> bool:
     return bool(await redis.set(lock_key, "1", nx=True, px=5))
 
 
-def _release_before_store() -> AppFactory:
+def _release_before_store(awaited: float = 0.0) -> AppFactory:
     """Wrong: a Redis lock and a second look, but the winner releases the lock before it stores the answer (with
-    something awaited in between: a log call, a metric), so a waiter wins the lock and misses."""
+    `awaited` seconds of something in between: a log call, a metric), so a waiter wins the lock and misses."""
 
     async def body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
         key = url_key(prefix, request)
@@ -797,7 +797,8 @@ def _release_before_store() -> AppFactory:
                 if cached is None:
                     cached = await _compute(session, min_likes)
                     await redis.delete(key + ":lock")
-                    await asyncio.sleep(0.02)
+                    if awaited:
+                        await asyncio.sleep(awaited)
                     await redis.set(key, cached, ex=ttl)
                 else:
                     await redis.delete(key + ":lock")
@@ -996,6 +997,8 @@ def test_stampede_other_right_answers_pass(answer):
     (_stats_app(_thread_lock_late_second_worker), "one per process"),
     (_pending_futures_app(), "one per process"),
     (_release_before_store(), "store the answer before you release the lock"),
+    (_release_before_store(awaited=0.02), "store the answer before you release the lock"),
+    (_no_second_look(), "read the cached key once more before querying"),
     (_locked(_set_nx_forever), "NX`, which never expires"),
     (_locked(_set_nx_px_too_short), "your lock (SET NX) expires after 5 ms"),
     (_locked(_setnx_then_expire), "SETNX cannot set an expiry"),
@@ -1004,7 +1007,8 @@ def test_stampede_other_right_answers_pass(answer):
     (_locked(_set_nx_ex, lock_name="lock:{key}"), "outside the prefix"),
     (_locked(_set_nx_ex, store=_store_for_ever), "with no expiry (PTTL -1)"),
 ], ids=["no-lock", "uncached", "asyncio-lock", "thread-lock", "thread-lock-late-second-worker",
-        "pending-futures", "release-before-store", "set-nx-no-expiry",
+        "pending-futures", "release-before-store", "release-before-store-awaiting", "no-second-look",
+        "set-nx-no-expiry",
         "lock-expires-too-soon", "setnx-then-expire", "redis-py-lock-no-timeout", "incr-lock", "lock-outside-prefix", "cache-never-expires"])
 def test_stampede_wrong_answers_fail_saying_why(answer, says):
     result = _grade("03.stampede", answer)
@@ -1064,6 +1068,39 @@ def test_recording_proxy_sees_every_command_and_passes_no_flush_on():
                 await drop_keys(direct, prefix)
                 await client.aclose()
                 await direct.aclose()
+
+    asyncio.run(scenario())
+    _assert_nothing_left_running()
+
+
+@pytest.mark.parametrize("contend", [False, True], ids=["plain", "contend-locks"])
+def test_recording_proxy_plays_a_lock_hand_over_when_asked(contend):
+    """With `contend_locks`, a lock attempt on a taken key waits for its release and a store right after a release
+    waits: the waiter wins the lock and finds no answer yet. Without it, the attempt fails at once."""
+
+    async def scenario() -> None:
+        prefix = new_prefix("proxy03")
+        lock, key = f"{prefix}:stats:lock", f"{prefix}:stats"
+        with serve_redis() as url, RecordingProxy(url, contend_locks=contend) as proxy:
+            winner, waiter, direct = Redis.from_url(proxy.url), Redis.from_url(proxy.url), Redis.from_url(url)
+            try:
+                assert await winner.set(lock, "1", nx=True, px=10_000)
+                attempt = asyncio.ensure_future(waiter.set(lock, "2", nx=True, px=10_000))
+                await asyncio.sleep(0.1)
+                assert attempt.done() is not contend  # parked at the proxy while the lock is taken
+                await winner.delete(lock)
+                store = asyncio.ensure_future(winner.set(key, "answer", ex=60))
+                assert bool(await attempt) is contend  # tried again just after the release: it wins
+                if not contend:
+                    await store
+                assert (await waiter.get(key) is None) is contend  # the winner's store has not gone through yet
+                await store
+                assert await direct.get(key) == b"answer"
+                assert proxy.parked == int(contend)
+            finally:
+                await drop_keys(direct, prefix)
+                for client in (winner, waiter, direct):
+                    await client.aclose()
 
     asyncio.run(scenario())
     _assert_nothing_left_running()

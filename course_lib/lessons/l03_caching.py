@@ -764,7 +764,7 @@ async def _two_workers(checking: Checking, make_app: Any, db: DemoDB, ttl: int, 
     prefix = new_prefix("grade03")
     with ExitStack() as stack:
         upstream = stack.enter_context(serve_redis())
-        proxy = stack.enter_context(RecordingProxy(upstream))
+        proxy = stack.enter_context(RecordingProxy(upstream, contend_locks=gate))
         redis, direct = _bounded_client(proxy.url), Redis.from_url(upstream)
         worker = None
         try:
@@ -1259,8 +1259,9 @@ def _locks_without_expiry(rig: _Rig) -> list[RedisCommand]:
     timeout=60,
 )
 async def check_stampede(make_app: Any, checking: Checking) -> str:
-    """50 concurrent misses, 25 on each of two worker processes sharing Redis → 1 query; every key watched in flight:
-    locks expire, keys under the prefix, the answer cached in Redis with its TTL."""
+    """50 concurrent misses, 25 on each of two worker processes sharing Redis → 1 query, with the lock's hand-over
+    played at its worst by the proxy (a waiter tries the lock just after its release; a store sent right after a
+    release waits); every key watched in flight: locks expire, keys under the prefix, the answer cached with its TTL."""
     per_worker, min_likes, ttl = 25, 200, 60
     path = f"/stats?min_likes={min_likes}"
     with make_demo_db(users=200, posts_per_user=5, seed=7) as db:
