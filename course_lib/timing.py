@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Timing", "Comparison", "measure", "measure_sync", "compare", "compare_sync", "percentile", "median_ms"]
+__all__ = ["Timing", "Comparison", "measure", "measure_sync", "compare", "compare_sync", "percentile", "median_ms",
+           "paired_ratios"]
 
 Call = Callable[[], Any] | Callable[[], Awaitable[Any]]
 
@@ -29,6 +30,11 @@ def median_ms(samples: Sequence[float]) -> float:
     if not samples:
         raise statistics.StatisticsError("median of no samples")
     return statistics.median(samples) * 1000
+
+
+def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """a / b for each round's pair of figures (rounds whose b is 0 left out): drift between rounds cancels out."""
+    return [a / b for a, b in zip(numerators, denominators, strict=True) if b > 0]
 
 
 def _fmt_ms(ms: float) -> str:
@@ -102,7 +108,7 @@ class Comparison:
         """The median, over rounds, of first / last in the same round: for effects of a few %, which drift between
         rounds (another program, the CPU's clock) would hide in `ratio`."""
         first, *_, last = self.timings.values()
-        pairs = [a / b for a, b in zip(first.samples, last.samples, strict=True) if b > 0]
+        pairs = paired_ratios(first.samples, last.samples)
         return statistics.median(pairs) if pairs else float("inf")
 
     def __getitem__(self, label: str) -> Timing:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from course_lib import compare, compare_sync, measure, measure_sync
-from course_lib.timing import Comparison, Timing, percentile
+from course_lib.timing import Comparison, Timing, paired_ratios, percentile
 
 
 def test_percentile_interpolates():
@@ -53,6 +53,12 @@ def test_paired_ratio_is_the_median_of_each_rounds_ratio():
     assert result.paired_ratio == pytest.approx(2) and result.ratio == pytest.approx(0.4)
     assert Comparison({"a": Timing("a", [0.002, 0.003, 0.004]), "b": Timing("b", [0.004, 0.001, 0.002])}).paired_ratio \
         == pytest.approx(2)
+
+
+def test_paired_ratios_pair_rounds_and_skip_empty_ones():
+    assert paired_ratios([4.0, 3.0, 9.0], [2.0, 0.0, 3.0]) == [2.0, 3.0]
+    with pytest.raises(ValueError):
+        paired_ratios([1.0, 2.0], [1.0])  # rounds that do not pair up are a bug, not data
 
 
 def test_async_compare_interleaves():

@@ -29,7 +29,7 @@ from starlette.routing import Mount
 from ..bench_rows import BenchRow
 from ..client import app_client
 from ..grading import Checking, Fail, exercise
-from ..timing import Comparison, compare, percentile
+from ..timing import Comparison, compare, paired_ratios, percentile
 
 __all__ = [
     "json_logger", "AccessLogMiddleware", "add_article_log", "NoopASGIMiddleware", "add_http_access_log", "add_http_noop",
@@ -378,7 +378,7 @@ class ServedStyles:
 
     def ratio(self, label: str, base: str = "no middleware") -> tuple[float, float, float]:
         """`label`'s req/s ÷ `base`'s, paired within each round: (median, lowest, highest) over the rounds."""
-        paired = [a / b for a, b in zip(self.rounds[label], self.rounds[base], strict=True) if b]
+        paired = paired_ratios(self.rounds[label], self.rounds[base])
         return (statistics.median(paired), min(paired), max(paired)) if paired else (0.0, 0.0, 0.0)
 
 
