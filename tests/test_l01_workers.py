@@ -73,10 +73,12 @@ def test_blocking_async_def_serialises_and_def_does_not() -> None:
 
 
 async def _blocking_async_def_serialises_and_def_does_not() -> None:
-    walls = {}
-    for kind in ("async def + time.sleep", "def + time.sleep", "async def + await asyncio.sleep"):
+    walls: dict[str, float] = {}
+    # the blocked burst once (noise only lengthens it); the two that overlap, best of 3: a stall of the machine
+    # (seen: 0.33 s for 20 awaits of 40 ms, while the other test process started up) is not what they measure
+    for kind, tries in (("async def + time.sleep", 1), ("def + time.sleep", 3), ("async def + await asyncio.sleep", 3)):
         async with app_client(make_sleepy_app(kind, ms=40)) as client:
-            walls[kind] = (await burst(client, "/work", 20)).wall_s
+            walls[kind] = min([(await burst(client, "/work", 20)).wall_s for _ in range(tries)])
     serial = 20 * 0.040  # 20 sleeps of 40 ms one after another: what a blocked loop cannot beat
     assert walls["async def + time.sleep"] >= 0.95 * serial, walls
     assert walls["async def + time.sleep"] > 5 * walls["async def + await asyncio.sleep"], walls
