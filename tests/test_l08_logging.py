@@ -286,6 +286,55 @@ class RedactsFixedNames(Reference):
         return redacted(scope["query_string"], ("token", "api_key"))
 
 
+class CaseSensitiveRedaction(Reference):
+    """Wrong (the rule says any case): matches the words in the name as written, so apiKey and AUTH_TOKEN leak."""
+
+    def query(self, scope: Any) -> str:
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        return urlencode([(k, "***" if any(w in k for w in SENSITIVE) else v) for k, v in pairs], safe="*")
+
+
+class PartialMask(Reference):
+    """Wrong (the rule says the value becomes ***): keeps each secret's first and last 4 characters."""
+
+    def query(self, scope: Any) -> str:
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        return urlencode([(k, v[:4] + "***" + v[-4:] if any(w in k.lower() for w in SENSITIVE) else v)
+                          for k, v in pairs], safe="*")
+
+
+class KeyedByPath(Reference):
+    """Wrong: each request's state in a dict on self keyed by its path; two requests in flight to one page share it."""
+
+    def __init__(self, app: Any, logger: logging.Logger) -> None:
+        super().__init__(app, logger)
+        self.inflight: dict[str, dict[str, Any]] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        key = scope["path"]
+        self.inflight[key] = {"rid": self.request_id(scope), "status": 500, "bytes": 0, "start": time.perf_counter()}
+
+        async def wrapped(message: Any) -> None:
+            state = self.inflight[key]
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", state["rid"].encode())]
+            elif message["type"] == "http.response.body":
+                state["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            state = self.inflight.pop(key, None) or {"rid": "?", "status": 500, "bytes": 0, "start": time.perf_counter()}
+            self.logger.info("request", extra={
+                **self.fields(scope), "status": state["status"], "request_id": state["rid"], "bytes": state["bytes"],
+                "duration_ms": (time.perf_counter() - state["start"]) * 1000})
+
+
 class DropsQuery(Reference):
     """Wrong: never leaks, because it never logs the query at all."""
 
@@ -485,6 +534,9 @@ def test_right_answers_pass(answer: Any) -> None:
     (LogsOtherHeaders, "header appears in what your middleware logged"),
     (LogsRawQuery, "query parameter appears in what your middleware logged"),
     (RedactsFixedNames, "query parameter appears in what your middleware logged"),
+    (CaseSensitiveRedaction, "query parameter appears in what your middleware logged"),
+    (PartialMask, "its whole value becomes `***`"),
+    (KeyedByPath, "in a dict keyed by path or URL"),
     (DropsQuery, "keep the parameters that are not secrets"),
     (LogsBodyAtDebug, "request body appears in what your middleware logged"),
     (LogsScopeElsewhere, "appears in what your middleware logged (searched: every line, and every field of every "
@@ -500,7 +552,7 @@ def test_right_answers_pass(answer: Any) -> None:
     (WaitsOnLifespan, "your middleware had not returned after 5 s"),
     (SyncCall, "returned None instead of a coroutine"),
 ], ids=["lesson-class-as-printed", "state-on-self", "state-in-globals", "contextvar-default-dict", "thread-local", "logs-other-headers", "logs-raw-query",
-        "redacts-fixed-names", "drops-query", "logs-body-at-debug", "logs-scope-elsewhere", "time-to-first-byte",
+        "redacts-fixed-names", "case-sensitive-redaction", "partial-mask", "keyed-by-path", "drops-query", "logs-body-at-debug", "logs-scope-elsewhere", "time-to-first-byte",
         "base-http-middleware", "article-style", "no-log-on-error", "ignores-client-id", "rejects-arguments",
         "swallows-lifespan", "crashes-on-lifespan", "waits-on-lifespan", "sync-call"])
 def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str) -> None:
@@ -513,7 +565,7 @@ def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str
 def test_state_on_self_is_told_why() -> None:
     """The concurrency failure names the cause (state shared between requests), not only the symptom."""
     result = grade(EXERCISE, StateOnSelf)
-    assert "not on `self` or in module globals" in result.message, result.message
+    assert "not on `self`, in module globals" in result.message, result.message
 
 
 def test_base_http_middleware_fails_on_the_measured_overhead() -> None:

@@ -710,7 +710,10 @@ def _secret_plan() -> tuple[list[tuple[str, str, dict[str, str], Any]], dict[str
     headers_b = {custom: new(), "proxy-authorization": "Basic " + proxy}
     where[f"{custom} header"] = headers_b[custom]
     where["Proxy-Authorization header"] = proxy
-    names = rng.sample(_SECRET_PARAMS, 2)
+    # one name not in lower case every run ("any case"), one drawn from the rest
+    mixed = rng.choice([name for name in _SECRET_PARAMS if name != name.lower()])
+    names = [mixed, rng.choice([name for name in _SECRET_PARAMS if name != mixed])]
+    rng.shuffle(names)
     query_secrets = {name: new() for name in names}
     for name, value in query_secrets.items():
         where[f"`{name}` query parameter"] = value
@@ -791,6 +794,10 @@ def _query_problem(record: dict[str, Any], query_secrets: dict[str, str]) -> str
             return (f"the query parameter `{name}` (a secret: its name contains one of {SENSITIVE_WORDS}) is "
                     f"missing from your line's `query` {logged!r:.160}: keep the name, replace only its value "
                     "by `***`.")
+        if found[name] not in ("***", query_secrets[name]):  # the whole secret: told where it leaked, further on
+            return (f"the query parameter `{name}` (a secret) is logged as `{name}={found[name]}` in your line's "
+                    f"`query`: its whole value becomes `***`. Part of a secret (its first or last characters) "
+                    "is still a secret: it narrows a guess, and it tells anyone reading the logs whose it is.")
     return ""
 
 
@@ -926,8 +933,11 @@ def _check_sequential(plan: list[tuple[str, str, dict[str, str], Any]], response
 async def _check_burst(client: httpx.AsyncClient, capture: LogCapture, checking: Checking) -> int:
     """30 requests in flight at once, each sleeping its own time: every line and header must be its own."""
     rng = secrets.SystemRandom()
-    jobs = [(n, rng.randrange(5, 60), rng.choice((200, 200, 201, 202, 404, 409)),
-             f"burst-{n}-{secrets.token_hex(4)}" if n % 2 else None) for n in range(1, _BURST + 1)]
+    # half as many URLs as requests: each is sent twice at once (one with an X-Request-ID, one without), so state
+    # kept per path or per URL is shared by two requests in flight, as it is for any popular page
+    urls = [(n, rng.randrange(5, 60), rng.choice((200, 200, 201, 202, 404, 409))) for n in range(1, _BURST // 2 + 1)]
+    jobs = [(n, ms, code, f"burst-{n}-{secrets.token_hex(4)}" if twin else None)
+            for twin in (False, True) for n, ms, code in urls]
 
     async def one(n: int, ms: int, code: int, rid: str | None) -> httpx.Response:
         return await client.get(f"/jobs/{n}", params={"ms": ms, "code": code},
@@ -946,10 +956,11 @@ async def _check_burst(client: httpx.AsyncClient, capture: LogCapture, checking:
         by_id[record["request_id"]].append(record)
     shared = {rid: len(recs) for rid, recs in by_id.items() if len(recs) > 1}
     why = (" Per-request values (the id, the status, the start time, the byte count) must live in local "
-           "variables of the call, not on `self` or in module globals, which the next request overwrites while "
-           "this one is still waiting.")
+           "variables of the call, not on `self`, in module globals or in a dict keyed by path or URL, which the "
+           "next request (to the same page, too) overwrites while this one is still waiting.")
     checking.expect(not shared, f"with {_BURST} requests in flight at once (each sleeping 5–60 ms, so they "
-                    f"interleave), {sum(shared.values())} log lines share {len(shared)} request id(s), e.g. "
+                    f"interleave; each URL sent twice), {sum(shared.values())} log lines share {len(shared)} "
+                    "request id(s), e.g. "
                     f"{next(iter(shared), '')!r} on {next(iter(shared.values()), 0)} lines.{why}")
     for (n, ms, code, rid), response in zip(jobs, responses, strict=True):
         echoed = response.headers.get("x-request-id")
