@@ -320,7 +320,41 @@ def serialised_by_a_lock(engine: AsyncEngine) -> FastAPI:
     return _with_post(app, async_sessionmaker(engine, expire_on_commit=False))
 
 
+def cached_front_page(engine: AsyncEngine) -> FastAPI:
+    """Right on every first read; the answer per limit kept in the process, so a new comment never shows."""
+    Session = async_sessionmaker(engine, expire_on_commit=False)
+    app, cache = FastAPI(), {}
+
+    @app.get("/posts/top")
+    async def top(limit: int = 10):
+        if limit not in cache:
+            async with Session() as session:
+                cache[limit] = _rows(list(await session.scalars(
+                    select(Post).options(selectinload(Post.author), selectinload(Post.comments))
+                    .order_by(Post.likes.desc(), Post.id).limit(limit))))
+        return cache[limit]
+
+    return _with_post(app, Session)
+
+
+def sorted_in_python(engine: AsyncEngine) -> FastAPI:
+    """Same bodies, 3 statements: but every post (with its author and comments) loaded, sorted and cut in Python."""
+    Session = async_sessionmaker(engine, expire_on_commit=False)
+    app = FastAPI()
+
+    @app.get("/posts/top")
+    async def top(limit: int = 10):
+        async with Session() as session:
+            posts = list(await session.scalars(select(Post).options(selectinload(Post.author),
+                                                                    selectinload(Post.comments))))
+        return _rows(sorted(posts, key=lambda p: (-p.likes, p.id))[:limit])
+
+    return _with_post(app, Session)
+
+
 @pytest.mark.parametrize("wrong, why", [
+    (cached_front_page, "A copy of the answer kept in the process goes stale"),
+    (sorted_in_python, "Post objects to answer with"),
     (sync_session_in_async_def, "event loop's own thread"),
     (run_sync_lazy_loop, "one more per post"),
     (awaitable_attrs_per_post, "one more per post"),

@@ -587,7 +587,7 @@ async def _grade_one_database(checking: Checking, db: DemoDB, engine: AsyncEngin
                               comments_per_post: int, rng: random.Random) -> None:
     data = f"{db.counts['posts']} posts with {comments_per_post} comments each"
     wanted = {limit: expected_top(db, limit) for limit in (3, 11)}
-    post_id = rng.randrange(1, db.counts["posts"] + 1)
+    post_id = rng.choice([post["id"] for post in wanted[3]])  # on the front page: its next GET must show the comment
     payload = {"author_name": f"grader-{rng.randrange(10_000)}", "body": f"note {rng.randrange(10_000)}"}
     async with app_client(app) as client:
         with observe_statements(db) as log, count_queries(engine) as through_engine, engines_used(db) as engines:
@@ -595,7 +595,9 @@ async def _grade_one_database(checking: Checking, db: DemoDB, engine: AsyncEngin
             counts: dict[int, int] = {}
             for limit in (3, 11):
                 mark = log.mark()
-                response = await _send(checking, client, "GET", "/posts/top", params={"limit": limit})
+                loaded = [0]
+                with listening(Post, "load", lambda *_: loaded.__setitem__(0, loaded[0] + 1)):
+                    response = await _send(checking, client, "GET", "/posts/top", params={"limit": limit})
                 checking.expect(response.status_code == 200, f"GET /posts/top?limit={limit} answered "
                                 f"{response.status_code} ({data}): {response.text[:200]}")
                 counts[limit] = len(log.since(mark))
@@ -604,6 +606,9 @@ async def _grade_one_database(checking: Checking, db: DemoDB, engine: AsyncEngin
                 checking.expect(body == want, f"GET /posts/top?limit={limit} ({data}) answered "
                                 f"{str(body)[:300]}…; expected the {limit} most-liked posts (ties by id), each with "
                                 f"its author and comments, e.g. {str(want[:1])[:300]}")
+                checking.expect(loaded[0] <= limit, f"GET /posts/top?limit={limit} ({data}) loaded {loaded[0]} "
+                                f"Post objects to answer with {limit}: let the database sort and cut (ORDER BY "
+                                "likes DESC, id, LIMIT), not Python, or every request reads the whole table.")
             checking.record(f"statements_{comments_per_post}_comments", counts[11])
             checking.expect(counts[3] == counts[11] and counts[11] <= MAX_TOP_STATEMENTS,
                             f"GET /posts/top ran {counts[3]} statements for 3 posts and {counts[11]} for 11 ({data}): "
@@ -615,13 +620,20 @@ async def _grade_one_database(checking: Checking, db: DemoDB, engine: AsyncEngin
             checking.expect(response.status_code == 201, f"POST /posts/{post_id}/comments answered "
                             f"{response.status_code}, expected 201 Created: {response.text[:200]}")
             created = checking.json_body(response)
-            for _ in range(4):  # sequential requests: a pooled engine reuses its connection
+            after = await _send(checking, client, "GET", "/posts/top", params={"limit": 3})
+            for _ in range(3):  # sequential requests: a pooled engine reuses its connection
                 await _send(checking, client, "GET", "/posts/top", params={"limit": 2})
         with db.Session() as session:
             row = session.scalars(select(Comment).where(Comment.post_id == post_id,
                                                         Comment.author_name == payload["author_name"])).first()
         checking.expect(row is not None, f"POST /posts/{post_id}/comments answered 201 but no such comment is "
                         "in the database: was the session committed?")
+        fresh = expected_top(db, 3)  # (read here, outside the watch on which engines talk to the database)
+        checking.expect(_top_shape(checking.json_body(after)) == fresh,
+                        f"after POST /posts/{post_id}/comments (201), GET /posts/top?limit=3 answered "
+                        f"{after.text[:300]}…; post {post_id} is on it and now has the new comment: "
+                        f"{str([p for p in fresh if p['id'] == post_id])[:300]}. A copy of the answer kept in the "
+                        "process goes stale at the first write: read from the database each time.")
         assert row is not None
         want_created = {"id": row.id, "post_id": post_id, **payload}
         checking.expect(isinstance(created, dict) and {k: created.get(k) for k in want_created} == want_created,
