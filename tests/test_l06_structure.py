@@ -74,6 +74,13 @@ def written_another_way(flaw: str = "", style: str = "") -> dict[str, Any]:
         """A class-based dependency: the instance is what routes depend on (and what tests override)."""
 
         def __call__(self, request: Request) -> Iterator[Session]:
+            if flaw == "session-on-app-state":  # a new session per request, in one slot on the app: shared in flight
+                request.app.state.current = request.app.state.sessions()
+                try:
+                    yield request.app.state.current
+                finally:
+                    request.app.state.current.close()
+                return
             if flaw == "cached-session":  # one session per app, made once and kept
                 if not hasattr(request.app.state, "the_session"):
                     request.app.state.the_session = request.app.state.sessions()
@@ -95,7 +102,8 @@ def written_another_way(flaw: str = "", style: str = "") -> dict[str, Any]:
         finally:
             session.close()
 
-    get_db: Any = Database() if style == "class-dependency" or flaw in ("cached-session", "unclosed") else plain_get_db
+    get_db: Any = (Database() if style == "class-dependency" or flaw in ("cached-session", "unclosed",
+                                                                       "session-on-app-state") else plain_get_db)
 
     def users_service(session: Annotated[Session, Depends(get_db)]) -> Users:
         return Users(session)
@@ -166,6 +174,10 @@ def written_another_way(flaw: str = "", style: str = "") -> dict[str, Any]:
         engine = request.app.state.engine
         if flaw == "always-ok":
             return {"status": "ok"}
+        if flaw == "startup-flag":  # checked once, in the lifespan, and reported ever after
+            return {"status": "ok"} if request.app.state.ready else JSONResponse({"status": "down"}, 503)
+        if flaw == "ready-once" and getattr(request.app.state, "ready", False):  # "it answered once: we are up"
+            return {"status": "ok"}
         try:
             if flaw == "no-timeout":
                 await anyio.to_thread.run_sync(ping, engine)
@@ -175,6 +187,7 @@ def written_another_way(flaw: str = "", style: str = "") -> dict[str, Any]:
         except Exception as error:
             body = {"status": "down", "error": str(error)} if flaw == "leaky" else {"status": "down"}
             return JSONResponse(body, status_code=503)
+        request.app.state.ready = True
         return {"status": "ok"}
 
     def create_app(database_url: str) -> FastAPI:
@@ -183,6 +196,13 @@ def written_another_way(flaw: str = "", style: str = "") -> dict[str, Any]:
             app.state.engine = create_engine(database_url, connect_args={"check_same_thread": False})
             if flaw == "connects-at-startup":
                 ping(app.state.engine)
+            if flaw == "startup-flag":
+                try:
+                    with anyio.fail_after(0.3):
+                        await anyio.to_thread.run_sync(ping, app.state.engine, abandon_on_cancel=True)
+                    app.state.ready = True
+                except Exception:
+                    app.state.ready = False
             app.state.sessions = sessionmaker(app.state.engine)
             yield
             app.state.engine.dispose()
@@ -270,8 +290,12 @@ def test_answer_written_another_way_passes(style: str) -> None:
         (lambda: written_another_way("live-pings-db"), "/health/live answered 503 with the database down"),
         (lambda: written_another_way("connects-at-startup"), "with its database unreachable your app did not even start"),
         (lambda: written_another_way("no-timeout"), "expected 503 in under half that (1.5 s)"),  # 200 or 503, after 3 s
+        (lambda: written_another_way("ready-once"), "a result remembered from an earlier check (or from startup)"),
+        (lambda: written_another_way("startup-flag"), "a result remembered from an earlier check (or from startup)"),
+        (lambda: written_another_way("session-on-app-state"), "requests in flight at once"),
     ],
-    ids=["tangled", "half-refactor", "engine-direct", "calls-get-db", "cached-session", "unclosed", "module-level-engine", "own-route-own-engine", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout"],
+    ids=["tangled", "half-refactor", "engine-direct", "calls-get-db", "cached-session", "unclosed", "module-level-engine", "own-route-own-engine", "no-404", "always-ok", "leaky", "live-pings-db", "connects-at-startup", "no-timeout",
+         "ready-once", "startup-flag", "session-on-app-state"],
 )
 def test_wrong_answers_fail_and_say_what_was_measured(answer: Any, says: str) -> None:
     """Each flaw fails, and the message names the request and what came back."""

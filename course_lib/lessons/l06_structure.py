@@ -7,6 +7,7 @@ import ast
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -151,20 +153,52 @@ def hanging_database(db: DemoDB, seconds: float) -> Iterator[None]:
 
 
 async def time_health(app: Any, path: str = "/health") -> tuple[int, float]:
-    """Start `app`, GET `path` once; return (status, seconds the answer took).
-
-    Like timeit, the garbage collector is paused during the request: a full collection of a kernel's heap took
-    0.5 s here, under load, and landed inside one measurement of ten."""
+    """Start `app`, GET `path` once; return (status, seconds the answer took)."""
     async with app_client(app) as client:
-        enabled = gc.isenabled()
-        gc.disable()
+        return await _timed_get(client, path)
+
+
+async def _timed_get(client: Any, path: str) -> tuple[int, float]:
+    """GET `path` once on a started app's client: (status, seconds). Like timeit, the garbage collector is paused
+    during the request: a full collection of a kernel's heap took 0.5 s here, under load, inside one of ten."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        response = await client.get(path)
+        return response.status_code, time.perf_counter() - start
+    finally:
+        if enabled:
+            gc.enable()
+
+
+_IN_FLIGHT: ContextVar[str | None] = ContextVar("lab06_in_flight", default=None)  # the request a session serves
+
+
+async def _concurrent_answers(app: Any, paths: list[str], tracker: _SessionTracker) -> list[Probe]:
+    """Every path once, all in flight at once (as a served app's thread pool runs sync routes); no more requests
+    than SQLAlchemy's default pool holds (5 + 10), so a right answer never waits for a connection. A request that
+    raised is a Probe with status 500 and the error as its body. `tracker` learns which request used each Session
+    (the request's label travels in a ContextVar, which Starlette copies into the thread pool)."""
+    numbers = itertools.count(1)
+
+    async def labelling(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        query = scope.get("query_string", b"").decode(errors="replace")
+        label = f"GET {scope['path']}{'?' + query if query else ''} (request {next(numbers)})"
+        token = _IN_FLIGHT.set(label)
         try:
-            start = time.perf_counter()
-            response = await client.get(path)
-            return response.status_code, time.perf_counter() - start
+            await app(scope, receive, send)
         finally:
-            if enabled:
-                gc.enable()
+            _IN_FLIGHT.reset(token)
+            tracker.ended(label)
+
+    async with app_client(labelling) as client:
+        responses = await asyncio.gather(*(client.get(path) for path in paths), return_exceptions=True)
+    return [Probe(path, 500, f"{type(r).__name__}: {str(r)[:120]}") if isinstance(r, BaseException) else
+            Probe(path, r.status_code, r.json() if r.status_code in (200, 404) else None)
+            for path, r in zip(paths, responses, strict=True)]
 
 
 def show_server_log() -> None:
@@ -374,6 +408,15 @@ async def check_refactor(answer: Any, checking: Checking) -> str:
                                        ". Same query on the same database, same answer: check the route's logic, "
                                        "and that it reads the database create_app(database_url) was given.")
             tracker.verdict(checking)
+            with _SessionTracker() as tracker, hanging_database(db, 0.02):  # 20 ms a statement: all in use at once
+                together = await _concurrent_answers(checking.build_app(factory, db.url), paths, tracker)
+            tracker.in_flight_verdict(checking, len(paths))
+            diffs = same_answers(before, together)
+            checking.expect(not diffs, f"on a database of {users} users, the same {len(paths)} requests sent all at "
+                                       f"once: {len(diffs)} of {len(together)} answered differently from one at a "
+                                       "time: " + "; ".join(diffs[:3]) + ". Requests in flight together "
+                                       "must not share a Session (one kept on the app, on `app.state`, in a "
+                                       "global): get_db opens one per request and closes it after.")
     checking.record("identical_requests", 2 * len(paths))
 
     routes = await _check_every_route_uses_get_db(factory, get_db, checking)
@@ -382,8 +425,12 @@ async def check_refactor(answer: Any, checking: Checking) -> str:
 
     down = unreachable_url("grader")
     with make_demo_db(users=3, posts_per_user=1) as db:
-        status, healthy_s = await time_health(checking.build_app(factory, db.url))
-        checking.expect(status == 200, f"/health answered {status} with the database up; expected 200")
+        async with app_client(checking.build_app(factory, db.url)) as client:
+            status, _ = await _timed_get(client, "/health")
+            checking.expect(status == 200, f"/health answered {status} with the database up; expected 200")
+            # the same app, its database now stalling: readiness is asked each time, never remembered
+            with hanging_database(db, HANG_S):
+                status, hung_s = await _timed_get(client, "/health")
         try:
             async with app_client(checking.build_app(factory, down)) as client:
                 live = await client.get("/health/live")
@@ -403,13 +450,14 @@ async def check_refactor(answer: Any, checking: Checking) -> str:
         leaked = _leaks(ready.text)
         checking.expect(not leaked, f"/health's 503 body shows {leaked}: {ready.text[:160]}. Say only which "
                                     "check failed; log the details server-side.")
-        with hanging_database(db, HANG_S):
-            status, hung_s = await time_health(checking.build_app(factory, db.url))
         checking.record("hung_db_answer_s", round(hung_s, 2))
         checking.expect(status == 503 and hung_s < HANG_S / 2,
-                        f"with the database stalling {HANG_S:g} s per query, /health answered {status} after "
-                        f"{hung_s:.2f} s; expected 503 in under half that ({HANG_S / 2:g} s). Give the check a "
-                        "deadline (asyncio.wait_for around a thread) of at most 0.5 s.")
+                        f"the app answered /health 200 with its database up; then, with the database stalling "
+                        f"{HANG_S:g} s per query, the same app answered /health {status} after {hung_s:.2f} s; "
+                        f"expected 503 in under half that ({HANG_S / 2:g} s). Give the check a deadline "
+                        "(asyncio.wait_for around a thread) of at most 0.5 s"
+                        + (", and run it on every probe: a result remembered from an earlier check (or from "
+                           "startup) says the database is fine while it hangs." if status == 200 else "."))
     return (f"identical answers, a new session per request, all {routes} data routes answer from an overridden "
             f"get_db, /health 200 / 503, hung database detected in {hung_s:.2f} s instead of {HANG_S:g} s")
 
@@ -422,9 +470,14 @@ class _SessionTracker:
         self.owner: dict[int, str] = {}  # session hash_key → the first request that used it
         self.shared = ""
         self.unclosed = ""
+        self.in_flight: dict[int, tuple[Session, set[str]]] = {}  # session → the requests in flight that used it
+        self.left_open = ""
 
     def _began(self, session: Session, *_: Any) -> None:
         self.current.append((session.hash_key, weakref.ref(session)))
+        label = _IN_FLIGHT.get()
+        if label is not None:  # held until the tracker ends: a session dropped unclosed is still seen
+            self.in_flight.setdefault(session.hash_key, (session, set()))[1].add(label)
 
     def _executed(self, state: Any) -> None:
         self._began(state.session)
@@ -456,6 +509,23 @@ class _SessionTracker:
                 self.unclosed = (f"after {request} was answered, the Session it used still held its transaction "
                                 "(and a pooled connection): get_db must close the session when the request "
                                 "ends (`with factory() as session: yield session`, or try/finally close()).")
+
+    def ended(self, label: str) -> None:
+        """The request `label` (sent among others in flight) is over: did it leave a session of its own open?"""
+        for session, labels in self.in_flight.values():
+            if labels == {label} and session.in_transaction() and not self.left_open:
+                self.left_open = label
+
+    def in_flight_verdict(self, checking: Checking, requests: int) -> None:
+        """Fail if requests in flight together shared a Session, or one ended with its own session still open."""
+        shared = next((sorted(labels) for _, labels in self.in_flight.values() if len(labels) > 1), None)
+        where = (" Requests in flight together must not share a Session, nor one slot holding it (on `app.state`, "
+                 "on `self`, in a global): get_db opens one per request, yields it, and closes that same one after.")
+        checking.expect(shared is None, f"with {requests} requests in flight at once, {len(shared or [])} of them "
+                        f"used one Session object ({', '.join((shared or [])[:3])}).{where}")
+        checking.expect(not self.left_open, f"with {requests} requests in flight at once, {self.left_open} was "
+                        "answered while a Session only it had used still held its transaction (and a pooled "
+                        f"connection): something closed another request's session instead of its own.{where}")
 
     def verdict(self, checking: Checking) -> None:
         """Fail with what was seen: a session shared between requests first, then one left open."""

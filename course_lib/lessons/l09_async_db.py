@@ -593,9 +593,10 @@ async def _grade_one_database(checking: Checking, db: DemoDB, engine: AsyncEngin
         with observe_statements(db) as log, count_queries(engine) as through_engine, engines_used(db) as engines:
             await engine.dispose()  # its pooled connections reconnect observed
             counts: dict[int, int] = {}
+            loaded = [0]  # Post objects loaded by the request in flight
             for limit in (3, 11):
                 mark = log.mark()
-                loaded = [0]
+                loaded[0] = 0
                 with listening(Post, "load", lambda *_: loaded.__setitem__(0, loaded[0] + 1)):
                     response = await _send(checking, client, "GET", "/posts/top", params={"limit": limit})
                 checking.expect(response.status_code == 200, f"GET /posts/top?limit={limit} answered "
