@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
+import gzip
 import json
 import sqlite3
 import time
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 import pytest
 from answers.l04_pagination import add_gzip
 from answers.l04_pagination import make_app as make_keyset_reference
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import and_, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
@@ -422,6 +425,24 @@ def make_keyset_variant_app(db: Any, *, default_limit: int | None = 20, le: int 
     return app
 
 
+def test_bare_counts_finds_only_a_count_of_the_whole_table():
+    from course_lib.lessons.l04_pagination import _bare_counts
+
+    bare = "SELECT count(*) AS count_1 FROM items"
+    statements = [bare, "SELECT count(*) FROM items WHERE price_cents > 500",
+                  "SELECT id FROM items WHERE (price_cents, id) > (500, 3) ORDER BY price_cents, id LIMIT 20", "BEGIN"]
+    assert _bare_counts(statements) == ([bare] if ON_SQLITE else [])
+
+
+def test_padding_bodies_are_json_of_the_exact_size():
+    from course_lib.lessons.l04_pagination import PADDING_MIN, padding_body
+
+    for size in (PADDING_MIN, 13, 1_023, 1_024, 5_000):
+        body = padding_body(size)
+        assert len(body) == size and isinstance(json.loads(body)["pad"], str)
+    assert padding_body(1_023) != padding_body(1_024)[:1_023]
+
+
 def test_keyset_variant_itself_passes_the_walks():
     """The variant builder with nothing wrong is a right answer, so each failure below is its one flaw."""
     result = grade("04.keyset", make_keyset_variant_app)
@@ -549,6 +570,152 @@ def make_memory_snapshot_app(db: Any) -> FastAPI:
     return app
 
 
+def make_server_token_app(db: Any) -> FastAPI:
+    """Wrong: the cursor is a random token mapped to (price, id) in a dict of this process: another worker (or a
+    restart) does not know it."""
+    positions: dict[str, tuple[int, int]] = {}
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.price_cents, Item.id).limit(limit)
+        if cursor is not None:
+            if cursor not in positions:
+                raise HTTPException(400, "unknown cursor")
+            stmt = stmt.where(tuple_(Item.price_cents, Item.id) > tuple_(*positions[cursor]))
+        rows = session.scalars(stmt).all()
+        token = None
+        if len(rows) == limit:
+            token = uuid.uuid4().hex
+            positions[token] = (rows[-1].price_cents, rows[-1].id)
+        return {"items": _rows(rows), "next_cursor": token}
+
+    return app
+
+
+def make_price_slack_app(db: Any, slack: int = 10) -> FastAPI:
+    """Wrong: WHERE price_cents >= p (the index seeks), LIMIT limit + slack, the ties already seen dropped in
+    Python: right only while fewer than `slack` items of the cursor's price came before it."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.price_cents, Item.id)
+        after = _split_cursor(cursor) if cursor is not None else None
+        if after is not None:
+            stmt = stmt.where(Item.price_cents >= after[0])
+        rows = [r for r in session.scalars(stmt.limit(limit + slack)) if after is None or (r.price_cents, r.id) > after]
+        page = rows[:limit]
+        return {"items": _rows(page),
+                "next_cursor": f"{page[-1].price_cents}:{page[-1].id}" if len(page) == limit else None}
+
+    return app
+
+
+def make_price_created_id_app(db: Any) -> FastAPI:
+    """Wrong: ties broken by created_at, then id (right only where created_at grows with id)."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.price_cents, Item.created_at, Item.id).limit(limit)
+        if cursor is not None:
+            try:
+                price, stamp, last = json.loads(base64.urlsafe_b64decode(cursor))
+                key = (int(price), datetime.fromisoformat(stamp), int(last))
+            except (ValueError, TypeError) as error:
+                raise HTTPException(400, "bad cursor") from error
+            stmt = stmt.where(tuple_(Item.price_cents, Item.created_at, Item.id) > tuple_(*key))
+        rows = session.scalars(stmt).all()
+        token = None
+        if len(rows) == limit:
+            r = rows[-1]
+            token = base64.urlsafe_b64encode(json.dumps([r.price_cents, r.created_at.isoformat(), r.id]).encode()).decode()
+        return {"items": _rows(rows), "next_cursor": token}
+
+    return app
+
+
+def make_cached_order_app(db: Any) -> FastAPI:
+    """Wrong: the order (every (price_cents, id)) cached in the process, rebuilt only when max(id) changes; each
+    page reads its rows fresh by id. A repriced item keeps its old place, a deleted one leaves a short page."""
+    state: dict[str, Any] = {"top": object(), "keys": []}
+    app = FastAPI()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None) -> dict[str, Any]:
+        after = _split_cursor(cursor) if cursor is not None else None
+        with db.engine.connect() as conn:
+            top = conn.scalar(select(func.max(Item.id)))
+            if top != state["top"]:
+                state["keys"] = [tuple(r) for r in conn.execute(select(Item.price_cents, Item.id)
+                                                                .order_by(Item.price_cents, Item.id))]
+                state["top"] = top
+            keys = state["keys"]
+            start = bisect.bisect_right(keys, after) if after is not None else 0
+            wanted = [i for _, i in keys[start:start + limit]]
+            found = {r.id: r for r in conn.execute(select(Item.id, Item.title, Item.price_cents)
+                                                   .where(Item.id.in_(wanted)))} if wanted else {}
+        page = [found[i] for i in wanted if i in found]
+        return {"items": _rows(page),
+                "next_cursor": f"{page[-1].price_cents}:{page[-1].id}" if len(page) == limit else None}
+
+    return app
+
+
+def make_except_valueerror_app(db: Any) -> FastAPI:
+    """Wrong: a base64 JSON cursor decoded under `except ValueError` only: base64 of null, 5 or true is a TypeError
+    when unpacked (500)."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.price_cents, Item.id).limit(limit)
+        if cursor is not None:
+            try:
+                price, last = json.loads(base64.urlsafe_b64decode(cursor))
+            except ValueError as error:
+                raise HTTPException(400, "bad cursor") from error
+            stmt = stmt.where(tuple_(Item.price_cents, Item.id) > tuple_(price, last))
+        rows = session.scalars(stmt).all()
+        token = (base64.urlsafe_b64encode(json.dumps([rows[-1].price_cents, rows[-1].id]).encode()).decode()
+                 if len(rows) == limit else None)
+        return {"items": _rows(rows), "next_cursor": token}
+
+    return app
+
+
+def make_total_app(db: Any) -> FastAPI:
+    """Wrong: a right keyset page plus "total", a bare `SELECT count(*) FROM items` on every page (SQLite runs it
+    as one VM instruction, OP_Count, that walks the whole b-tree: a step count cannot see it)."""
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/items")
+    def items(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+              session: Session = Depends(get_db)) -> dict[str, Any]:
+        stmt = select(Item).order_by(Item.price_cents, Item.id).limit(limit)
+        if cursor is not None:
+            stmt = stmt.where(tuple_(Item.price_cents, Item.id) > tuple_(*_split_cursor(cursor)))
+        rows = session.scalars(stmt).all()
+        return {"items": _rows(rows), "total": session.scalar(select(func.count()).select_from(Item)),
+                "next_cursor": f"{rows[-1].price_cents}:{rows[-1].id}" if len(rows) == limit else None}
+
+    return app
+
+
+WRONG_ON_SQLITE = [(make_total_app, "count the whole table")] if ON_SQLITE else []
+WRONG_ON_SQLITE_IDS = ["bare-count-total-on-every-page"] if ON_SQLITE else []
+
+
 @pytest.mark.parametrize("answer, measured", [
     (make_keyset_app, "every id came once but not cheapest first"),  # the lesson's demo, copied
     (lambda db: make_keyset_variant_app(db, compare="id"), "the condition on the cursor must follow the same order"),
@@ -566,9 +733,18 @@ def make_memory_snapshot_app(db: Any) -> FastAPI:
     (lambda db: make_keyset_variant_app(db, parse_cursor=True), "a malformed cursor is the client's mistake"),
     (lambda db: make_keyset_variant_app(db, default_limit=None), "without limit gave 250 items"),
     (lambda db: make_keyset_variant_app(db, title_field="name"), "return the item's own fields"),
+    (make_server_token_app, "with the cursor instance A gave"),
+    (make_price_slack_app, "a tie longer than a page"),
+    (lambda db: make_price_slack_app(db, slack=100), "a tie longer than a page"),
+    (make_price_created_id_app, "every id came once but not cheapest first"),
+    (make_cached_order_app, "not an order kept in the process"),
+    (make_except_valueerror_app, "(base64 of JSON null) answered 500"),
+    *WRONG_ON_SQLITE,
 ], ids=["newest-first-lesson-copy", "id-only-cursor", "offset-cursor", "load-all", "count-then-offset",
         "count-per-page", "position-in-a-server-variable", "memory-snapshot", "bare-or", "uncapped", "only-le-100",
-        "next-cursor-never-null", "bare-list", "cursor-crashes", "no-default-limit", "renamed-field"])
+        "next-cursor-never-null", "bare-list", "cursor-crashes", "no-default-limit", "renamed-field",
+        "cursor-token-kept-in-the-process", "price-seek-with-fixed-slack", "price-seek-with-slack-100", "ties-by-created-at-then-id",
+        "order-cached-until-max-id-changes", "cursor-decoded-under-except-valueerror-only", *WRONG_ON_SQLITE_IDS])
 def test_keyset_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str):
     result = grade("04.keyset", answer)
     assert not result.passed
@@ -716,13 +892,67 @@ reference_gzip = add_gzip  # the solution (sources/answers/l04_pagination.py, sp
 
 def path_dispatch_gzip(app: FastAPI) -> Any:
     """Right, written another way: a function-style ASGI middleware sends the archive around the compressor."""
-    compressed = GZipMiddleware(app, minimum_size=1_000, compresslevel=1)
+    compressed = GZipMiddleware(app, minimum_size=1_024, compresslevel=1)
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         target = app if scope["type"] == "http" and scope["path"] == "/items/archive" else compressed
         await target(scope, receive, send)
 
     return asgi
+
+
+def http_middleware_gzip(app: FastAPI) -> FastAPI:
+    """Right, written another way: an `@app.middleware("http")` function that gzips bodies of 1,024 bytes or more
+    itself (state in the call, not on an object), leaving xz alone and honouring Accept-Encoding."""
+    @app.middleware("http")
+    async def gz(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        body = b"".join([chunk async for chunk in response.body_iterator])
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        if ("gzip" in request.headers.get("accept-encoding", "") and len(body) >= 1_024
+                and not response.headers.get("content-type", "").startswith("application/x-xz")):
+            headers["content-encoding"] = "gzip"
+            body = gzip.compress(body, compresslevel=6)
+        return Response(body, status_code=response.status_code, headers=headers)
+
+    return app
+
+
+class SharedStateGzip:
+    """Wrong (safe one request at a time): a hand-written gzip middleware that keeps the response being built on
+    `self`; requests in flight together overwrite each other's start message and body chunks."""
+
+    def __init__(self, app: Any, minimum_size: int = 1_024) -> None:
+        self.app, self.minimum_size = app, minimum_size
+        self.start: dict[str, Any] = {}
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        accepts = b"gzip" in dict(scope["headers"]).get(b"accept-encoding", b"")
+        self.chunks = []
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.start = message
+                return
+            self.chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            await asyncio.sleep(0)  # any await: another request runs meanwhile
+            body = b"".join(self.chunks)
+            headers = [(k, v) for k, v in self.start["headers"] if k.lower() != b"content-length"]
+            if (accepts and len(body) >= self.minimum_size
+                    and not dict(self.start["headers"]).get(b"content-type", b"").startswith(b"application/x-xz")):
+                body = gzip.compress(body)
+                headers.append((b"content-encoding", b"gzip"))
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**self.start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
 
 
 def test_gzip_reference_passes():
@@ -732,9 +962,10 @@ def test_gzip_reference_passes():
 
 
 @pytest.mark.parametrize("answer", [
-    lambda app: GZipMiddleware(app, minimum_size=1_050, compresslevel=9, exclude_content_types=XZ),
+    lambda app: GZipMiddleware(app, minimum_size=1_024, compresslevel=9, exclude_content_types=XZ),
     path_dispatch_gzip,
-], ids=["wrapped-instance", "function-style-dispatch"])
+    http_middleware_gzip,
+], ids=["wrapped-instance", "function-style-dispatch", "http-middleware-function"])
 def test_gzip_right_answers_written_differently_pass(answer: Any):
     result = grade("04.gzip", answer)
     assert result.passed, result.message
@@ -757,8 +988,18 @@ def default_gzip(app: FastAPI) -> FastAPI:
     (lambda app: app.add_middleware(GZipMiddleware, minimum_size=2_000), "add_middleware(...)` returns None"),
     (lambda app: GZipMiddleware, "returned the class GZipMiddleware itself, not an app"),
     (lambda app: (lambda request: request), "did not serve requests as an ASGI app"),
+    (lambda app: GZipMiddleware(app, minimum_size=1_000, exclude_content_types=XZ),
+     "GET /padding?size=1023 (1,023 bytes, under the rule's 1,024) was sent with Content-Encoding gzip"),
+    (lambda app: GZipMiddleware(app, minimum_size=940, exclude_content_types=XZ),
+     "GET /padding?size=1023 (1,023 bytes, under the rule's 1,024) was sent with Content-Encoding gzip"),
+    (lambda app: GZipMiddleware(app, minimum_size=1_025, exclude_content_types=XZ),
+     "GET /padding?size=1024 is 1,024 bytes of JSON, at least the 1,024 of the rule"),
+    (lambda app: GZipMiddleware(app, minimum_size=1_056, exclude_content_types=XZ),
+     "GET /padding?size=1024 is 1,024 bytes of JSON, at least the 1,024 of the rule"),
+    (SharedStateGzip, "requests running at the same time got mixed up"),
 ], ids=["defaults", "lesson-cell-copied", "archive-compressed", "no-gzip", "level-0", "threshold-too-high",
-        "returns-none", "returns-the-class", "returns-a-non-asgi-callable"])
+        "returns-none", "returns-the-class", "returns-a-non-asgi-callable", "threshold-1000", "threshold-940",
+        "threshold-1025", "threshold-1056", "state-on-self-mixed-by-concurrent-requests"])
 def test_gzip_wrong_answers_fail_and_say_what_was_measured(answer: Any, measured: str):
     result = grade("04.gzip", answer)
     assert not result.passed

@@ -22,7 +22,7 @@ from typing import Annotated, Any, cast
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import DateTime, Index, MetaData, String, Table, func, select, tuple_
+from sqlalchemy import DateTime, Index, MetaData, String, Table, delete, func, select, text, tuple_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from starlette.middleware.gzip import GZipMiddleware
@@ -813,10 +813,30 @@ async def _check_cap(checking: Checking, client: httpx.AsyncClient) -> None:
     items, _ = await _get_page(checking, client, None)
     checking.expect(1 <= len(items) <= 100,
                     f"GET /items without limit gave {len(items)} items: use a default page size (e.g. 20), at most 100")
-    response = await client.get("/items", params={"limit": 5, "cursor": "not-a-cursor!"})
-    checking.expect(400 <= response.status_code < 500,
-                    f"GET /items?cursor=not-a-cursor! answered {response.status_code}: a malformed cursor is the "
-                    "client's mistake, answer 400 or 422 (not 200, not a server error).")
+    for cursor, what in MALFORMED_CURSORS:
+        response = await client.get("/items", params={"limit": 5, "cursor": cursor})
+        checking.expect(response.status_code in (400, 422),
+                        f"GET /items?cursor={cursor} ({what}) answered {response.status_code}: a malformed cursor "
+                        "is the client's mistake, answer 400 or 422 (not 200, not a server error). Check what the "
+                        "decoded cursor holds (two integers), not only that it decodes.")
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+MALFORMED_CURSORS = (  # (cursor, what it is): none is a cursor in any format (base64 JSON, "price:id", raw JSON)
+    ("not-a-cursor!", "not base64"),
+    ("%%%", "not base64"),
+    (_b64("not json"), "base64 of text that is not JSON"),
+    (_b64("null"), "base64 of JSON null"),
+    (_b64("5"), "base64 of the JSON number 5"),
+    (_b64("true"), "base64 of JSON true"),
+    (_b64("[1]"), "base64 of a list of one number"),
+    (_b64('[1, 2, 3]'), "base64 of a list of three numbers"),
+    (_b64('["1", "x"]'), "base64 of a list of two strings"),
+    (_b64('{"price": "x", "id": null}'), "base64 of an object with values of the wrong types"),
+)
 
 
 async def _position_check(checking: Checking, make_app: Any, watch: DatabaseWatch, cheaper_rows: int) -> None:
@@ -840,6 +860,98 @@ async def _position_check(checking: Checking, make_app: Any, watch: DatabaseWatc
                             f"after {cheaper_rows:,} items priced 0 were inserted, a new first page (no cursor) began "
                             f"with ids {[i['id'] for i in first]}, expected [{new[0]}], the cheapest new item: every "
                             "page must read the table as it is now, not a copy taken when the app started.")
+
+
+WORKER_ROWS = 150  # the two-workers walk: items of the usual data, plus …
+BIG_TIE = 250  # … this many more at one price: a tie far longer than a page (20) plus a fixed slack
+BIG_TIE_PRICE = 5_000
+
+
+async def _alternating_walk(checking: Checking, clients: Sequence[httpx.AsyncClient], limit: int, rows: int,
+                            what: str, keys: dict[int, tuple[int, int]]) -> list[int]:
+    """Walk by next_cursor, each page from the next client in turn (two app instances on one database); the ids."""
+    names = "AB"
+    seen: list[dict[str, Any]] = []
+    pages: list[list[dict[str, Any]]] = []
+    cursor: Any = None
+    for page in range(rows // limit + 3):
+        at = page % len(clients)
+        try:
+            items, next_cursor = await _get_page(checking, clients[at], limit, cursor)
+        except Fail as error:
+            if cursor is None:
+                raise
+            raise Fail(f"{what}: page {page + 1} was asked of instance {names[at]} with the cursor instance "
+                       f"{names[1 - at]} gave, and: {error} A cursor must carry the position itself (the last "
+                       "item's sort key), so any worker of the same app can continue the walk; a token kept in "
+                       "one process means nothing to another worker, or after a restart.") from None
+        checking.expect(len(items) <= limit, f"asked for limit={limit}, a page had {len(items)} items")
+        seen += items
+        pages.append(items)
+        cursor = next_cursor
+        if cursor is None:
+            break
+        checking.expect(bool(items), f"a page with limit={limit} came back empty but next_cursor was {cursor!r}")
+    else:
+        checking.fail(f"{what}: after {len(pages)} pages next_cursor was still {cursor!r}: the last page must "
+                      f"answer \"next_cursor\": null.{_boundary_note(pages, keys)}")
+    ids = [i["id"] for i in seen]
+    expected = [key[1] for key in sorted(keys.values())]
+    if ids != expected:
+        checking.fail(f"{what}: {_describe_ids(ids, expected)}.{_boundary_note(pages, keys)}")
+    return ids
+
+
+async def _two_workers_check(checking: Checking, make_app: Any, watch: DatabaseWatch) -> None:
+    """Two app instances on one database (two workers), pages asked of each in turn; a tie of BIG_TIE items at
+    one price (created_at not in id order); then an item repriced and one deleted, and a new walk."""
+    with make_items_db(WORKER_ROWS, price_index=True) as db:
+        add_items(db, BIG_TIE, price_cents=BIG_TIE_PRICE)
+        total = WORKER_ROWS + BIG_TIE
+        with db.engine.begin() as conn:  # created_at scrambled: it says nothing about the id order
+            conn.execute(text("UPDATE items SET created_at = :stamp WHERE id = :id"),
+                         [{"id": i, "stamp": _EPOCH + timedelta(seconds=i * 7919 % 1009)} for i in range(1, total + 1)])
+        watch.observe(db)
+        apps = [checking.build_app(make_app, db), checking.build_app(make_app, db)]
+        async with app_client(apps[0]) as a, app_client(apps[1]) as b:
+            await _alternating_walk(checking, [a, b], 20, total,
+                                    f"walking {total} items ({BIG_TIE} of them priced {BIG_TIE_PRICE}: a tie longer "
+                                    "than a page) with limit=20, each page asked of one of two instances of your "
+                                    "app built on the same database in turn (as two workers)", _sort_keys(db))
+            order = cheapest_ids(db)
+            moved = order[0]
+            gone = next(i for i in order[total // 3:] if i not in (moved, total))
+            with db.engine.begin() as conn:
+                top = conn.scalar(select(func.max(Item.price_cents))) or 0
+                conn.execute(update(Item).where(Item.id == moved).values(price_cents=top + 1))
+                conn.execute(delete(Item).where(Item.id == gone))
+            await _alternating_walk(checking, [b, a], 20, total,
+                                    f"after those walks, item {moved} (the cheapest) was repriced to {top + 1} (the "
+                                    f"most expensive) and item {gone} deleted; a new walk (pages from both instances "
+                                    "in turn) must follow the table as it is now, not an order kept in the process",
+                                    _sort_keys(db))
+
+
+def _bare_counts(statements: Sequence[str]) -> list[str]:
+    """SQLite: the statements (SQL with values written in) whose program holds a Count instruction over the items
+    table or one of its indexes (a bare `SELECT count(*) FROM items`: one VM step that walks the whole b-tree, which
+    a step count cannot see). Checked by EXPLAIN on an empty items table of the same schema, outside any watch."""
+    if dialect() != "sqlite" or not statements:
+        return []
+    found: list[str] = []
+    with make_items_db(0, price_index=True) as db, contextlib.closing(sqlite3.connect(db.path or ":memory:")) as conn:
+        roots = {root for (root,) in conn.execute("SELECT rootpage FROM sqlite_master WHERE tbl_name = 'items'")}
+        for sql in statements:
+            if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                continue
+            try:
+                program = conn.execute("EXPLAIN " + sql).fetchall()
+            except sqlite3.Error:
+                continue
+            opened = {row[2]: row[3] for row in program if row[1] in ("OpenRead", "ReopenIdx")}
+            if any(row[1] == "Count" and opened.get(row[2]) in roots for row in program):
+                found.append(sql)
+    return found
 
 
 def _skips_rows(sql: str, parameters: Any) -> bool:
@@ -915,9 +1027,11 @@ GIVE_UP = 20.0  # a single page this much costlier ends the walk at once
 WORK_SAMPLES = 7
 
 
-async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWatch) -> tuple[float, float]:
+async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWatch,
+                           sampled: list[str] | None = None) -> tuple[float, float]:
     """A page of a big table against a page of a small one: first page, then every page of a complete walk (ending
-    early if one is far costlier), then the last full page, each ratio of medians measured interleaved."""
+    early if one is far costlier), then the last full page, each ratio of medians measured interleaved. The SQL of
+    pages 2 and 3 of the walk goes into `sampled` (for `_bare_counts`)."""
     name = dialect()
     unit = "VM steps" if name == "sqlite" else "rows read"
     margin, give_up = WORK_MARGIN, GIVE_UP
@@ -948,6 +1062,8 @@ async def _flat_at_the_end(checking: Checking, make_app: Any, watch: DatabaseWat
                 # SQLite's steps are counted anyway; PostgreSQL re-runs a page under EXPLAIN ANALYZE: pages 1, 2, 4, 8 …
                 priced = name == "sqlite" or page & (page - 1) == 0
                 spent = watch.work_since(mark) if priced else 0.0
+                if sampled is not None and page in (2, 3):
+                    sampled += [sql for sql, _ in watch.since(mark)]
                 cost = spent / small_work
                 _no_offset(checking, watch, f"on page {page} of a walk through {WALK_ROWS:,} items", since=mark)
                 checking.expect(cost <= give_up,
@@ -1021,9 +1137,11 @@ POSITION_NEWER_ROWS = 2_000  # items inserted, cheaper than every other, before 
     timeout=150,
 )
 async def check_keyset(make_app: Any, checking: Checking) -> str:
-    """Every page walked cheapest first on several sizes (also with cheaper items inserted between pages), ties
-    crossed by the cursor, 422 over the cap, no OFFSET in any statement, and the database's work per page flat at
-    the end of a 20k-row table with the index on (price_cents, id)."""
+    """Every page walked cheapest first on several sizes (also with cheaper items inserted between pages, and with
+    pages asked of two app instances in turn over a tie longer than a page, before and after a reprice and a
+    delete), ties crossed by the cursor, 422 over the cap, 400/422 for malformed cursors, no OFFSET in any
+    statement, no bare count of the table on a page, and the database's work per page flat at the end of a 20k-row
+    table with the index on (price_cents, id)."""
     checking.require_callable(make_app, "a function make_app(db) that builds and returns a FastAPI app")
     walks = 0
     with watch_database() as watch:
@@ -1070,10 +1188,21 @@ async def check_keyset(make_app: Any, checking: Checking) -> str:
                             f"were inserted after every page: {_describe_ids(ids, expected)}. Cheaper items arrive "
                             "at the top of a cheapest-first list and shift every row number below them.")
         await _position_check(checking, make_app, watch, POSITION_NEWER_ROWS)
+        await _two_workers_check(checking, make_app, watch)
         _no_offset(checking, watch, "while walking the small tables")
-        first, deep = await _flat_at_the_end(checking, make_app, watch)
+        sampled: list[str] = []
+        first, deep = await _flat_at_the_end(checking, make_app, watch, sampled)
+    counts = _bare_counts(sampled)
+    checking.expect(not counts,
+                    f"pages 2 and 3 of the walk through {WALK_ROWS:,} items ran {len(counts)} statement(s) that count "
+                    f"the whole table, e.g. `{_short_sql(counts[0]) if counts else ''}`. A count reads every entry of the table (SQLite "
+                    "runs a bare `count(*)` as one instruction, OP_Count, that walks the whole b-tree), so every "
+                    "page costs as much as the table, however the rows are found. Leave the total out of the page "
+                    "(or compute it once, elsewhere).")
     return (f"{walks + 1} complete walks cheapest first (no duplicates, nothing missing across ties, the last one "
-            f"{WALK_ROWS:,} items), stable under inserts, 422 over 100, no OFFSET; a page at the end of {WALK_ROWS:,} "
+            f"{WALK_ROWS:,} items), stable under inserts, across two instances, over a tie of {BIG_TIE} items and "
+            f"after a reprice and a delete, 422 over 100, 400/422 for {len(MALFORMED_CURSORS)} malformed cursors, "
+            f"no OFFSET, no count; a page at the end of {WALK_ROWS:,} "
             f"rows costs {deep:.2f}× a page of a {SMALL_ROWS:,}-row table (first page {first:.2f}×)")
 
 
@@ -1099,7 +1228,20 @@ def make_archive_app(db: DemoDB) -> FastAPI:
             packed.append(lzma.compress(body, preset=0))
         return Response(packed[0], media_type=ARCHIVE_TYPE)
 
+    @app.get("/padding")
+    def padding(size: Annotated[int, Query(ge=PADDING_MIN, le=100_000)] = 1_024) -> Response:
+        return Response(padding_body(size), media_type="application/json")
+
     return app
+
+
+PADDING_MIN = 12  # the shortest body `padding_body` writes: {"pad": "1"}
+
+
+def padding_body(size: int) -> bytes:
+    """A JSON body of exactly `size` bytes (GET /padding?size= of the gzip exercise's app): the threshold's edge."""
+    frame = b'{"pad": ""}'
+    return frame[:-2] + (str(size) * size).encode()[: size - len(frame)] + frame[-2:]
 
 
 def _app_problem(app: Any) -> str | None:
@@ -1133,8 +1275,9 @@ def _app_problem(app: Any) -> str | None:
     timeout=90,
 )
 async def check_gzip(add_gzip: Any, checking: Checking) -> str:
-    """JSON of 1 KB or more gzipped (the export ≥ 5×), smaller JSON and the xz archive sent as is, bodies intact,
-    and plain bodies for a client that does not accept gzip."""
+    """JSON of 1,024 bytes or more gzipped (the export ≥ 5×; probed at 1,023 and 1,024 bytes), smaller JSON and the
+    xz archive sent as is, bodies intact (also for requests in flight together), and plain bodies for a client
+    that does not accept gzip."""
     checking.require_callable(add_gzip, "a function add_gzip(app) that returns the app")
     with make_items_db(10_000) as db:
         app = checking.call(add_gzip, make_archive_app(db))
@@ -1158,7 +1301,9 @@ async def check_gzip(add_gzip: Any, checking: Checking) -> str:
             "smaller JSON and the xz archive untouched, bodies identical")
 
 
-_GZIP_URLS = ("/items/export", "/items?limit=100", "/items?limit=9", "/items?limit=8", "/health", "/items/archive")
+_GZIP_URLS = ("/items/export", "/items?limit=100", "/items?limit=9", "/items?limit=8", "/health", "/items/archive",
+              f"/padding?size={GZIP_THRESHOLD - 1}", f"/padding?size={GZIP_THRESHOLD}")
+BURST = tuple(range(GZIP_THRESHOLD - 24, GZIP_THRESHOLD + 4 * 120, 31))  # body sizes sent at once, both sides of it
 
 
 async def _gzip_rules(checking: Checking, client: httpx.AsyncClient, references: dict[str, bytes]) -> None:
@@ -1170,7 +1315,7 @@ async def _gzip_rules(checking: Checking, client: httpx.AsyncClient, references:
         checking.expect(decoded == reference,
                         f"GET {url} with gzip came back as {size:,} bytes that differ from the app's own "
                         f"{len(reference):,}: compression must not change the body.")
-        key = url.strip("/").replace("items?limit=", "page").replace("items/", "")
+        key = url.strip("/").replace("items?limit=", "page").replace("items/", "").replace("?size=", "")
         checking.record(f"{key}_bytes", size)
         if url == "/items/archive":
             checking.expect(encoding == "identity",
@@ -1199,6 +1344,30 @@ async def _gzip_rules(checking: Checking, client: httpx.AsyncClient, references:
                             f"Content-Encoding {encoding} as {wire:,} bytes: below the threshold the rule keeps it "
                             "as is (it fits in one packet; compressing costs CPU on both sides and saves no round "
                             "trip). The threshold is too low.")
+    await _gzip_burst(checking, client)
+
+
+async def _gzip_burst(checking: Checking, client: httpx.AsyncClient) -> None:
+    """Requests in flight together, each for a body of another size: each must come back as its own body,
+    compressed exactly when it is at least GZIP_THRESHOLD bytes."""
+    urls = [f"/padding?size={size}" for size in BURST]
+    responses = await asyncio.gather(*(client.get(url) for url in urls), return_exceptions=True)
+    for url, size, response in zip(urls, BURST, responses, strict=True):
+        alone = f"{len(BURST)} requests in flight at once (GET /padding?size=… bodies of {BURST[0]:,} to {BURST[-1]:,} bytes)"
+        if isinstance(response, BaseException):
+            checking.fail(f"{alone}: GET {url} failed with {type(response).__name__}: {str(response)[:160]}. Each "
+                          "request needs its own state: a middleware instance serves every request at once, so "
+                          "whatever it keeps on `self` while a response is on its way is shared by all of them.")
+        assert isinstance(response, httpx.Response)
+        encoding = response.headers.get("content-encoding", "identity")
+        checking.expect(response.status_code == 200 and response.content == padding_body(size),
+                        f"{alone}: GET {url} answered {response.status_code} with {len(response.content):,} bytes "
+                        f"(Content-Encoding {encoding}) that are not its own {size:,}-byte body: requests running "
+                        "at the same time got mixed up. Each request needs its own state: a middleware instance "
+                        "serves every request at once, so whatever it keeps on `self` is shared by all of them.")
+        checking.expect(encoding == ("gzip" if size >= GZIP_THRESHOLD else "identity"),
+                        f"{alone}: GET {url} ({size:,} bytes) was sent with Content-Encoding {encoding}; the rule: "
+                        f"gzip from {GZIP_THRESHOLD:,} bytes, as is below.")
 
 
 # ---------- benchmark ----------
