@@ -260,6 +260,25 @@ def test_unblock_wrong_half_fixed_unknown_ids_block() -> None:
     _fails(result, "1 of your app's 20 calls to slow_lookup ran on the event loop's own thread")
 
 
+def test_unblock_wrong_unknown_id_waits_on_a_thread() -> None:
+    """Only the unknown id blocks, and slow_lookup itself runs in a thread: `.result()` holds the loop all the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=4)
+
+    async def read_item(item_id: int) -> dict:
+        if item_id > 200:
+            return pool.submit(slow_lookup, item_id).result()  # off the loop's thread, yet the loop waits for it
+        return await asyncio.to_thread(slow_lookup, item_id)
+
+    try:
+        result = grade("01.unblock", _items_app(read_item))
+        _fails(result, "its event loop was held for", "in each round", "`future.result()`")
+        assert result.figures["loop_held_ms"] >= 80, result.figures
+    finally:
+        pool.shutdown()
+
+
 def test_unblock_wrong_pool_sized_too_small() -> None:
     """Off the loop, but two threads for 20 concurrent lookups: they queue, 10 rounds of 100 ms."""
     from concurrent.futures import ThreadPoolExecutor

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -384,6 +384,29 @@ UNBLOCK_CONCURRENCY = 20
 UNBLOCK_RATIO = 4.0
 
 
+@asynccontextmanager
+async def _loop_stalls(every: float = 0.005) -> AsyncIterator[list[float]]:
+    """Yield a one-item list that holds, when the block ends, the longest time (s) the running event loop went
+    without serving a `every`-second timer: how long something held the loop without awaiting."""
+    longest = [0.0]
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(every)
+            now = time.perf_counter()
+            longest[0] = max(longest[0], now - last - every)
+            last = now
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        yield longest
+    finally:
+        ticker.cancel()
+        with suppress(asyncio.CancelledError):
+            await ticker
+
+
 @exercise(
     "01.unblock",
     title="Stop blocking the event loop",
@@ -412,6 +435,7 @@ async def check_unblock(make_app: Any, checking: Checking) -> str:
         learner_app = checking.build_app(make_app)
         broken_walls: list[float] = []
         learner_walls: list[float] = []
+        stalls: list[float] = []  # per round: the longest the loop was held during your app's burst
         async with app_client(make_blocking_items_app()) as broken, app_client(learner_app) as mine:
             for round_ in range(2):  # interleaved: broken, yours, broken, yours
                 reseed_catalogue(seed + round_)
@@ -422,7 +446,9 @@ async def check_unblock(make_app: Any, checking: Checking) -> str:
                 _ON_LOOP.clear()
                 _LOOKED_UP.clear()
                 try:
-                    answer = await burst(mine, paths, timeout=20)
+                    async with _loop_stalls() as stall:
+                        answer = await burst(mine, paths, timeout=20)
+                    stalls.append(stall[0])
                 except TimeoutError:
                     checking.fail(f"{UNBLOCK_CONCURRENCY} concurrent requests to your app did not finish in 20 s.")
                 learner_walls.append(answer.wall_s)
@@ -451,6 +477,14 @@ async def check_unblock(make_app: Any, checking: Checking) -> str:
     finally:
         reseed_catalogue(0)
         _WATCHED["loop"] = None
+    held_ms = min(stalls) * 1000  # both rounds: a machine busy elsewhere delays the loop once, a blocking wait always
+    checking.record("loop_held_ms", round(held_ms))
+    checking.expect(held_ms < 0.8 * LOOKUP_MS,
+                    f"while your app answered {UNBLOCK_CONCURRENCY} concurrent requests, its event loop was held for "
+                    f"{held_ms:,.0f} ms at a time, in each round (a lookup takes {LOOKUP_MS} ms): something in "
+                    "`async def` waits without `await`, e.g. `future.result()` on a thread pool, `time.sleep`, or a "
+                    "lock. Every request in flight waits with it. Fixing some requests is not enough (here one id "
+                    "in 20 was not among the known ones): no request may block the loop.")
     before, after = min(broken_walls), min(learner_walls)
     ratio = before / after if after > 0 else float("inf")
     checking.record("blocking_wall_ms", round(before * 1000))
