@@ -421,6 +421,17 @@ WRONG_BUDGETS = {
         lambda url, **kw: create_async_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True), "queue"),
     "no pre-ping": (
         lambda url, **kw: create_async_engine(url, pool_size=_share(**kw), max_overflow=0), "restart"),
+    "share rounded up": (
+        lambda url, *, workers, max_connections, reserved: create_async_engine(
+            url, pool_size=-(-(max_connections - reserved) // workers), max_overflow=0, pool_pre_ping=True),
+        "over the"),
+    "share rounded to nearest": (
+        lambda url, *, workers, max_connections, reserved: create_async_engine(
+            url, pool_size=round((max_connections - reserved) / workers), max_overflow=0, pool_pre_ping=True),
+        "over the"),
+    "reserve forgotten": (
+        lambda url, *, workers, max_connections, reserved: create_async_engine(
+            url, pool_size=max_connections // workers, max_overflow=0, pool_pre_ping=True), "over the"),
     "a sync engine": (
         lambda url, **kw: create_engine(url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")),
         "not an AsyncEngine"),
@@ -446,3 +457,4 @@ def test_budgets_are_drawn_so_that_no_fixed_pool_size_fits():
     budgets = {l10.draw_budget(random.Random(seed)) for seed in range(200)}
     assert len({b.share for b in budgets}) >= 3 and len({b.workers for b in budgets}) == 3
     assert all(b.share >= 2 and b.workers * b.share <= b.available for b in budgets)
+    assert not any(b.share in l10.wrong_shares(b) for b in budgets)  # rounding up or to nearest never fits by luck

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import math
 import os
 import random
 import sys
@@ -696,11 +697,22 @@ class Budget:
 
 
 def draw_budget(rng: random.Random) -> Budget:
-    """A deployment drawn at random, so that no fixed pool size fits every run."""
-    workers = rng.choice((2, 3, 4))
-    share = rng.choice((2, 3, 4, 5))
-    reserved = rng.choice((2, 3, 5))
-    return Budget(workers, workers * share + reserved + rng.randrange(workers), reserved)
+    """A deployment drawn at random, so that no fixed pool size fits every run, and drawn again until the usual
+    wrong divisions (rounded up, rounded to nearest, the reserve forgotten) give another size than the fair share:
+    a grading must not pass them by luck."""
+    while True:
+        workers = rng.choice((2, 3, 4))
+        share = rng.choice((2, 3, 4, 5))
+        reserved = rng.choice((2, 3, 5))
+        budget = Budget(workers, workers * share + reserved + rng.randrange(workers), reserved)
+        if budget.share not in wrong_shares(budget):
+            return budget
+
+
+def wrong_shares(budget: Budget) -> set[int]:
+    """The pool sizes of the usual wrong divisions of `budget`: ceil, round, and max_connections // workers."""
+    exact = budget.available / budget.workers
+    return {math.ceil(exact), round(exact), budget.max_connections // budget.workers}
 
 
 async def _budget_phase(checking: Checking, engines: list[AsyncEngine], budget: Budget, what: str,
