@@ -267,6 +267,35 @@ def _dict_of_emails(mystery, db):
     return _app(mystery, db, handler)
 
 
+def _every_post_grouped_in_python(mystery, db):
+    """Two statements, so no N+1: the page's users, then the whole posts table, grouped per user in Python."""
+    get_db = db.dependency()
+
+    def handler(session: Session = Depends(get_db)) -> list[UserWithPosts]:
+        users = session.scalars(select(User).order_by(User.id).limit(mystery.limit)).all()
+        by_user: dict[int, list] = {}
+        for post in session.scalars(select(Post).order_by(Post.id)):
+            by_user.setdefault(post.user_id, []).append(post)
+        return [UserWithPosts.model_validate({"id": u.id, "name": u.name, "email": u.email,
+                                              "posts": by_user.get(u.id, [])}) for u in users]
+    return _app(mystery, db, handler)
+
+
+def _email_to_id_map(mystery, db):
+    """No index: every email mapped to its id once, in fix; each lookup then reads the row by primary key (fresh
+    names), but an address changed or added later is not in the map."""
+    with db.session() as session:
+        ids = dict(session.execute(select(User.email, User.id)).all())
+    get_db = db.dependency()
+
+    def handler(email: str, session: Session = Depends(get_db)) -> UserOut:
+        found = session.get(User, ids[email]) if email in ids else None
+        if found is None:
+            raise HTTPException(404, "no such user")
+        return UserOut.model_validate(found)
+    return _app(mystery, db, handler)
+
+
 def _index_on_the_wrong_column(mystery, db):
     with db.engine.begin() as conn:
         conn.execute(text("CREATE INDEX IF NOT EXISTS users_by_name ON users (name)"))
@@ -347,6 +376,8 @@ def _core_sliced(mystery, db):
     ("unbounded_list", _first_100_only, "walking your pages"),
     ("unbounded_list", _sliced_in_python, "read one page (LIMIT)"),
     ("missing_index", _dict_of_emails, "after the data changed"),
+    ("missing_index", _email_to_id_map, "answered 200, expected 404"),
+    ("n_plus_one", _every_post_grouped_in_python, "the whole table read and sorted out in Python"),
     ("missing_index", _index_on_the_wrong_column, "reads a whole table"),
 ], ids=lambda v: v if isinstance(v, str) and " " not in v else getattr(v, "__name__", None))
 def test_wrong_fixes_fail_and_say_why(monkeypatch, kind, answer, says):
