@@ -535,6 +535,14 @@ def test_workers_wrong_two_cores_plus_one_times_two() -> None:
     assert "MiB" in result.message or "expected at least 1.35×" in result.message, result.message
 
 
+@needs_quiet_cores
+def test_workers_wrong_cores_plus_one() -> None:
+    """cores + 1 gunicorn workers (the arbiter is small): fails every time, not only when its memory crosses a line."""
+    result = grade("01.workers", {"server": "gunicorn", "workers": usable_cores() + 1})
+    assert not result.passed, repr(result)
+    assert "MiB" in result.message or "expected at least 1.35×" in result.message, result.message
+
+
 def test_workers_odd_answers() -> None:
     _fails(grade("01.workers", [2]), "expected a dict")
     _fails(grade("01.workers", {"workers": "two"}), "whole number")
