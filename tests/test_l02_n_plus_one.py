@@ -13,9 +13,19 @@ from answers.l02_n_plus_one import strict_posts, users_with_posts, users_with_po
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import TypeAdapter
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, contains_eager, joinedload, raiseload, selectinload, sessionmaker, subqueryload
+from sqlalchemy.orm import (
+    Session,
+    contains_eager,
+    immediateload,
+    joinedload,
+    raiseload,
+    selectinload,
+    sessionmaker,
+    subqueryload,
+)
+from sqlalchemy.orm.attributes import set_committed_value
 
 from course_lib.client import app_client
 from course_lib.db import Comment, DemoDB, Post, User, dialect, make_demo_db, thread_safe_connect_args
@@ -396,7 +406,14 @@ def test_fix_sees_sqlite3_connect_imported_before_grading() -> None:
 
 def test_fix_rejects_answer_tuned_to_one_size() -> None:
     tuned = _model_app(lambda s: s.scalars(users_with_posts().limit(40)).all())  # the reference, cut at 40 users
-    _fails("02.fix-n-plus-one", tuned, "with 123 users", "it lists 40 users, expected 123")
+    # a cut at exactly 40 users shows once the grader adds a 41st between the two requests at that size
+    _fails("02.fix-n-plus-one", tuned, "with 40 users", "the second GET", "it lists 40 users, expected 41")
+
+    # a "safety cap" well above the small sizes: the grader's largest size, 1,500 users, is past any plausible one
+    for cap in (200, 1_000):
+        capped = _model_app(lambda s, cap=cap: s.scalars(users_with_posts().limit(cap)).all())
+        _fails("02.fix-n-plus-one", capped, "with 1,500 users × 1 posts", "the first GET",
+               f"it lists {cap} users, expected 1500")
 
     def eager_while_small(db: DemoDB) -> FastAPI:  # loads eagerly only at the grader's first size
         small = db.counts["users"] <= 3
@@ -404,6 +421,14 @@ def test_fix_rejects_answer_tuned_to_one_size() -> None:
                                               .order_by(User.id)).all())(db)
 
     _fails("02.fix-n-plus-one", eager_while_small, "with 40 users × 3 posts", "ran 41 queries")
+
+    def lazy_when_large(db: DemoDB) -> FastAPI:  # eager up to the usual sizes, N+1 past them
+        large = db.counts["users"] > 500
+        return _model_app(lambda s: s.scalars(select(User).options(*([] if large else [selectinload(User.posts)]))
+                                              .order_by(User.id)).all())(db)
+
+    _fails("02.fix-n-plus-one", lazy_when_large, "with 1,500 users × 1 posts", "ran 1501 queries",
+           "expected at most 5", "IN lists of 500: 3 more")
 
 
 def _cached_app(refresh: Callable[[Session], Any] | None = None) -> Callable[[DemoDB], FastAPI]:
@@ -436,6 +461,71 @@ def test_fix_rejects_a_cache_across_requests() -> None:
            "after the grader changed rows", "different payload")
 
 
+def _users_cached(nested: bool) -> Callable[[DemoDB], FastAPI]:
+    """Wrong: the user list (id, name) is read once and kept in the process ('users rarely change'); posts (and
+    comments) are read fresh on every request, one query per level."""
+    from course_lib.lessons.l02_n_plus_one import UserWithPosts, UserWithPostsAndComments
+
+    def make_app(db: DemoDB) -> FastAPI:
+        app = FastAPI()
+        get_db = db.dependency()
+        users_cache: list[tuple[int, str]] = []
+
+        @app.get("/users/with-comments" if nested else "/users",
+                 response_model=list[UserWithPostsAndComments] if nested else list[UserWithPosts])
+        def listing(session: Session = Depends(get_db)) -> Any:
+            if not users_cache:
+                users_cache.extend((u.id, u.name) for u in session.execute(select(User.id, User.name)
+                                                                           .order_by(User.id)))
+            comments: dict[int, list[dict[str, Any]]] = {}
+            if nested:
+                for c in session.execute(select(Comment.post_id, Comment.id, Comment.author_name)
+                                         .order_by(Comment.id)):
+                    comments.setdefault(c.post_id, []).append({"id": c.id, "author_name": c.author_name})
+            posts: dict[int, list[dict[str, Any]]] = {uid: [] for uid, _ in users_cache}
+            for p in session.execute(select(Post.user_id, Post.id, Post.title, Post.likes).order_by(Post.id)):
+                post = {"id": p.id, "title": p.title, "likes": p.likes}
+                posts.setdefault(p.user_id, []).append({**post, "comments": comments.get(p.id, [])} if nested
+                                                       else post)
+            return [{"id": uid, "name": name, "posts": posts[uid]} for uid, name in users_cache]
+
+        return app
+
+    return make_app
+
+
+@pytest.mark.parametrize(("exercise", "nested"), [("02.fix-n-plus-one", False), ("02.nested", True)],
+                         ids=["fix", "nested"])
+def test_listing_rejects_a_user_list_kept_in_the_process(exercise: str, nested: bool) -> None:
+    _fails(exercise, _users_cached(nested), "with 3 users", "the second GET", "users renamed, a user added",
+           "different payload", "it lists 3 users, expected 4", "no copy or cache")
+
+
+def _shared_session(db: DemoDB) -> FastAPI:
+    """Wrong (safe only one request at a time): one Session made in make_app and used by every request, closed
+    after each so that the data is fresh; sync endpoints run at once in the thread pool and trip over it."""
+    from course_lib.lessons.l02_n_plus_one import UserWithPosts
+
+    app = FastAPI()
+    session = db.session()
+
+    @app.get("/users", response_model=list[UserWithPosts])
+    def listing() -> Any:
+        try:
+            users = session.scalars(select(User).options(selectinload(User.posts)).order_by(User.id)).all()
+            return [UserWithPosts.model_validate(u).model_dump() for u in users]
+        finally:
+            session.close()
+
+    return app
+
+
+def test_fix_rejects_a_session_shared_by_every_request() -> None:
+    # the race shows at the first or a later size (whichever burst trips first), always in the burst
+    _fails("02.fix-n-plus-one", _shared_session, "16 GET /users sent at once", "went wrong",
+           "its own Session", "a dependency with yield")
+
+
 def test_fix_rejects_an_answer_that_reads_nothing_per_request() -> None:
     def preloaded(db: DemoDB) -> FastAPI:  # everything read at start-up: 0 queries per request
         with db.session() as session:
@@ -460,6 +550,34 @@ def test_fix_rejects_different_payload() -> None:
         return session.scalars(users_with_posts().order_by(None).order_by(User.id.desc())).all()  # users reversed
 
     _fails("02.fix-n-plus-one", _model_app(unordered), "different payload", "user #0")
+
+
+def _raw_posts_no_order(db: DemoDB) -> FastAPI:
+    """Wrong in general: two text queries, the posts one without ORDER BY (SQLite's rowid order, by accident)."""
+    from course_lib.lessons.l02_n_plus_one import UserWithPosts
+
+    app = FastAPI()
+    get_db = db.dependency()
+
+    @app.get("/users", response_model=list[UserWithPosts])
+    def listing(session: Session = Depends(get_db)) -> Any:
+        users = session.execute(text("SELECT id, name FROM users ORDER BY id")).all()
+        posts: dict[int, list[dict[str, Any]]] = {u.id: [] for u in users}
+        for p in session.execute(text("SELECT user_id, id, title, likes FROM posts")):
+            posts[p.user_id].append({"id": p.id, "title": p.title, "likes": p.likes})
+        return [{"id": u.id, "name": u.name, "posts": posts[u.id]} for u in users]
+
+    return app
+
+
+@pytest.mark.skipif(dialect() != "sqlite", reason="SQLite's PRAGMA reverse_unordered_selects")
+def test_fix_rejects_rows_in_no_defined_order() -> None:
+    _fails("02.fix-n-plus-one", _raw_posts_no_order, "with 3 users × 2 posts", "the first GET", "different payload",
+           "user #0", "order by id")
+    # the posts inside each user in whatever order the join gives: ORDER BY users.id only
+    _fails("02.fix-n-plus-one", _model_app(lambda s: s.scalars(
+        select(User).outerjoin(User.posts).options(contains_eager(User.posts)).order_by(User.id)).unique().all()),
+        "different payload", "user #0")
 
 
 def test_fix_rejects_hard_coded_payload() -> None:
@@ -575,10 +693,51 @@ def test_nested_rejects_a_cache_across_requests() -> None:
                                              selectinload(Post.comments).raiseload("*")).order_by(Post.id)).all(),
     lambda s: s.scalars(select(Post).options(joinedload(Post.author).raiseload(User.posts),
                                              subqueryload(Post.comments)).order_by(Post.id)).all(),
+    lambda s: s.scalars(select(Post).options(joinedload(Post.author), selectinload(Post.comments), raiseload("*"))
+                        .order_by(Post.id)),
+    lambda s: (post for post in s.scalars(select(Post).options(joinedload(Post.author), selectinload(Post.comments),
+                                                              raiseload("*")).order_by(Post.id))),
 ], ids=["joined+selectin+raiseload(*)", "raiseload sql_only", "joined both + unique", "raiseload below each",
-        "raiseload on the one relationship left"])
+        "raiseload on the one relationship left", "eager, result returned unconsumed", "eager, as a generator"])
 def test_raise_on_lazy_accepts(answer: Callable[[Session], Any]) -> None:
     _passes("02.raise-on-lazy", answer)
+
+
+def _immediateload_unconsumed(session: Session) -> Any:
+    """Wrong: immediateload is one query per post for the author and the comments (N+1), hidden by returning the
+    result unconsumed: the per-row loads run while the caller iterates it."""
+    return session.scalars(select(Post).options(immediateload(Post.author).raiseload("*"),
+                                                immediateload(Post.comments).raiseload("*"), raiseload("*"))
+                           .order_by(Post.id))
+
+
+def _generator_n_plus_one(session: Session) -> Any:
+    """Wrong: one query in the call, then a generator that loads each post's author and comments (N+1) as the
+    caller iterates it, setting them as loaded so that later reads send nothing."""
+    posts = session.scalars(select(Post).options(raiseload("*")).order_by(Post.id)).all()
+
+    def each() -> Any:
+        for post in posts:
+            set_committed_value(post, "author", session.get(User, post.user_id, options=[raiseload("*")]))
+            set_committed_value(post, "comments", list(session.scalars(
+                select(Comment).where(Comment.post_id == post.id).options(raiseload("*")).order_by(Comment.id))))
+            yield post
+
+    return each()
+
+
+@pytest.mark.parametrize(("answer", "fragments"), [
+    (_immediateload_unconsumed, ("with 5 users × 3 posts × 2 comments", "loading its result",
+                                 "ran 21 statements", "expected 1 to 3", "returned unconsumed")),
+    (_generator_n_plus_one, ("with 5 users × 3 posts × 2 comments", "loading its result", "ran 21 statements",
+                             "expected 1 to 3", "the statement run most often (15×)")),
+    (lambda s: s.scalars(select(Post).options(immediateload(Post.author), immediateload(Post.comments),
+                                              raiseload("*")).order_by(Post.id)).all(),
+     ("ran 21 statements", "expected 1 to 3")),
+], ids=["immediateload, result returned unconsumed", "generator loading per post", "immediateload, consumed"])
+def test_raise_on_lazy_rejects_per_row_loads_however_returned(answer: Callable[[Session], Any],
+                                                              fragments: tuple[str, ...]) -> None:
+    _fails("02.raise-on-lazy", answer, *fragments)
 
 
 def test_raise_on_lazy_rejects_eager_without_raise() -> None:

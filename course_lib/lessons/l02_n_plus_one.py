@@ -6,13 +6,14 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlalchemy import ForeignKey, Select, String, func, select, update
+from sqlalchemy import ForeignKey, Select, String, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -433,9 +434,15 @@ def _most_repeated(statements: Sequence[str]) -> str:
 
 
 def _change_data(db: DemoDB, nested: bool) -> None:
-    """Between two requests, change rows but no count: retitle even posts, move the last post to user 1, and
-    (nested) rename the odd comments' authors; a cache validated by counting rows stays stale."""
+    """Between two requests, change rows at every level: rename the even users and add one (no posts), retitle even
+    posts, move the last post to user 1, and (nested) rename the odd comments' authors. No post or comment count
+    changes, so a cache validated by counting them stays stale; users change too, so a user list kept in the
+    process does."""
     with db.engine.begin() as conn:
+        conn.execute(update(User).where(User.id % 2 == 0).values(name=User.name + " (renamed)"))
+        added = (conn.scalar(select(func.max(User.id))) or 0) + 1
+        conn.execute(insert(User).values(id=added, name="Added After", email=f"added.{added}@example.com",
+                                         country="FR", is_active=True, created_at=datetime(2025, 1, 1)))
         conn.execute(update(Post).where(Post.id % 2 == 0).values(title=Post.title + " (edited)"))
         last = conn.scalar(select(func.max(Post.id)))
         if last is not None:
@@ -444,46 +451,117 @@ def _change_data(db: DemoDB, nested: bool) -> None:
             conn.execute(update(Comment).where(Comment.id % 2 == 1).values(author_name="Edited"))
 
 
+def _unordered_reversed(db: DemoDB) -> None:
+    """On SQLite, make the DemoDB engine's new connections return rows of a SELECT without ORDER BY in reverse
+    (`PRAGMA reverse_unordered_selects`): SQL leaves that order undefined, and SQLite's usual rowid order would
+    otherwise hide a missing ORDER BY. Connections opened before the call keep their order (the grader's
+    `observe_statements` disposes the pool right after, so the answer's sessions all get it)."""
+    if db.engine.dialect.name != "sqlite":
+        return
+
+    def reverse(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA reverse_unordered_selects = ON")
+
+    event.listen(db.engine, "connect", reverse)
+
+
+CHANGED = " after the grader changed rows (users renamed, a user added, titles, a post's author)"
+SELECTIN_BATCH = 500  # ids per IN list of selectinload (SQLAlchemy's batch size)
+BURST_MAX_USERS = 400  # sizes up to this many users get the concurrent burst
+BURST = 16  # concurrent GETs after the sequential ones: a sync endpoint's calls then run at once in the thread pool
+
+
+async def _check_burst(checking: Checking, client: Any, path: str, db: DemoDB, expected: Any, size: str,
+                       budget: int) -> None:
+    """Send BURST GETs at once through the same client; each must answer 200 with `expected`, and together they
+    may run at most BURST × `budget` statements on the DemoDB's engine. A Session shared by every request fails
+    here, not one at a time."""
+    with count_queries(db.engine) as log:
+        responses = await asyncio.gather(*(client.get(path) for _ in range(BURST)), return_exceptions=True)
+    statements = log.statements
+    problems: Counter[str] = Counter()
+    for response in responses:
+        if isinstance(response, BaseException):
+            problems[f"raised {type(response).__name__}: {str(response)[:140]}"] += 1
+        elif response.status_code != 200:
+            problems[f"answered {response.status_code}: {response.text[:100]}"] += 1
+        else:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if body != expected:
+                problems[f"returned a different payload ({_first_difference(body, expected)})"[:200]] += 1
+    wrong = sum(problems.values())
+    checking.expect(wrong == 0,
+                    f"with {size}, {BURST} GET {path} sent at once (as a server's clients do; a sync endpoint then "
+                    f"runs in several threads together): {wrong} of them went wrong, e.g. "
+                    + "; ".join(f"{times}× {what}" for what, times in problems.most_common(2))
+                    + ". One request at a time they worked, so look for state shared between requests: each "
+                    "request needs its own Session, opened and closed by a dependency with yield (the "
+                    "`db.dependency()` given, or `def get_session(): with db.session() as session: yield "
+                    "session` with `Depends(get_session)`), never one Session made in make_app for all.")
+    if len(statements) > BURST * budget:
+        checking.fail(f"with {size}, {BURST} GET {path} sent at once ran {len(statements)} queries in all; expected "
+                      f"at most {BURST * budget} ({budget} each). {_most_repeated(statements)}")
+
+
 async def _check_listing(make_app: Any, checking: Checking, *, path: str, nested: bool,
                          sizes: Sequence[tuple[int, int, int]], budget: int, levels: str) -> str:
     """Shared checker: several sizes, each served twice around a data change; identical payload, 1..budget queries."""
-    most = 0
+    most, base, base_levels = 0, budget, levels
     for users, posts, comments in sizes:
-        with make_demo_db(users=users, posts_per_user=posts, comments_per_post=comments, seed=users) as db, \
-                observe_statements(db) as log:
-            app = checking.build_app(make_app, db)
-            size = f"{users} users × {posts} posts" + (f" × {comments} comments" if nested else "")
-            async with app_client(app) as client:
-                for request in ("first", "second"):
-                    when = "" if request == "first" else " after the grader changed rows (titles, a post's author)"
-                    expected = expected_payload(db, nested)
-                    body, statements = await _get(checking, client, path, log)
-                    checking.expect(body == expected,
-                                    f"with {size}, the {request} GET {path}{when} returned a different payload: "
-                                    f"{_first_difference(body, expected)}. Read the database on every request "
-                                    "(no copy or cache), keep the response model and order by id.")
-                    checking.expect(statements != [],
-                                    f"with {size}, the {request} GET {path} ran no statement on the database: the "
-                                    "grader watches every connection to it (the DemoDB's sessions, any engine or "
-                                    "sqlite3/psycopg connection you open), so the answer came from memory. Load "
-                                    "the users and posts on each request; zero queries is not what is asked.")
-                    checking.expect(len(statements) <= budget,
-                                    f"with {size}, the {request} GET {path}{when} ran {len(statements)} queries "
-                                    f"(counted at the driver, whichever connection sent them); expected at most "
-                                    f"{budget} ({levels}) whatever the size. A count that grows with the data is the "
-                                    f"N+1: {_most_repeated(statements)}")
-                    checking.record(f"queries@{users}" + ("" if request == "first" else " after change"), len(statements))
-                    most = max(most, len(statements))
-                    if request == "first":
-                        _change_data(db, nested)
+        # selectinload sends the parents' ids in IN lists of at most 500 (SQLAlchemy's batch): one query more per
+        # 500 users beyond the first, counting the user the grader adds between the two requests
+        extra = -(-(users + 1) // SELECTIN_BATCH) - 1
+        budget = base + extra
+        levels = base_levels + (f"; at this size, selectinload's ids go in IN lists of {SELECTIN_BATCH}: {extra} "
+                                "more" if extra else "")
+        with make_demo_db(users=users, posts_per_user=posts, comments_per_post=comments, seed=users) as db:
+            _unordered_reversed(db)
+            size = f"{users:,} users × {posts} posts" + (f" × {comments} comments" if nested else "")
+            with observe_statements(db) as log:
+                app = checking.build_app(make_app, db)
+                async with app_client(app) as client:
+                    for request in ("first", "second"):
+                        when = "" if request == "first" else CHANGED
+                        expected = expected_payload(db, nested)
+                        body, statements = await _get(checking, client, path, log)
+                        checking.expect(body == expected,
+                                        f"with {size}, the {request} GET {path}{when} returned a different payload: "
+                                        f"{_first_difference(body, expected)}. Read the database on every request "
+                                        "(no copy or cache), keep the response model and order by id.")
+                        checking.expect(statements != [],
+                                        f"with {size}, the {request} GET {path} ran no statement on the database: "
+                                        "the grader watches every connection to it (the DemoDB's sessions, any engine "
+                                        "or sqlite3/psycopg connection you open), so the answer came from memory. "
+                                        "Load the users and posts on each request; zero queries is not what is asked.")
+                        checking.expect(len(statements) <= budget,
+                                        f"with {size}, the {request} GET {path}{when} ran {len(statements)} queries "
+                                        f"(counted at the driver, whichever connection sent them); expected at most "
+                                        f"{budget} ({levels}) whatever the size. A count that grows with the data is "
+                                        f"the N+1: {_most_repeated(statements)}")
+                        checking.record(f"queries@{users}" + ("" if request == "first" else " after change"),
+                                        len(statements))
+                        most = max(most, len(statements))
+                        if request == "first":
+                            _change_data(db, nested)
+            # the concurrent burst runs on a fresh app, outside the driver-level observation: its sqlite3 trace
+            # callback, on a connection that a wrong answer shares between threads, can deadlock the process
+            if users <= BURST_MAX_USERS:  # the largest size is there for its rows, not its concurrency
+                db.engine.dispose()
+                async with app_client(checking.build_app(make_app, db)) as client:
+                    await _check_burst(checking, client, path, db, expected, size, budget)
     checking.record("max_queries", most)
-    return (f"identical payload in 1–{budget} queries (observed at the driver) on {len(sizes)} database sizes, "
-            "fresh after a change")
+    return (f"identical payload in 1–{base} queries (observed at the driver; past 500 users, one more per "
+            f"{SELECTIN_BATCH} ids allowed) on {len(sizes)} database sizes, fresh after a change, and under "
+            f"{BURST} concurrent requests")
 
 
-# Sizes vary users and children so that an answer tuned to one size (or a LIMIT) fails; ≤ 400 users keeps
-# selectinload's IN lists in one batch (SQLAlchemy splits them every 500 ids).
-FIX_SIZES = ((3, 2, 0), (40, 3, 0), (123, 1, 0), (7, 0, 0))
+# Sizes vary users and children so that an answer tuned to one size (or a LIMIT, a "safety cap" of a few hundred
+# or a thousand rows) fails; past 500 users selectinload splits its IN lists (SQLAlchemy's batch of 500 ids), and
+# the budget at that size allows one query more per batch.
+FIX_SIZES = ((3, 2, 0), (40, 3, 0), (123, 1, 0), (7, 0, 0), (1_500, 1, 0))
 NESTED_SIZES = ((3, 2, 2), (26, 3, 1), (61, 1, 3))
 
 
@@ -570,20 +648,23 @@ def check_raise_on_lazy(strict_posts: Any, checking: Checking) -> str:
         size = f"{users} users × {posts} posts × {comments} comments"
         with make_demo_db(users=users, posts_per_user=posts, comments_per_post=comments, seed=users) as db, \
                 observe_statements(db) as log, db.session() as session:
+            # count from the call through materialising its result: an unconsumed result (a ScalarResult, a
+            # generator) may run its per-row loads while the caller iterates it, and those are the answer's queries
             mark = log.mark()
             loaded = checking.call(strict_posts, session)
-            loading = log.since(mark)
-            try:
-                loaded = list(loaded)
-            except TypeError:
+            if not isinstance(loaded, Iterable) or isinstance(loaded, (str, bytes, dict)):
                 checking.fail(f"strict_posts returned {type(loaded).__name__}, expected a list of Post objects")
+            loaded = checking.call(list, loaded)
+            loading = log.since(mark)
             checking.expect(all(isinstance(p, Post) for p in loaded) and [p.id for p in loaded] ==
                             list(range(1, users * posts + 1)),
                             f"with {size}, strict_posts returned {str(loaded)[:120]}; expected all "
                             f"{users * posts} Post objects ordered by id")
             checking.expect(1 <= len(loading) <= 3,
-                            f"with {size}, strict_posts sent {len(loading)} queries; expected 1 to 3 (posts, "
-                            "authors, comments) whatever the size"
+                            f"with {size}, calling strict_posts and loading its result (list(...) of what it "
+                            f"returned) ran {len(loading)} statements; expected 1 to 3 (posts, authors, comments) "
+                            "whatever the size, counted until every post is in hand: a result returned unconsumed "
+                            "still owes the queries it runs while the caller iterates it"
                             + (f". {_most_repeated(loading)}" if loading else ""))
             raised, reading = _touch(log, lambda: sum(len(p.author.name) + len(p.comments) for p in loaded))  # noqa: B023 - called now
             if raised is not None:
