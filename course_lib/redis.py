@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import shutil
 import sys
 import threading
@@ -219,10 +220,16 @@ _READS = frozenset({"GET", "MGET", "EXISTS", "TTL", "PTTL", "TYPE", "STRLEN", "G
 _STORES = frozenset({"SET", "SETEX", "PSETEX", "MSET", "GETSET", "SETRANGE", "APPEND", "HSET", "HMSET"})
 
 
+_SCRIPT_TAKES_A_LOCK = re.compile(rb"\bSETNX\b|['\"]NX['\"]", re.IGNORECASE)
+
+
 def lock_attempt_key(command: RedisCommand) -> bytes | None:
-    """The key a command tries to take as a lock (`SET key v NX …`, `SETNX key v`), or None."""
+    """The key a command tries to take as a lock (`SET key v NX …`, `SETNX key v`, an EVAL whose script sets its
+    first key with NX), or None."""
     if command.name == "SETNX" or (command.name == "SET" and "NX" in command.options()):
         return command.args[1] if len(command.args) > 1 else None
+    if command.name == "EVAL" and len(command.args) > 3 and _SCRIPT_TAKES_A_LOCK.search(command.args[1]):
+        return command.keys()[0] if command.keys() else None
     return None
 
 

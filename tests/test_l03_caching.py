@@ -775,6 +775,10 @@ async def _set_nx_ex(redis: Redis, lock_key: str) -> bool:
     return bool(await redis.set(lock_key, "1", nx=True, ex=10))
 
 
+async def _set_nx_px(redis: Redis, lock_key: str) -> bool:
+    return bool(await redis.set(lock_key, "1", nx=True, px=10_000))
+
+
 async def _set_nx_forever(redis: Redis, lock_key: str) -> bool:
     return bool(await redis.set(lock_key, "1", nx=True))
 
@@ -810,14 +814,14 @@ def _release_before_store(awaited: float = 0.0) -> AppFactory:
     return _stats_app(body)
 
 
-def _no_second_look() -> AppFactory:
-    """Wrong: a Redis lock, but the winner queries without reading the cached key again."""
+def _no_second_look(acquire: Callable[[Redis, str], Any] | None = None) -> AppFactory:
+    """Wrong: a Redis lock (SET NX PX, or `acquire`), but the winner queries without reading the cached key again."""
 
     async def body(redis: Redis, prefix: str, ttl: int, request: Request, session: Session, min_likes: int) -> bytes:
         key = url_key(prefix, request)
         pause = 0.005
         while (cached := await redis.get(key)) is None:
-            if await redis.set(key + ":lock", "1", nx=True, px=10_000):
+            if await (acquire or _set_nx_px)(redis, key + ":lock"):
                 try:
                     cached = await _compute(session, min_likes)
                     await redis.set(key, cached, ex=ttl)
@@ -999,6 +1003,7 @@ def test_stampede_other_right_answers_pass(answer):
     (_release_before_store(), "store the answer before you release the lock"),
     (_release_before_store(awaited=0.02), "store the answer before you release the lock"),
     (_no_second_look(), "read the cached key once more before querying"),
+    (_no_second_look(_lua_lock), "read the cached key once more before querying"),
     (_locked(_set_nx_forever), "NX`, which never expires"),
     (_locked(_set_nx_px_too_short), "your lock (SET NX) expires after 5 ms"),
     (_locked(_setnx_then_expire), "SETNX cannot set an expiry"),
@@ -1008,6 +1013,7 @@ def test_stampede_other_right_answers_pass(answer):
     (_locked(_set_nx_ex, store=_store_for_ever), "with no expiry (PTTL -1)"),
 ], ids=["no-lock", "uncached", "asyncio-lock", "thread-lock", "thread-lock-late-second-worker",
         "pending-futures", "release-before-store", "release-before-store-awaiting", "no-second-look",
+        "no-second-look-lua-lock",
         "set-nx-no-expiry",
         "lock-expires-too-soon", "setnx-then-expire", "redis-py-lock-no-timeout", "incr-lock", "lock-outside-prefix", "cache-never-expires"])
 def test_stampede_wrong_answers_fail_saying_why(answer, says):

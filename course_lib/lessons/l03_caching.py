@@ -34,7 +34,7 @@ from ..db import DemoDB, Post, User, make_demo_db, thread_safe_connect_args
 from ..events import listening
 from ..grading import Checking, exercise
 from ..queries import count_queries, simulated_latency
-from ..redis import KeyWatch, RecordingProxy, RedisCommand, get_redis, redis_backend, serve_redis
+from ..redis import KeyWatch, RecordingProxy, RedisCommand, get_redis, lock_attempt_key, redis_backend, serve_redis
 from ..servers import _die_with_parent
 from ..timing import compare
 
@@ -1216,12 +1216,14 @@ def _lock_expiry_ms(command: RedisCommand) -> int | None:
 
 def _why_several(rig: _Rig) -> str:
     """Why a burst ran several queries, from the locks the answer took (if any)."""
-    expiries = [ms for command in rig.proxy.since() if (ms := _lock_expiry_ms(command)) is not None]
+    commands = rig.proxy.since()
+    expiries = [ms for command in commands if (ms := _lock_expiry_ms(command)) is not None]
+    in_redis = any(lock_attempt_key(command) is not None for command in commands)  # SET NX, SETNX, a Lua SETNX
     if expiries and min(expiries) < 1000:
         return (f": your lock (SET NX) expires after {min(expiries)} ms, before the query it guards ends (here 40 ms "
                 "plus the wait for the burst; in production the slowest query), so the next waiter takes it and "
                 "queries too. Give the lock a TTL longer than the slowest computation.")
-    if expiries:
+    if expiries or in_redis:
         return (": your lock is in Redis, yet several requests queried. After winning the lock, read the cached key "
                 "once more before querying (a waiter can win it just after the first winner stored and released), "
                 "and store the answer before you release the lock (released first, a waiter can win it and miss).")
